@@ -1,0 +1,256 @@
+"""Every class and mode against the brute-force float64 reference (tests/reference.py)."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from tracin_core import KMostInfluentialResults, TracInCP, TracInCPFast, TracInCPFastRandProj
+from tests.reference import SmallCNN, TwoInputNet, examples_of, make_checkpoints, reference_scores
+
+N_TRAIN, N_TEST = 23, 5
+LRS = [0.5, 1.0, 2.0]
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.double() - b.double()).abs().max() / b.double().abs().max().clamp_min(1e-300))
+
+
+@pytest.fixture(scope="module")
+def cnn_setup(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("cnn_ckpts")
+    paths = make_checkpoints(SmallCNN, folder, 3, torch.float64, LRS)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(N_TRAIN + N_TEST, 1, 6, 6, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 3, (N_TRAIN + N_TEST,), generator=g)
+    train = TensorDataset(x[:N_TRAIN], y[:N_TRAIN])
+    test = (x[N_TRAIN:], y[N_TRAIN:])
+    return dict(folder=str(folder), paths=paths, train=train, test=test, x=x, y=y)
+
+
+def _ref(setup, selector, loss_fn, dtype=torch.float64, model_fn=SmallCNN):
+    model = model_fn().to(dtype)
+    train = examples_of([setup["x"][:N_TRAIN].to(dtype)], setup["y"][:N_TRAIN])
+    test = examples_of([setup["x"][N_TRAIN:].to(dtype)], setup["y"][N_TRAIN:])
+    return reference_scores(model, setup["paths"], train, test, loss_fn, selector)
+
+
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+@pytest.mark.parametrize("batch_size", [1, 4, 50])
+def test_fast_matches_reference(cnn_setup, reduction, batch_size):
+    loss = nn.CrossEntropyLoss(reduction=reduction)
+    model = SmallCNN().double()
+    tr = TracInCPFast(model, "fc2", cnn_setup["train"], cnn_setup["folder"], loss_fn=loss, batch_size=batch_size)
+    scores = tr.influence(cnn_setup["test"])
+    selfi = tr.self_influence()
+    ref, ref_self = _ref(cnn_setup, lambda m: [m.fc2.weight], nn.CrossEntropyLoss(reduction="sum"))
+    assert scores.shape == (N_TEST, N_TRAIN)
+    assert rel_err(scores, ref) <= 1e-6
+    assert rel_err(selfi, ref_self) <= 1e-6
+    assert tr.learning_rates == LRS
+
+
+@pytest.mark.parametrize(
+    "layers,selector",
+    [
+        (None, lambda m: list(m.parameters())),
+        (["conv", "norm"], lambda m: [m.conv.weight, m.conv.bias, m.norm.weight, m.norm.bias]),
+        (["fc1"], lambda m: [m.fc1.weight, m.fc1.bias]),
+        (["fc2", "conv"], lambda m: [m.fc2.weight, m.fc2.bias, m.conv.weight, m.conv.bias]),
+    ],
+)
+@pytest.mark.parametrize("reduction", ["sum", "mean", "none"])
+def test_tracincp_matches_reference(cnn_setup, layers, selector, reduction):
+    model = SmallCNN().double()
+    tr = TracInCP(model, cnn_setup["train"], cnn_setup["paths"], layers=layers,
+                  loss_fn=nn.CrossEntropyLoss(reduction=reduction), batch_size=7)
+    scores = tr.influence(cnn_setup["test"])
+    selfi = tr.self_influence()
+    ref, ref_self = _ref(cnn_setup, selector, nn.CrossEntropyLoss(reduction="sum"))
+    assert rel_err(scores, ref) <= 1e-6
+    assert rel_err(selfi, ref_self) <= 1e-6
+
+
+def test_float32_within_1e4(cnn_setup, tmp_path):
+    paths = make_checkpoints(SmallCNN, tmp_path, 3, torch.float32, LRS)
+    setup32 = dict(cnn_setup, paths=paths)
+    x32 = cnn_setup["x"].float()
+    train = TensorDataset(x32[:N_TRAIN], cnn_setup["y"][:N_TRAIN])
+    test = (x32[N_TRAIN:], cnn_setup["y"][N_TRAIN:])
+    loss = nn.CrossEntropyLoss(reduction="sum")
+    ref, ref_self = _ref(setup32, lambda m: list(m.parameters()), loss, dtype=torch.float64)
+    tr = TracInCP(SmallCNN(), train, paths, loss_fn=loss, batch_size=8)
+    assert rel_err(tr.influence(test), ref) <= 1e-4
+    assert rel_err(tr.self_influence(), ref_self) <= 1e-4
+    ref_f, ref_fs = _ref(setup32, lambda m: [m.fc2.weight], loss, dtype=torch.float64)
+    fast = TracInCPFast(SmallCNN(), "fc2", train, paths, loss_fn=loss, batch_size=8)
+    assert rel_err(fast.influence(test), ref_f) <= 1e-4
+    assert rel_err(fast.self_influence(), ref_fs) <= 1e-4
+
+
+def test_two_input_model(tmp_path):
+    paths = make_checkpoints(TwoInputNet, tmp_path, 2, torch.float64, [1.0, 0.3])
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(15, 4, generator=g, dtype=torch.float64)
+    z = torch.randn(15, 2, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 3, (15,), generator=g)
+    train = TensorDataset(x[:11], z[:11], y[:11])
+    test = (x[11:], z[11:], y[11:])
+    loss = nn.CrossEntropyLoss(reduction="mean")
+    tr_ex = examples_of([x[:11], z[:11]], y[:11])
+    te_ex = examples_of([x[11:], z[11:]], y[11:])
+    ref, ref_self = reference_scores(TwoInputNet().double(), paths, tr_ex, te_ex, loss, lambda m: list(m.parameters()))
+    tr = TracInCP(TwoInputNet().double(), train, paths, loss_fn=loss, batch_size=4)
+    assert rel_err(tr.influence(test), ref) <= 1e-6
+    assert rel_err(tr.self_influence(), ref_self) <= 1e-6
+    ref_f, ref_fs = reference_scores(TwoInputNet().double(), paths, tr_ex, te_ex, loss, lambda m: [m.out.weight])
+    fast = TracInCPFast(TwoInputNet().double(), "out", train, paths, loss_fn=loss, batch_size=4)
+    assert rel_err(fast.influence(test), ref_f) <= 1e-6
+    assert rel_err(fast.self_influence(), ref_fs) <= 1e-6
+
+
+def test_test_loss_fn_used_for_test_examples(cnn_setup):
+    def first_logit(out, labels):  # a "loss" on the test side only: sum of logit 0
+        return out[:, 0].sum()
+
+    loss = nn.CrossEntropyLoss(reduction="sum")
+    model = SmallCNN().double()
+    tr = TracInCP(model, cnn_setup["train"], cnn_setup["paths"], loss_fn=loss, test_loss_fn=first_logit, batch_size=5)
+    train = examples_of([cnn_setup["x"][:N_TRAIN]], cnn_setup["y"][:N_TRAIN])
+    test = examples_of([cnn_setup["x"][N_TRAIN:]], cnn_setup["y"][N_TRAIN:])
+    ref, _ = reference_scores(SmallCNN().double(), cnn_setup["paths"], train, test, loss,
+                              lambda m: list(m.parameters()), test_loss_fn=first_logit)
+    assert rel_err(tr.influence(cnn_setup["test"]), ref) <= 1e-6
+
+
+def test_self_influence_is_diagonal_and_topk_is_argsort(cnn_setup):
+    loss = nn.CrossEntropyLoss(reduction="sum")
+    for cls_args in [
+        (TracInCPFast, dict(final_fc_layer="fc2")),
+        (TracInCP, dict(layers=["conv", "fc1"])),
+    ]:
+        cls, extra = cls_args
+        tr = cls(SmallCNN().double(), train_dataset=cnn_setup["train"], checkpoints=cnn_setup["folder"],
+                 loss_fn=loss, batch_size=6, **extra)
+        x, y = cnn_setup["train"].tensors
+        full = tr.influence((x, y))
+        assert rel_err(torch.diagonal(full), tr.self_influence()) <= 1e-9
+        scores = tr.influence(cnn_setup["test"])
+        k = 4
+        pro = tr.influence(cnn_setup["test"], k=k, proponents=True)
+        opp = tr.influence(cnn_setup["test"], k=k, proponents=False)
+        assert isinstance(pro, KMostInfluentialResults)
+        assert pro.indices.shape == (N_TEST, k) and pro.indices.dtype == torch.long
+        assert torch.equal(pro.indices, torch.argsort(scores, dim=1, descending=True)[:, :k])
+        assert torch.equal(opp.indices, torch.argsort(scores, dim=1)[:, :k])
+        assert torch.allclose(pro.influence_scores, torch.gather(scores, 1, pro.indices))
+        assert torch.all(pro.influence_scores[:, :-1] >= pro.influence_scores[:, 1:])
+        assert torch.all(opp.influence_scores[:, :-1] <= opp.influence_scores[:, 1:])
+        big = tr.influence(cnn_setup["test"], k=1000)
+        assert big.indices.shape == (N_TEST, N_TRAIN)
+        assert torch.equal(torch.sort(big.indices, 1).values, torch.arange(N_TRAIN).expand(N_TEST, -1))
+        agg = tr.influence(cnn_setup["test"], aggregate=True)
+        assert torch.allclose(agg, scores.sum(0, keepdim=True))
+        agg_top = tr.influence(cnn_setup["test"], k=3, aggregate=True)
+        assert torch.equal(agg_top.indices[0], torch.argsort(agg[0], descending=True)[:3])
+
+
+def test_dataloader_and_dataset_agree(cnn_setup):
+    loss = nn.CrossEntropyLoss(reduction="sum")
+    a = TracInCPFast(SmallCNN().double(), "fc2", cnn_setup["train"], cnn_setup["paths"], loss_fn=loss, batch_size=5)
+    b = TracInCPFast(SmallCNN().double(), "fc2", DataLoader(cnn_setup["train"], batch_size=9), cnn_setup["paths"],
+                     loss_fn=loss, batch_size=None)
+    test_loader = DataLoader(TensorDataset(*cnn_setup["test"]), batch_size=2)
+    assert torch.allclose(a.influence(cnn_setup["test"]), b.influence(test_loader))
+    assert torch.allclose(a.self_influence(), b.self_influence())
+    # self-influence of other data, given as a batch or a loader
+    assert torch.allclose(a.self_influence(cnn_setup["test"]), b.self_influence(test_loader))
+
+
+def test_one_checkpoint_file(cnn_setup):
+    loss = nn.CrossEntropyLoss(reduction="sum")
+    path = cnn_setup["paths"][1]
+    tr = TracInCP(SmallCNN().double(), cnn_setup["train"], path, loss_fn=loss, batch_size=4)
+    train = examples_of([cnn_setup["x"][:N_TRAIN]], cnn_setup["y"][:N_TRAIN])
+    test = examples_of([cnn_setup["x"][N_TRAIN:]], cnn_setup["y"][N_TRAIN:])
+    ref, ref_self = reference_scores(SmallCNN().double(), [path], train, test, loss, lambda m: list(m.parameters()))
+    assert rel_err(tr.influence(cnn_setup["test"]), ref) <= 1e-6
+    assert rel_err(tr.self_influence(), ref_self) <= 1e-6
+
+
+def test_custom_load_func_learning_rates(cnn_setup):
+    calls = []
+
+    def load(model, path):
+        calls.append(path)
+        model.load_state_dict(torch.load(path, weights_only=True)["model_state_dict"])
+        return 3.0
+
+    loss = nn.CrossEntropyLoss(reduction="sum")
+    tr = TracInCPFast(SmallCNN().double(), "fc2", cnn_setup["train"], cnn_setup["paths"], load, loss, 6)
+    base = TracInCPFast(SmallCNN().double(), "fc2", cnn_setup["train"], cnn_setup["paths"], loss_fn=loss, batch_size=6)
+    # every checkpoint loaded exactly once, however many queries
+    tr.influence(cnn_setup["test"], k=3)
+    tr.influence(cnn_setup["test"], k=3, proponents=False)
+    tr.self_influence()
+    assert len(calls) == 3
+    expected = sum(3.0 / lr for lr in LRS) / len(LRS)
+    # η = 3 everywhere vs the stored η: ratio of self-influence is per-checkpoint, so compare per checkpoint count
+    assert tr.learning_rates == [3.0, 3.0, 3.0]
+    assert torch.all(tr.self_influence() > 0) and expected > 0
+    assert not torch.allclose(tr.self_influence(), base.self_influence())
+
+
+def test_tracincp_streaming_equals_stored(cnn_setup):
+    loss = nn.CrossEntropyLoss(reduction="sum")
+    kept = TracInCP(SmallCNN().double(), cnn_setup["train"], cnn_setup["paths"], loss_fn=loss, batch_size=4)
+    streamed = TracInCP(SmallCNN().double(), cnn_setup["train"], cnn_setup["paths"], loss_fn=loss, batch_size=4,
+                        feature_memory=0)
+    assert torch.allclose(kept.influence(cnn_setup["test"]), streamed.influence(cnn_setup["test"]))
+    a = kept.influence(cnn_setup["test"], k=5, proponents=False)
+    b = streamed.influence(cnn_setup["test"], k=5, proponents=False)
+    assert torch.equal(a.indices, b.indices)
+    assert torch.allclose(kept.self_influence(), streamed.self_influence())
+
+
+def test_randproj_without_projection_equals_fast(cnn_setup):
+    loss = nn.CrossEntropyLoss(reduction="sum")
+    fast = TracInCPFast(SmallCNN().double(), "fc2", cnn_setup["train"], cnn_setup["paths"], loss_fn=loss, batch_size=5)
+    rp = TracInCPFastRandProj(SmallCNN().double(), "fc2", cnn_setup["train"], cnn_setup["paths"], loss_fn=loss,
+                              batch_size=5)
+    scores = fast.influence(cnn_setup["test"])
+    assert rel_err(rp.influence(cnn_setup["test"]), scores) <= 1e-9
+    top = rp.influence(cnn_setup["test"], k=4)
+    assert torch.allclose(top.influence_scores, torch.gather(scores, 1, top.indices))
+    exact = torch.argsort(scores, dim=1, descending=True)[:, :4]
+    assert torch.equal(top.indices, exact)  # tiny data: the re-ranked candidates cover everything
+    opp = rp.influence(cnn_setup["test"], k=4, proponents=False)
+    assert torch.equal(opp.indices, torch.argsort(scores, dim=1)[:, :4])
+    with pytest.raises(NotImplementedError, match="TracInCPFast"):
+        rp.self_influence()
+
+
+def test_randproj_projection_is_seeded_and_shaped(cnn_setup):
+    loss = nn.CrossEntropyLoss(reduction="sum")
+    kw = dict(loss_fn=loss, batch_size=5, projection_dim=4)
+    a = TracInCPFastRandProj(SmallCNN().double(), "fc2", cnn_setup["train"], cnn_setup["paths"], seed=7, **kw)
+    b = TracInCPFastRandProj(SmallCNN().double(), "fc2", cnn_setup["train"], cnn_setup["paths"], seed=7, **kw)
+    ea = a.compute_intermediate_quantities(cnn_setup["test"])
+    # min(floor(sqrt(4)), 3 outputs) * min(floor(sqrt(4)), 5 inputs) = 4 per checkpoint
+    assert ea.shape == (N_TEST, 4 * 3)
+    assert torch.equal(ea, b.compute_intermediate_quantities(cnn_setup["test"]))
+    assert a.influence(cnn_setup["test"]).shape == (N_TEST, N_TRAIN)
+    # random projections preserve inner products in expectation: same sign mostly
+    fast = TracInCPFast(SmallCNN().double(), "fc2", cnn_setup["train"], cnn_setup["paths"], loss_fn=loss, batch_size=5)
+    exact = fast.influence(cnn_setup["test"]).flatten()
+    approx = a.influence(cnn_setup["test"]).flatten()
+    assert torch.corrcoef(torch.stack([exact, approx]))[0, 1] > 0.3
+
+
+def test_model_moves_batches_to_its_device(cnn_setup):
+    loss = nn.CrossEntropyLoss(reduction="sum")
+    tr = TracInCPFast(SmallCNN().double(), "fc2", cnn_setup["train"], cnn_setup["paths"], loss_fn=loss,
+                      batch_size=5, device="cpu")
+    assert tr.device == torch.device("cpu")
+    assert tr.influence(cnn_setup["test"]).device.type == "cpu"

@@ -1,0 +1,478 @@
+"""Per-example quantities that every TracIn score is made of.
+
+One *featurizer* turns a batch into named per-example arrays for one checkpoint;
+``run_pass`` walks the data once and calls the featurizer for every checkpoint on
+every batch (checkpoint weights are held in memory, swapped with
+``torch.func.functional_call``: no checkpoint is reloaded per batch).
+
+A featurizer's arrays are grouped into *terms*; the TracIn score of a test example
+``j`` and a training example ``i`` at one checkpoint is the sum over terms of
+
+- ``("factor", a, d)``: ``(a_j · a_i) * (d_j · d_i)`` — a Linear layer whose
+  per-example weight gradient is the outer product ``d ⊗ a`` (``a`` the layer
+  input, ``d`` the gradient of the loss w.r.t. the layer output, with a column
+  of ones appended to ``a`` when the bias is included);
+- ``("dense", g)``: ``g_j · g_i`` — a flattened per-example gradient.
+
+Sign convention: scores are ``η_c ⟨∇ℓ'_j, ∇ℓ_i⟩`` summed over checkpoints;
+positive = the training example's gradient step lowers the test loss (proponent).
+"""
+from __future__ import annotations
+
+import threading
+import weakref
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, grad, vmap
+from torch.utils.data import DataLoader
+
+Term = tuple  # ("factor", a_name, d_name) | ("dense", g_name)
+
+_LOCKS: "weakref.WeakKeyDictionary[nn.Module, threading.RLock]" = weakref.WeakKeyDictionary()
+_LOCKS_GUARD = threading.Lock()
+
+
+@contextmanager
+def model_lock(model: nn.Module) -> Iterator[None]:
+    """Serialise hook-based computations on one model (shared between app sessions)."""
+    with _LOCKS_GUARD:
+        lock = _LOCKS.setdefault(model, threading.RLock())
+    with lock:
+        yield
+
+
+# --------------------------------------------------------------------------- batches
+
+
+def split_batch(batch: Any, device: Optional[torch.device]) -> tuple[tuple, Any]:
+    """``batch`` -> ``(model_inputs, labels)`` with tensors moved to ``device``.
+
+    Every batch is a tuple or list: ``model(*batch[:-1])`` gives the outputs and
+    ``batch[-1]`` holds the labels.
+    """
+    if not isinstance(batch, (tuple, list)) or len(batch) < 2:
+        raise ValueError(
+            "each batch must be a tuple (inputs..., labels) with at least two elements; "
+            f"got {type(batch).__name__}"
+            + (f" of length {len(batch)}" if isinstance(batch, (tuple, list)) else "")
+        )
+    moved = [to_device(x, device) for x in batch]
+    return tuple(moved[:-1]), moved[-1]
+
+
+def to_device(x: Any, device: Optional[torch.device]) -> Any:
+    if device is None:
+        return x
+    if isinstance(x, Tensor):
+        return x.to(device, non_blocking=True)
+    if isinstance(x, (list, tuple)):
+        return type(x)(to_device(v, device) for v in x)
+    if isinstance(x, dict):
+        return {k: to_device(v, device) for k, v in x.items()}
+    return x
+
+
+def batch_size_of(inputs: tuple, labels: Any) -> int:
+    if isinstance(labels, Tensor) and labels.dim() > 0:
+        return int(labels.shape[0])
+    for x in inputs:
+        if isinstance(x, Tensor) and x.dim() > 0:
+            return int(x.shape[0])
+    raise ValueError("cannot tell the batch size: neither the labels nor any input is a tensor")
+
+
+def as_loader(data: Any, batch_size: Optional[int] = None) -> DataLoader:
+    """A DataLoader as-is; a single batch (tuple) becomes a one-batch loader."""
+    if isinstance(data, DataLoader):
+        return data
+    if isinstance(data, (tuple, list)):
+        return DataLoader(_OneBatch(tuple(data)), batch_size=None, shuffle=False)
+    raise TypeError(
+        f"inputs must be a batch tuple (inputs..., labels) or a DataLoader, got {type(data).__name__}"
+    )
+
+
+class _OneBatch(torch.utils.data.Dataset):
+    def __init__(self, batch: tuple) -> None:
+        self.batch = batch
+
+    def __len__(self) -> int:
+        return 1
+
+    def __getitem__(self, i: int) -> tuple:
+        return self.batch
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+@dataclass
+class Snapshot:
+    """One checkpoint's full state (parameters and buffers) and its learning rate."""
+
+    name: str
+    state: dict[str, Tensor]
+    learning_rate: float
+
+
+def take_snapshots(
+    model: nn.Module,
+    checkpoints: Sequence[Any],
+    load_func: Callable[[nn.Module, Any], Optional[float]],
+    device: Optional[torch.device],
+) -> list[Snapshot]:
+    """Load each checkpoint once through ``load_func`` and keep a copy of its state."""
+    snaps = []
+    for ckpt in checkpoints:
+        if ckpt is None:
+            raise ValueError("checkpoints: None is not a checkpoint")
+        lr = load_func(model, ckpt)
+        lr = 1.0 if lr is None else float(lr)
+        state = {
+            k: v.detach().to(device).clone() if device is not None else v.detach().clone()
+            for k, v in model.state_dict(keep_vars=False).items()
+        }
+        snaps.append(Snapshot(str(ckpt), state, lr))
+    return snaps
+
+
+def model_device(model: nn.Module) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    for b in model.buffers():
+        return b.device
+    return torch.device("cpu")
+
+
+def resolve_module(model: nn.Module, layer: Any, arg: str) -> tuple[str, nn.Module]:
+    """``layer`` (a name or a submodule of ``model``) -> ``(name, module)``."""
+    if isinstance(layer, nn.Module):
+        for name, mod in model.named_modules():
+            if mod is layer:
+                return name, mod
+        raise ValueError(f"{arg}: the given module is not a submodule of the model")
+    if isinstance(layer, str):
+        try:
+            return layer, model.get_submodule(layer)
+        except AttributeError:
+            names = [n for n, _ in model.named_modules() if n]
+            raise ValueError(
+                f"{arg}: the model has no layer named {layer!r}; its layers are {names}"
+            ) from None
+    raise TypeError(f"{arg}: expected a layer name or an nn.Module, got {type(layer).__name__}")
+
+
+# --------------------------------------------------------------------------- loss
+
+
+def reduction_of(loss_fn: Any) -> str:
+    """'sum' | 'mean' | 'none' — Captum's convention: no attribute means 'sum'."""
+    if loss_fn is None:
+        return "sum"
+    red = getattr(loss_fn, "reduction", "sum")
+    if red not in ("sum", "mean", "none"):
+        raise ValueError(f"loss_fn: unsupported reduction {red!r} (use 'sum', 'mean' or 'none')")
+    return red
+
+
+def total_loss(loss_fn: Any, out: Tensor, labels: Any) -> Tensor:
+    """Scalar whose gradient w.r.t. each example's output is that example's term."""
+    loss = out if loss_fn is None else loss_fn(out, labels)
+    if not isinstance(loss, Tensor):
+        raise TypeError(f"loss_fn must return a tensor, got {type(loss).__name__}")
+    return loss.sum() if loss.dim() > 0 else loss
+
+
+# --------------------------------------------------------------------------- featurizers
+
+
+class Featurizer:
+    """Computes per-example arrays (rows = examples) for one checkpoint."""
+
+    terms: list[Term]
+    dims: dict[str, int]
+
+    def prepare(self, model: nn.Module, snap: Snapshot, inputs: tuple, labels: Any) -> None:
+        """Plan the layout from one batch (idempotent)."""
+
+    def __call__(
+        self, model: nn.Module, snap: Snapshot, inputs: tuple, labels: Any, loss_fn: Any
+    ) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+
+def self_term(feats: dict[str, Tensor], terms: Sequence[Term]) -> Tensor:
+    """Unweighted squared gradient norm per example, from the featurizer's arrays."""
+    total: Optional[Tensor] = None
+    for term in terms:
+        if term[0] == "factor":
+            a, d = feats[term[1]], feats[term[2]]
+            val = (a * a).sum(1) * (d * d).sum(1)
+        else:
+            g = feats[term[1]]
+            val = (g * g).sum(1)
+        total = val if total is None else total + val
+    assert total is not None
+    return total
+
+
+class FinalLayerFeaturizer(Featurizer):
+    """TracInCPFast: input ``a`` of ``final_fc_layer`` and ``δ = ∂ℓ/∂(model output)``.
+
+    For 'mean' losses ``δ`` is multiplied by the batch size (per-example gradient).
+    """
+
+    terms = [("factor", "a", "d")]
+
+    def __init__(self, layer: nn.Module) -> None:
+        self.layer = layer
+        self.dims: dict[str, int] = {}
+
+    def __call__(self, model, snap, inputs, labels, loss_fn):
+        captured: list[Tensor] = []
+
+        def hook(_m, inp, _out):
+            captured.append(inp[0].detach())
+
+        handle = self.layer.register_forward_hook(hook)
+        try:
+            with torch.no_grad():
+                out = functional_call(model, snap.state, inputs)
+        finally:
+            handle.remove()
+        if not captured:
+            raise ValueError("final_fc_layer was not called in the model's forward pass")
+        if not isinstance(out, Tensor) or out.dim() == 0:
+            raise ValueError("the model must return a tensor with a batch dimension")
+        n = out.shape[0]
+        with torch.enable_grad():
+            out_leaf = out.detach().requires_grad_(True)
+            loss = total_loss(loss_fn, out_leaf, labels)
+            (d,) = torch.autograd.grad(loss, out_leaf)
+        if reduction_of(loss_fn) == "mean":
+            d = d * n
+        a = captured[-1].reshape(n, -1)
+        feats = {"a": a, "d": d.reshape(n, -1)}
+        self.dims = {k: v.shape[1] for k, v in feats.items()}
+        return feats
+
+
+class GradientFeaturizer(Featurizer):
+    """TracInCP: per-example gradients of every selected parameter (torch.func).
+
+    Linear layers whose input is one vector per example are kept as factors
+    (``a``, ``d``): exact, and far smaller than their weight gradient. Every other
+    selected parameter (convolutions, norms, embeddings, ...) contributes its full
+    per-example gradient, computed with ``torch.func.vmap(grad(...))``.
+    """
+
+    def __init__(self, model: nn.Module, param_names: Sequence[str]) -> None:
+        self.param_names = list(param_names)
+        if not self.param_names:
+            raise ValueError("layers: the selected layers have no parameters")
+        self.planned = False
+        self.factor_layers: list[tuple[str, nn.Module, bool]] = []  # (module name, module, has_bias)
+        self.dense_names: list[str] = []
+        self.terms: list[Term] = []
+        self.dims: dict[str, int] = {}
+        self._eps: dict[str, Tensor] = {}
+        self._acts: dict[str, Tensor] = {}
+
+    # -- planning ---------------------------------------------------------------
+    def prepare(self, model, snap, inputs, labels):
+        if self.planned:
+            return
+        selected = set(self.param_names)
+        # parameters shared between modules cannot be factored
+        seen: dict[int, int] = {}
+        for _, p in model.named_parameters(remove_duplicate=False):
+            seen[id(p)] = seen.get(id(p), 0) + 1
+        calls: dict[str, list[int]] = {}
+        handles = []
+        candidates = {}
+        for mname, mod in model.named_modules():
+            if type(mod) is nn.Linear and f"{mname}.weight" in selected:
+                if seen.get(id(mod.weight), 0) == 1 and (
+                    mod.bias is None or seen.get(id(mod.bias), 0) == 1
+                ):
+                    candidates[mname] = mod
+
+                    def hook(_m, inp, _out, _name=mname):
+                        calls.setdefault(_name, []).append(inp[0].dim())
+
+                    handles.append(mod.register_forward_hook(hook))
+        try:
+            with torch.no_grad():
+                first = tuple(x[:1] if isinstance(x, Tensor) else x for x in inputs)
+                functional_call(model, snap.state, first)
+        finally:
+            for h in handles:
+                h.remove()
+        covered: set[str] = set()
+        for mname, mod in candidates.items():
+            dims = calls.get(mname, [])
+            if len(dims) == 1 and dims[0] == 2:
+                has_bias = mod.bias is not None and f"{mname}.bias" in selected
+                self.factor_layers.append((mname, mod, has_bias))
+                covered.add(f"{mname}.weight")
+                if has_bias:
+                    covered.add(f"{mname}.bias")
+        self.dense_names = [n for n in self.param_names if n not in covered]
+        for i, (mname, mod, has_bias) in enumerate(self.factor_layers):
+            self.terms.append(("factor", f"l{i}_a", f"l{i}_d"))
+            self.dims[f"l{i}_a"] = mod.in_features + int(has_bias)
+            self.dims[f"l{i}_d"] = mod.out_features
+        if self.dense_names:
+            self.terms.append(("dense", "g"))
+            self.dims["g"] = sum(snap.state[n].numel() for n in self.dense_names)
+        self.planned = True
+
+    # -- computation ------------------------------------------------------------
+    def __call__(self, model, snap, inputs, labels, loss_fn):
+        state = snap.state
+        dense = {n: state[n] for n in self.dense_names}
+        frozen = {k: v for k, v in state.items() if k not in dense}
+        n = batch_size_of(inputs, labels)
+        ref = next(iter(state.values()))
+        eps = {
+            mname: torch.zeros(n, 1, mod.out_features, dtype=mod.weight.dtype, device=ref.device)
+            for mname, mod, _ in self.factor_layers
+        }
+        fz = self
+
+        def make_hook(mname: str):
+            def hook(_m, inp, out):
+                fz._acts[mname] = inp[0]
+                return out + fz._eps[mname]
+
+            return hook
+
+        handles = [mod.register_forward_hook(make_hook(m)) for m, mod, _ in self.factor_layers]
+        tensor_pos = [i for i, x in enumerate(inputs) if isinstance(x, Tensor)]
+
+        def per_example(dense_p, eps_p, xs, y):
+            fz._eps = eps_p
+            fz._acts = {}
+            args = list(inputs)
+            for pos, x in zip(tensor_pos, xs):
+                args[pos] = x.unsqueeze(0)
+            out = functional_call(model, (frozen, dense_p), tuple(args))
+            yy = y.unsqueeze(0) if isinstance(y, Tensor) else y
+            loss = total_loss(loss_fn, out, yy)
+            return loss, dict(fz._acts)
+
+        try:
+            xs = tuple(inputs[i] for i in tensor_pos)
+            label_dim = 0 if isinstance(labels, Tensor) and labels.dim() > 0 else None
+            g_fn = grad(per_example, argnums=(0, 1), has_aux=True)
+            (g_dense, g_eps), acts = vmap(
+                g_fn, in_dims=(None, 0, 0, label_dim), randomness="different"
+            )(dense, eps, xs, labels)
+        finally:
+            for h in handles:
+                h.remove()
+            self._eps, self._acts = {}, {}
+        feats: dict[str, Tensor] = {}
+        for i, (mname, mod, has_bias) in enumerate(self.factor_layers):
+            a = acts[mname].reshape(n, -1).detach()
+            if has_bias:
+                a = torch.cat([a, torch.ones(n, 1, dtype=a.dtype, device=a.device)], dim=1)
+            feats[f"l{i}_a"] = a
+            feats[f"l{i}_d"] = g_eps[mname].reshape(n, -1).detach()
+        if self.dense_names:
+            feats["g"] = torch.cat(
+                [g_dense[name].reshape(n, -1) for name in self.dense_names], dim=1
+            ).detach()
+        return feats
+
+
+class ProjectedFeaturizer(Featurizer):
+    """TracInCPFastRandProj: ``√η_c · vec((P_δᵀ δ)(P_aᵀ a)ᵀ)`` per checkpoint.
+
+    Without projections the embedding is the flattened ``δ ⊗ a`` (exact Fast scores).
+    """
+
+    def __init__(self, base: FinalLayerFeaturizer, proj_d: Optional[Tensor], proj_a: Optional[Tensor]):
+        self.base = base
+        self.proj_d = proj_d
+        self.proj_a = proj_a
+        self.terms = [("dense", "e")]
+        self.dims: dict[str, int] = {}
+
+    def __call__(self, model, snap, inputs, labels, loss_fn):
+        f = self.base(model, snap, inputs, labels, loss_fn)
+        a, d = f["a"], f["d"]
+        if self.proj_d is not None and self.proj_a is not None:
+            d = d @ self.proj_d.to(d)
+            a = a @ self.proj_a.to(a)
+        e = (d.unsqueeze(2) * a.unsqueeze(1)).flatten(1) * (snap.learning_rate**0.5)
+        self.dims = {"e": e.shape[1]}
+        return {"e": e}
+
+
+# --------------------------------------------------------------------------- the pass
+
+
+@dataclass
+class Skipped:
+    """Stands for a batch already in the store (resumed run): only its size counts."""
+
+    n: int
+
+
+@dataclass
+class PassResult:
+    n: int
+    batches: int
+
+
+def run_pass(
+    model: nn.Module,
+    loader: Iterable[Any],
+    snapshots: Sequence[Snapshot],
+    featurizer: Featurizer,
+    loss_fn: Any,
+    consume: Callable[[int, int, dict[str, Tensor]], None],
+    device: Optional[torch.device],
+    skip: Optional[Callable[[int], bool]] = None,
+    progress: Optional[Callable[[int], None]] = None,
+) -> PassResult:
+    """One pass over ``loader``: for each batch, featurize it at every checkpoint.
+
+    ``consume(batch_index, start_row, arrays)`` receives arrays named
+    ``"c{checkpoint}/{name}"`` plus ``"c{checkpoint}/self"`` (unweighted squared
+    gradient norm, shape (B, 1)). ``skip(batch_index)`` lets a resumed run pass
+    over batches already done (their rows still count).
+    """
+    start = 0
+    bi = -1
+    with model_lock(model), torch.inference_mode(False):
+        for bi, batch in enumerate(loader):
+            if isinstance(batch, Skipped):
+                start += batch.n
+                if progress:
+                    progress(batch.n)
+                continue
+            inputs, labels = split_batch(batch, device)
+            n = batch_size_of(inputs, labels)
+            if skip is not None and skip(bi):
+                start += n
+                if progress:
+                    progress(n)
+                continue
+            out: dict[str, Tensor] = {}
+            for c, snap in enumerate(snapshots):
+                featurizer.prepare(model, snap, inputs, labels)
+                feats = featurizer(model, snap, inputs, labels, loss_fn)
+                for name, t in feats.items():
+                    out[f"c{c}/{name}"] = t
+                out[f"c{c}/self"] = self_term(feats, featurizer.terms).unsqueeze(1)
+            consume(bi, start, out)
+            start += n
+            if progress:
+                progress(n)
+    return PassResult(n=start, batches=bi + 1)

@@ -1,0 +1,197 @@
+"""The feature store: per-example arrays for the training set, in memory or on disk.
+
+On disk (``path`` given) every array is a memory-mapped ``.npy`` file beside a JSON
+manifest holding the store's key (what it was computed from), shapes, dtype and a
+done-mask of batches, so an interrupted run resumes where it stopped and a finished
+one is reused by any later process with the same key.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from torch import Tensor
+
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+
+_NP_DTYPES = {torch.float32: "float32", torch.float64: "float64", torch.float16: "float16"}
+
+
+def _fname(name: str) -> str:
+    return name.replace("/", "__") + ".npy"
+
+
+class StoreMismatchError(RuntimeError):
+    """A store folder holds data computed from something else."""
+
+
+class FeatureStore:
+    """Named arrays with one row per training example.
+
+    ``write(batch_index, start, arrays)`` during the pass, ``finish()`` at the end,
+    then ``rows(name, start, stop)`` / ``array(name)`` read them.
+    """
+
+    def __init__(
+        self,
+        path: Optional[os.PathLike | str] = None,
+        key: str = "",
+        n: Optional[int] = None,
+        meta: Optional[dict[str, Any]] = None,
+        keep: Optional[set[str]] = None,
+    ) -> None:
+        self.path = Path(path) if path is not None else None
+        self.key = key
+        self.n = n
+        self.meta = dict(meta or {})
+        self.keep = keep  # names to keep; None = all
+        self.dtype: Optional[torch.dtype] = None
+        self.dims: dict[str, int] = {}
+        self.done: set[int] = set()
+        self.complete = False
+        self._mem: dict[str, list[tuple[int, Tensor]]] = {}
+        self._arrays: dict[str, Tensor] = {}
+        self._maps: dict[str, np.memmap] = {}
+        self._last_flush = 0.0
+        if self.path is not None:
+            self._open_existing()
+
+    # ---------------------------------------------------------------- disk
+    def _manifest(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT_VERSION,
+            "key": self.key,
+            "n": self.n,
+            "dtype": _NP_DTYPES.get(self.dtype, "float32") if self.dtype else None,
+            "arrays": self.dims,
+            "done": sorted(self.done),
+            "complete": self.complete,
+            "meta": self.meta,
+        }
+
+    def _write_manifest(self) -> None:
+        assert self.path is not None
+        tmp = self.path / (MANIFEST + ".tmp")
+        tmp.write_text(json.dumps(self._manifest(), indent=1))
+        os.replace(tmp, self.path / MANIFEST)
+
+    def _open_existing(self) -> None:
+        assert self.path is not None
+        mf = self.path / MANIFEST
+        if not mf.exists():
+            return
+        try:
+            info = json.loads(mf.read_text())
+        except (OSError, ValueError) as exc:
+            warnings.warn(f"{mf}: unreadable manifest ({exc}); the store will be rebuilt")
+            return
+        if info.get("format") != FORMAT_VERSION or info.get("key") != self.key:
+            return  # a different computation: start over in this folder
+        if self.n is not None and info.get("n") not in (None, self.n):
+            return
+        self.n = info.get("n")
+        self.dims = {k: int(v) for k, v in info.get("arrays", {}).items()}
+        self.dtype = {v: k for k, v in _NP_DTYPES.items()}.get(info.get("dtype"), torch.float32)
+        self.done = set(info.get("done", []))
+        try:
+            mode = "c" if info.get("complete") else "r+"
+            for name in self.dims:
+                self._maps[name] = np.load(self.path / _fname(name), mmap_mode=mode)
+        except (OSError, ValueError) as exc:
+            warnings.warn(f"{self.path}: store files unreadable ({exc}); the store will be rebuilt")
+            self._maps, self.dims, self.done = {}, {}, set()
+            return
+        self.complete = bool(info.get("complete"))
+        if self.complete:
+            self._arrays = {k: torch.from_numpy(v) for k, v in self._maps.items()}
+
+    def _allocate(self, arrays: dict[str, Tensor]) -> None:
+        first = next(iter(arrays.values()))
+        self.dtype = first.dtype
+        self.dims = {k: int(v.shape[1]) for k, v in arrays.items()}
+        if self.path is not None and self.n is not None:
+            self.path.mkdir(parents=True, exist_ok=True)
+            np_dtype = _NP_DTYPES.get(self.dtype, "float32")
+            for name, dim in self.dims.items():
+                self._maps[name] = np.lib.format.open_memmap(
+                    self.path / _fname(name), mode="w+", dtype=np_dtype, shape=(self.n, dim)
+                )
+            self._write_manifest()
+
+    # ---------------------------------------------------------------- writing
+    def is_done(self, batch_index: int) -> bool:
+        return batch_index in self.done
+
+    def write(self, batch_index: int, start: int, arrays: dict[str, Tensor]) -> None:
+        if self.keep is not None:
+            arrays = {k: v for k, v in arrays.items() if k in self.keep}
+        arrays = {k: v.detach() for k, v in arrays.items()}
+        if not self.dims:
+            self._allocate(arrays)
+        if self._maps:
+            for name, t in arrays.items():
+                self._maps[name][start : start + t.shape[0]] = t.cpu().numpy()
+            self.done.add(batch_index)
+            now = time.monotonic()
+            if now - self._last_flush > 2.0:
+                self._flush()
+                self._last_flush = now
+        else:
+            for name, t in arrays.items():
+                self._mem.setdefault(name, []).append((start, t.cpu()))
+            self.done.add(batch_index)
+
+    def _flush(self) -> None:
+        for m in self._maps.values():
+            m.flush()
+        self._write_manifest()
+
+    def finish(self, n: int) -> None:
+        """Mark the pass complete (``n`` rows in all)."""
+        if self._maps:
+            if self.n is not None and n != self.n:
+                raise StoreMismatchError(
+                    f"{self.path}: the data yielded {n} examples but {self.n} were expected"
+                )
+            self.complete = True
+            self._flush()
+            self._arrays = {k: torch.from_numpy(np.asarray(v)) for k, v in self._maps.items()}
+            return
+        self.n = n
+        for name, parts in self._mem.items():
+            parts.sort(key=lambda p: p[0])
+            self._arrays[name] = torch.cat([t for _, t in parts], dim=0) if parts else torch.empty(0, self.dims.get(name, 0))
+        self._mem = {}
+        self.complete = True
+        if self.path is not None and self._arrays:  # unknown n up front: save now
+            self.path.mkdir(parents=True, exist_ok=True)
+            for name, t in self._arrays.items():
+                np.save(self.path / _fname(name), t.numpy())
+            self.done = set(range(len(self.done)))
+            self._write_manifest()
+
+    # ---------------------------------------------------------------- reading
+    def has(self, name: str) -> bool:
+        return name in self._arrays
+
+    def array(self, name: str) -> Tensor:
+        if not self.complete:
+            raise RuntimeError("the feature store is not complete yet")
+        return self._arrays[name]
+
+    def rows(self, name: str, start: int, stop: int, device: Optional[torch.device] = None) -> Tensor:
+        t = self._arrays[name][start:stop]
+        return t.to(device) if device is not None and t.device != device else t
+
+    def names(self) -> list[str]:
+        return list(self._arrays)
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self._arrays.values())

@@ -1,0 +1,671 @@
+"""Captum-compatible TracIn classes: ``TracInCP``, ``TracInCPFast``, ``TracInCPFastRandProj``.
+
+Constructor arguments follow Captum's order and defaults; keyword-only extras are
+``device``, ``cache_dir`` and ``show_progress``. The difference is structure: the
+first call walks the training data once, computing for all checkpoints at once the
+per-example quantities every score is made of (see :mod:`tracin_core.featurize`),
+and keeps them in a :class:`~tracin_core.store.FeatureStore`. Every later
+``influence()`` / ``self_influence()`` on the same instance reads the store.
+
+Scores: ``TI(j, i) = Σ_c η_c ⟨∇ℓ'_j(θ_c), ∇ℓ_i(θ_c)⟩`` (test ``j``, training ``i``).
+Influence matrices have shape ``(n_test, n_train)``; self-influence ``(n,)``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Iterable, Optional, Sequence, Union
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import BatchSampler, DataLoader, Dataset, SequentialSampler
+
+from .checkpoints import load_into_model, resolve_checkpoints
+from .featurize import (
+    Featurizer,
+    FinalLayerFeaturizer,
+    GradientFeaturizer,
+    ProjectedFeaturizer,
+    Skipped,
+    Snapshot,
+    as_loader,
+    model_device,
+    resolve_module,
+    run_pass,
+    take_snapshots,
+)
+from .nearest_neighbors import AnnoyNearestNeighbors, NearestNeighbors
+from .scoring import KMostInfluentialResults, influence_matrix, top_k, weighted_self
+from .store import FeatureStore
+
+__all__ = ["TracInCP", "TracInCPFast", "TracInCPFastRandProj", "KMostInfluentialResults"]
+
+Batch = Union[tuple, list]
+
+#: TracInCP keeps per-example gradient features in memory up to this size (bytes);
+#: above it (and with no ``cache_dir``) influence queries stream over the data.
+DEFAULT_FEATURE_MEMORY = 2 * 1024**3
+
+
+def _progress_bar(enabled: bool, total: Optional[int], desc: str, callback=None):
+    """A callable advancing a tqdm bar (when enabled) and/or a ``callback(done, total)``."""
+    bar = None
+    if enabled:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total, desc=desc, unit="ex")
+    state = {"done": 0}
+
+    def advance(n: int) -> None:
+        state["done"] += n
+        if bar is not None:
+            bar.update(n)
+        if callback is not None:
+            callback(state["done"], total)
+
+    def close() -> None:
+        if bar is not None:
+            bar.close()
+
+    advance.close = close  # type: ignore[attr-defined]
+    return advance
+
+
+def _dataset_len(loader: DataLoader) -> Optional[int]:
+    """Number of examples a sequential, non-dropping loader yields; None if unknown."""
+    try:
+        bs = loader.batch_sampler
+        if isinstance(bs, BatchSampler) and isinstance(bs.sampler, SequentialSampler) and not bs.drop_last:
+            return len(loader.dataset)  # type: ignore[arg-type]
+        if loader.batch_size is None and isinstance(loader.sampler, SequentialSampler):
+            return None
+    except TypeError:
+        return None
+    return None
+
+
+def _tensor_digest(h: "hashlib._Hash", x: Any) -> None:
+    if isinstance(x, Tensor):
+        t = x.detach().cpu().contiguous()
+        h.update(str((t.dtype, tuple(t.shape))).encode())
+        h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
+    elif isinstance(x, (list, tuple)):
+        for v in x:
+            _tensor_digest(h, v)
+    else:
+        h.update(repr(x).encode())
+
+
+class _TracInBase:
+    """Shared machinery: checkpoints, the training pass, the store, test features."""
+
+    _method = "base"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        train_dataset: Union[Dataset, DataLoader],
+        checkpoints: Union[str, os.PathLike, Sequence[Any], Iterable[Any]],
+        checkpoints_load_func: Optional[Callable[[nn.Module, Any], Optional[float]]] = None,
+        loss_fn: Optional[Callable] = None,
+        batch_size: Optional[int] = 1,
+        test_loss_fn: Optional[Callable] = None,
+        *,
+        device: Optional[Union[str, torch.device]] = None,
+        cache_dir: Optional[Union[str, os.PathLike]] = None,
+        show_progress: bool = False,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        self.model = model
+        if device is not None:
+            self.device = torch.device(device)
+            if self.device.type == "cuda" and not torch.cuda.is_available():
+                raise ValueError("device='cuda' was asked for but CUDA is not available on this machine")
+            model.to(self.device)
+        else:
+            self.device = model_device(model)
+        self.checkpoints = resolve_checkpoints(checkpoints)
+        self.checkpoints_load_func = checkpoints_load_func or load_into_model
+        if not callable(self.checkpoints_load_func):
+            raise TypeError("checkpoints_load_func must be callable as f(model, checkpoint) -> learning rate")
+        for name, fn in (("loss_fn", loss_fn), ("test_loss_fn", test_loss_fn)):
+            if fn is not None and not callable(fn):
+                raise TypeError(f"{name} must be callable as {name}(outputs, labels)")
+        self.loss_fn = loss_fn
+        self.test_loss_fn = loss_fn if test_loss_fn is None else test_loss_fn
+        self.batch_size = batch_size
+        if isinstance(train_dataset, DataLoader):
+            self.train_dataloader = train_dataset
+        elif isinstance(train_dataset, Dataset) or hasattr(train_dataset, "__getitem__"):
+            if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+                raise ValueError(
+                    f"batch_size must be a positive int when train_dataset is a Dataset, got {batch_size!r}"
+                )
+            self.train_dataloader = DataLoader(train_dataset, batch_size, shuffle=False)
+        else:
+            raise TypeError(
+                f"train_dataset must be a torch Dataset or DataLoader, got {type(train_dataset).__name__}"
+            )
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self.show_progress = show_progress
+        self._snapshots: Optional[list[Snapshot]] = None
+        self._store: Optional[FeatureStore] = None
+        self._test_cache: dict[str, dict[str, Tensor]] = {}
+
+    # ------------------------------------------------------------ helpers
+    @classmethod
+    def get_name(cls) -> str:
+        return cls.__name__
+
+    @property
+    def snapshots(self) -> list[Snapshot]:
+        """Every checkpoint loaded once (state and learning rate), in order."""
+        if self._snapshots is None:
+            self._snapshots = take_snapshots(
+                self.model, self.checkpoints, self.checkpoints_load_func, self.device
+            )
+        return self._snapshots
+
+    @property
+    def learning_rates(self) -> list[float]:
+        return [s.learning_rate for s in self.snapshots]
+
+    def _weights(self) -> list[float]:
+        return self.learning_rates
+
+    def _featurizer(self) -> Featurizer:
+        raise NotImplementedError
+
+    def _terms(self):
+        return self._featurizer().terms
+
+    def _store_key(self) -> str:
+        h = hashlib.sha256()
+        h.update(json.dumps(self._config(), sort_keys=True, default=str).encode())
+        for snap in self.snapshots:
+            h.update(str(snap.learning_rate).encode())
+            for k in sorted(snap.state):
+                h.update(k.encode())
+                _tensor_digest(h, snap.state[k])
+        ds = getattr(self.train_dataloader, "dataset", None)
+        h.update(type(ds).__name__.encode())
+        n = _dataset_len(self.train_dataloader)
+        h.update(str(n).encode())
+        if n:
+            for i in sorted({0, n // 2, n - 1}):  # a cheap content check of the data
+                try:
+                    _tensor_digest(h, ds[i])  # type: ignore[index]
+                except Exception:
+                    pass
+        return h.hexdigest()
+
+    def _config(self) -> dict[str, Any]:
+        return {
+            "method": self._method,
+            "loss": repr(self.loss_fn),
+            "reduction": getattr(self.loss_fn, "reduction", None),
+            "batch_size": getattr(self.train_dataloader, "batch_size", None),
+        }
+
+    def _keep_names(self) -> Optional[set[str]]:
+        return None
+
+    # ------------------------------------------------------------ the pass
+    def _train_store(self, show_progress: bool = False, progress: Optional[Callable] = None) -> FeatureStore:
+        """The training set's feature store, computing it (one pass) on first use."""
+        if self._store is not None and self._store.complete:
+            return self._store
+        snaps = self.snapshots
+        n = _dataset_len(self.train_dataloader)
+        path = None
+        key = ""
+        if self.cache_dir is not None:
+            key = self._store_key()
+            path = self.cache_dir / f"{self._method}-{key[:16]}"
+        store = FeatureStore(path, key=key, n=n, meta=self._config(), keep=self._keep_names())
+        if not store.complete:
+            bar = _progress_bar(
+                show_progress or self.show_progress, n, f"{self.get_name()}: training pass", progress
+            )
+            try:
+                result = run_pass(
+                    self.model,
+                    self._resumable_loader(store),
+                    snaps,
+                    self._featurizer(),
+                    self.loss_fn,
+                    store.write,
+                    self.device,
+                    skip=store.is_done if store.done else None,
+                    progress=bar,
+                )
+            finally:
+                bar.close()  # type: ignore[attr-defined]
+            store.finish(result.n)
+        self._store = store
+        self._after_store(store)
+        return store
+
+    def _resumable_loader(self, store: FeatureStore):
+        """Resuming with a sequential loader: fetch only the batches not yet stored."""
+        dl = self.train_dataloader
+        bs = getattr(dl, "batch_sampler", None)
+        if not store.done or not isinstance(bs, BatchSampler) or not isinstance(bs.sampler, SequentialSampler):
+            return dl
+        batches = list(bs)
+        todo = [b for i, b in enumerate(batches) if i not in store.done]
+        rest = iter(DataLoader(dl.dataset, batch_sampler=todo, collate_fn=dl.collate_fn, num_workers=dl.num_workers))
+
+        def gen():
+            for i, b in enumerate(batches):
+                yield Skipped(len(b)) if i in store.done else next(rest)
+
+        return gen()
+
+    def _after_store(self, store: FeatureStore) -> None:
+        """Hook for subclasses (RandProj builds its index here)."""
+
+    def _features(self, inputs: Union[Batch, DataLoader], loss_fn, cache: bool = True) -> dict[str, Tensor]:
+        """Per-example arrays of ``inputs`` (a batch or a DataLoader), in memory, on device."""
+        key = None
+        if cache and isinstance(inputs, (tuple, list)):
+            h = hashlib.sha1()
+            _tensor_digest(h, inputs)
+            h.update(str(id(loss_fn)).encode())
+            key = h.hexdigest()
+            if key in self._test_cache:
+                return self._test_cache[key]
+        parts: dict[str, list[Tensor]] = {}
+
+        def consume(_bi: int, _start: int, arrays: dict[str, Tensor]) -> None:
+            for k, v in arrays.items():
+                parts.setdefault(k, []).append(v)
+
+        run_pass(self.model, as_loader(inputs), self.snapshots, self._featurizer(), loss_fn, consume, self.device)
+        if not parts:
+            raise ValueError("inputs: no examples were given")
+        feats = {k: torch.cat(v, 0) for k, v in parts.items()}
+        if key is not None:
+            self._test_cache.clear()  # keep only the latest query
+            self._test_cache[key] = feats
+        return feats
+
+    def _rows_getter(self, store: FeatureStore, dtype: torch.dtype):
+        dev = self.device
+
+        def get(name: str, start: int, stop: int) -> Tensor:
+            t = store.rows(name, start, stop)
+            return t.to(device=dev, dtype=dtype)
+
+        return get
+
+    # ------------------------------------------------------------ public API
+    def influence(
+        self,
+        inputs: Union[Batch, DataLoader],
+        k: Optional[int] = None,
+        proponents: bool = True,
+        show_progress: bool = False,
+        aggregate: bool = False,
+    ) -> Union[Tensor, KMostInfluentialResults]:
+        """Influence of every training example on each test example in ``inputs``.
+
+        ``k=None``: scores, shape ``(n_test, n_train)`` (``(1, n_train)`` when
+        ``aggregate``, summed over test examples). ``k`` an int:
+        :class:`KMostInfluentialResults` of shape ``(n_test, min(k, n_train))`` —
+        proponents highest first, opponents (``proponents=False``) most negative first.
+        """
+        if inputs is None:
+            raise ValueError("inputs is required; for self-influence call self_influence()")
+        if k is not None and (not isinstance(k, int) or isinstance(k, bool) or k < 1):
+            raise ValueError(f"k must be a positive int or None, got {k!r}")
+        store = self._train_store(show_progress)
+        test = self._features(inputs, self.test_loss_fn)
+        return self._score(store, test, k, proponents, aggregate, show_progress)
+
+    def _score(self, store, test, k, proponents, aggregate, show_progress):
+        terms = self._terms()
+        dtype = next(iter(test.values())).dtype
+        getter = self._rows_getter(store, dtype)
+        weights = self._weights()
+        if k is None:
+            return influence_matrix(test, getter, store.n, terms, weights, aggregate).cpu()
+        return top_k(test, getter, store.n, terms, weights, k, proponents, aggregate)
+
+    def self_influence(
+        self,
+        inputs: Optional[Union[Batch, DataLoader]] = None,
+        show_progress: bool = False,
+        outer_loop_by_checkpoints: bool = False,
+    ) -> Tensor:
+        """Self-influence ``SI_i = Σ_c η_c ‖∇ℓ_i(θ_c)‖²``, shape ``(n,)``.
+
+        ``inputs=None`` scores the training set (read from the store); otherwise the
+        given batch or DataLoader (with ``loss_fn``). ``outer_loop_by_checkpoints``
+        is accepted for Captum compatibility and has no effect: all checkpoints are
+        always handled in one pass.
+        """
+        weights = self._weights()
+        if inputs is None:
+            store = self._train_store(show_progress)
+            cols = [store.array(f"c{c}/self") for c in range(len(weights))]
+        else:
+            feats = self._features(inputs, self.loss_fn, cache=False)
+            cols = [feats[f"c{c}/self"] for c in range(len(weights))]
+        return weighted_self(cols, weights).cpu()
+
+
+class TracInCPFast(_TracInBase):
+    """TracIn on the last fully connected layer: ``Σ_c η_c (a'_j·a_i)(δ'_j·δ_i)``.
+
+    ``a``: the input of ``final_fc_layer``; ``δ``: the gradient of the loss w.r.t.
+    the model output (times the batch size for 'mean' losses). Exact, as Captum.
+    """
+
+    _method = "fast"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        final_fc_layer: Union[nn.Module, str],
+        train_dataset: Union[Dataset, DataLoader],
+        checkpoints: Union[str, os.PathLike, Sequence[Any], Iterable[Any]],
+        checkpoints_load_func: Optional[Callable[[nn.Module, Any], Optional[float]]] = None,
+        loss_fn: Optional[Callable] = None,
+        batch_size: Optional[int] = 1,
+        test_loss_fn: Optional[Callable] = None,
+        vectorize: bool = False,
+        *,
+        device: Optional[Union[str, torch.device]] = None,
+        cache_dir: Optional[Union[str, os.PathLike]] = None,
+        show_progress: bool = False,
+    ) -> None:
+        if loss_fn is None:
+            raise ValueError("loss_fn is required for TracInCPFast (e.g. nn.CrossEntropyLoss(reduction='sum'))")
+        super().__init__(
+            model, train_dataset, checkpoints, checkpoints_load_func, loss_fn, batch_size, test_loss_fn,
+            device=device, cache_dir=cache_dir, show_progress=show_progress,
+        )
+        self.final_fc_layer_name, self.final_fc_layer = resolve_module(model, final_fc_layer, "final_fc_layer")
+        self.vectorize = vectorize
+        self._fz = FinalLayerFeaturizer(self.final_fc_layer)
+
+    def _featurizer(self) -> Featurizer:
+        return self._fz
+
+    def _config(self):
+        return {**super()._config(), "final_fc_layer": self.final_fc_layer_name}
+
+
+class TracInCP(_TracInBase):
+    """TracIn on every parameter of ``layers`` (all parameters when ``None``).
+
+    Per-example gradients come from ``torch.func``; Linear layers are kept as exact
+    factors (input × output-gradient), everything else as full gradients.
+    ``sample_wise_grads_per_batch`` is accepted for Captum compatibility: gradients
+    are always per example, for every selected parameter (Captum's fast path only
+    covers Linear and Conv2d).
+    """
+
+    _method = "cp"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        train_dataset: Union[Dataset, DataLoader],
+        checkpoints: Union[str, os.PathLike, Sequence[Any], Iterable[Any]],
+        checkpoints_load_func: Optional[Callable[[nn.Module, Any], Optional[float]]] = None,
+        layers: Optional[list[str]] = None,
+        loss_fn: Optional[Callable] = None,
+        batch_size: Optional[int] = 1,
+        test_loss_fn: Optional[Callable] = None,
+        sample_wise_grads_per_batch: bool = False,
+        *,
+        device: Optional[Union[str, torch.device]] = None,
+        cache_dir: Optional[Union[str, os.PathLike]] = None,
+        show_progress: bool = False,
+        feature_memory: int = DEFAULT_FEATURE_MEMORY,
+    ) -> None:
+        super().__init__(
+            model, train_dataset, checkpoints, checkpoints_load_func, loss_fn, batch_size, test_loss_fn,
+            device=device, cache_dir=cache_dir, show_progress=show_progress,
+        )
+        self.sample_wise_grads_per_batch = sample_wise_grads_per_batch
+        self.layers = layers
+        self.param_names = self._select_params(model, layers)
+        self.feature_memory = feature_memory
+        self._fz = GradientFeaturizer(model, self.param_names)
+        self._keep_all: Optional[bool] = None
+
+    @staticmethod
+    def _select_params(model: nn.Module, layers: Optional[list[str]]) -> list[str]:
+        if layers is None:
+            names = [n for n, p in model.named_parameters() if p.requires_grad]
+            if not names:
+                raise ValueError("model has no parameters that require grad; pass layers=[...]")
+            return names
+        if isinstance(layers, str) or not isinstance(layers, (list, tuple)) or not layers:
+            raise ValueError(f"layers must be a non-empty list of layer names, got {layers!r}")
+        names: list[str] = []
+        for layer in layers:
+            lname, mod = resolve_module(model, layer, "layers")
+            for pname, _ in mod.named_parameters():
+                full = f"{lname}.{pname}" if lname else pname
+                if full not in names:
+                    names.append(full)
+        if not names:
+            raise ValueError(f"layers: {layers} have no parameters")
+        return names
+
+    def _featurizer(self) -> Featurizer:
+        return self._fz
+
+    def _config(self):
+        return {**super()._config(), "params": self.param_names}
+
+    def _keep_names(self) -> Optional[set[str]]:
+        """All arrays if they fit ``feature_memory`` (or go to ``cache_dir``), else only self-terms."""
+        return None if self._keep_features() else {f"c{c}/self" for c in range(len(self.checkpoints))}
+
+    def _keep_features(self) -> bool:
+        if self._keep_all is None:
+            if self.cache_dir is not None:
+                self._keep_all = True
+            else:
+                n = _dataset_len(self.train_dataloader)
+                per_example = self._estimate_dims()
+                itemsize = next(iter(self.snapshots[0].state.values())).element_size()
+                self._keep_all = n is not None and n * per_example * itemsize * len(self.checkpoints) <= self.feature_memory
+        return self._keep_all
+
+    def _estimate_dims(self) -> int:
+        """Per-example floats per checkpoint, upper bound before the plan is known."""
+        if self._fz.planned:
+            return sum(self._fz.dims.values())
+        total = 0
+        selected = set(self.param_names)
+        for mname, mod in self.model.named_modules():
+            if type(mod) is nn.Linear and f"{mname}.weight" in selected:
+                total += mod.in_features + 1 + mod.out_features
+                selected.discard(f"{mname}.weight")
+                selected.discard(f"{mname}.bias")
+        params = dict(self.model.named_parameters())
+        total += sum(params[n].numel() for n in selected if n in params)
+        return total
+
+    def _score(self, store, test, k, proponents, aggregate, show_progress):
+        if all(store.has(f"c{c}/{name}") for c in range(len(self.checkpoints)) for name in self._fz.dims):
+            return super()._score(store, test, k, proponents, aggregate, show_progress)
+        return self._streaming_score(test, k, proponents, aggregate, show_progress)
+
+    def _streaming_score(self, test, k, proponents, aggregate, show_progress):
+        """Features too large to keep: one more pass, scoring each batch as it comes."""
+        from .scoring import TopK, score_block
+
+        terms, weights = self._terms(), self._weights()
+        n_test = 1 if aggregate else next(iter(test.values())).shape[0]
+        acc = TopK(k, proponents) if k is not None else None
+        blocks: list[Tensor] = []
+        dtype = next(iter(test.values())).dtype
+
+        def consume(_bi: int, start: int, arrays: dict[str, Tensor]) -> None:
+            s = score_block(test, lambda name: arrays[name].to(dtype), terms, weights)
+            if aggregate:
+                s = s.sum(0, keepdim=True)
+            if acc is not None:
+                acc.add(start, s)
+            else:
+                blocks.append(s.cpu())
+
+        bar = _progress_bar(show_progress or self.show_progress, _dataset_len(self.train_dataloader),
+                            "TracInCP: scoring pass", None)
+        try:
+            run_pass(self.model, self.train_dataloader, self.snapshots, self._fz, self.loss_fn, consume,
+                     self.device, progress=bar)
+        finally:
+            bar.close()  # type: ignore[attr-defined]
+        if acc is not None:
+            return acc.result(n_test, dtype)
+        return torch.cat(blocks, dim=1)
+
+
+class TracInCPFastRandProj(TracInCPFast):
+    """TracInCPFast with embeddings in a nearest-neighbour index for fast top-k.
+
+    Embedding per checkpoint: ``√η_c · vec((P_δᵀ δ)(P_aᵀ a)ᵀ)``, concatenated over
+    checkpoints; ``P`` are Gaussian (N(0, 1/dim)) projections seeded by ``seed``,
+    used only when ``projection_dim`` is smaller than the full size (as Captum).
+    Without ``projection_dim`` the scores equal TracInCPFast's. Top-k candidates
+    come from the index (opponents: query with the negated vector) and are
+    re-ranked by their exact embedding dot products.
+    """
+
+    _method = "randproj"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        final_fc_layer: Union[nn.Module, str],
+        train_dataset: Union[Dataset, DataLoader],
+        checkpoints: Union[str, os.PathLike, Sequence[Any], Iterable[Any]],
+        checkpoints_load_func: Optional[Callable[[nn.Module, Any], Optional[float]]] = None,
+        loss_fn: Optional[Callable] = None,
+        batch_size: Optional[int] = 1,
+        test_loss_fn: Optional[Callable] = None,
+        vectorize: bool = False,
+        nearest_neighbors: Optional[NearestNeighbors] = None,
+        projection_dim: Optional[int] = None,
+        seed: int = 0,
+        *,
+        device: Optional[Union[str, torch.device]] = None,
+        cache_dir: Optional[Union[str, os.PathLike]] = None,
+        show_progress: bool = False,
+        candidates: int = 4,
+    ) -> None:
+        super().__init__(
+            model, final_fc_layer, train_dataset, checkpoints, checkpoints_load_func, loss_fn,
+            batch_size, test_loss_fn, vectorize, device=device, cache_dir=cache_dir,
+            show_progress=show_progress,
+        )
+        if projection_dim is not None and (not isinstance(projection_dim, int) or projection_dim < 1):
+            raise ValueError(f"projection_dim must be a positive int or None, got {projection_dim!r}")
+        self.projection_dim = projection_dim
+        self.seed = seed
+        self.nearest_neighbors = nearest_neighbors if nearest_neighbors is not None else AnnoyNearestNeighbors()
+        self.candidates = max(1, int(candidates))
+        self._proj: Optional[tuple[Optional[Tensor], Optional[Tensor]]] = None
+        self._pfz: Optional[ProjectedFeaturizer] = None
+        # Captum builds the index in __init__; so do we (one pass over the data)
+        self._train_store()
+
+    def _projections(self) -> tuple[Optional[Tensor], Optional[Tensor]]:
+        """Captum's projections, from the first training batch's dimensions."""
+        if self._proj is None:
+            if self.projection_dim is None:
+                self._proj = (None, None)
+            else:
+                first = next(iter(self.train_dataloader))
+                from .featurize import split_batch
+
+                inputs, labels = split_batch(first, self.device)
+                f = self._fz(self.model, self.snapshots[0], inputs, labels, self.loss_fn)
+                out_dim, in_dim = f["d"].shape[1], f["a"].shape[1]
+                if out_dim * in_dim > self.projection_dim:
+                    root = int(self.projection_dim**0.5)
+                    pd, pa = min(root, out_dim), min(root, in_dim)
+                    gen = torch.Generator().manual_seed(self.seed)
+                    proj_d = torch.normal(torch.zeros(out_dim, pd), 1.0 / pd**0.5, generator=gen)
+                    proj_a = torch.normal(torch.zeros(in_dim, pa), 1.0 / pa**0.5, generator=gen)
+                    dtype = f["a"].dtype
+                    self._proj = (proj_d.to(self.device, dtype), proj_a.to(self.device, dtype))
+                else:
+                    self._proj = (None, None)
+        return self._proj
+
+    def _featurizer(self) -> Featurizer:
+        if self._pfz is None:
+            self._pfz = ProjectedFeaturizer(self._fz, *self._projections())
+        return self._pfz
+
+    def _config(self):
+        return {**super()._config(), "projection_dim": self.projection_dim, "seed": self.seed}
+
+    def _weights(self) -> list[float]:
+        return [1.0] * len(self.checkpoints)  # √η is inside the embeddings
+
+    def _embedding(self, feats: dict[str, Tensor]) -> Tensor:
+        return torch.cat([feats[f"c{c}/e"] for c in range(len(self.checkpoints))], dim=1)
+
+    def _after_store(self, store: FeatureStore) -> None:
+        emb = torch.cat([store.array(f"c{c}/e") for c in range(len(self.checkpoints))], dim=1)
+        self._train_embedding = emb
+        self.nearest_neighbors.setup(emb)
+
+    def compute_intermediate_quantities(self, inputs: Union[Batch, DataLoader]) -> Tensor:
+        """Embeddings ``(n, C·d)`` whose dot products are the influence scores."""
+        return self._embedding(self._features(inputs, self.test_loss_fn, cache=False)).cpu()
+
+    def influence(  # type: ignore[override]
+        self,
+        inputs: Optional[Union[Batch, DataLoader]] = None,
+        k: Optional[int] = None,
+        proponents: bool = True,
+    ) -> Union[Tensor, KMostInfluentialResults]:
+        """``k=None``: scores ``(n_test, n_train)`` (embedding dot products).
+
+        ``k`` an int: top-k from the index, re-ranked exactly; shapes ``(n_test, k)``.
+        (Captum's default is ``k=5``; here ``k=None`` means scores, as in the other classes.)
+        """
+        if inputs is None:
+            raise ValueError("inputs is required; TracInCPFastRandProj has no self_influence (use TracInCPFast)")
+        if k is not None and (not isinstance(k, int) or isinstance(k, bool) or k < 1):
+            raise ValueError(f"k must be a positive int or None, got {k!r}")
+        test = self._embedding(self._features(inputs, self.test_loss_fn)).cpu()
+        train = self._train_embedding
+        if k is None:
+            return test @ train.T
+        n = train.shape[0]
+        k = min(k, n)
+        sign = 1.0 if proponents else -1.0
+        want = min(n, max(k * self.candidates, k + 10))
+        cand, _ = self.nearest_neighbors.get_nearest_neighbors(test * sign, want)
+        idx_rows, score_rows = [], []
+        for i in range(test.shape[0]):
+            c = torch.unique(cand[i])
+            s = (train[c] @ test[i]) * sign
+            kk = min(k, len(c))
+            v, order = torch.topk(s, kk)
+            idx_rows.append(c[order])
+            score_rows.append(v * sign)
+        return KMostInfluentialResults(torch.stack(idx_rows).long(), torch.stack(score_rows))
+
+    def self_influence(self, inputs=None, show_progress: bool = False, outer_loop_by_checkpoints: bool = False):
+        """Not provided (as in Captum): use :class:`TracInCPFast` for self-influence."""
+        raise NotImplementedError(
+            "TracInCPFastRandProj has no self_influence (random projections only approximate it); "
+            "use TracInCPFast(...).self_influence(), which is exact and as fast"
+        )
