@@ -153,6 +153,11 @@ class FeatureStore:
             m.flush()
         self._write_manifest()
 
+    def save_progress(self) -> None:
+        """Persist the rows written so far (called when a pass stops early)."""
+        if self._maps and not self.complete:
+            self._flush()
+
     def finish(self, n: int) -> None:
         """Mark the pass complete (``n`` rows in all)."""
         if self._maps:

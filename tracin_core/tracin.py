@@ -243,6 +243,9 @@ class _TracInBase:
                     skip=store.is_done if store.done else None,
                     progress=bar,
                 )
+            except BaseException:
+                store.save_progress()  # an interrupted pass resumes from here
+                raise
             finally:
                 bar.close()  # type: ignore[attr-defined]
             store.finish(result.n)
@@ -598,6 +601,11 @@ class TracInCPFastRandProj(TracInCPFast):
                     root = int(self.projection_dim**0.5)
                     pd, pa = min(root, out_dim), min(root, in_dim)
                     gen = torch.Generator().manual_seed(self.seed)
+                    if getattr(self.train_dataloader, "generator", None) is None:
+                        # Captum seeds the global RNG, then starts iterating the loader
+                        # (which draws one int64 seed) before drawing the projections:
+                        # mirror that on a private generator to get the same matrices.
+                        torch.empty((), dtype=torch.int64).random_(generator=gen)
                     proj_d = torch.normal(torch.zeros(out_dim, pd), 1.0 / pd**0.5, generator=gen)
                     proj_a = torch.normal(torch.zeros(in_dim, pa), 1.0 / pa**0.5, generator=gen)
                     dtype = f["a"].dtype

@@ -1,0 +1,100 @@
+"""The on-disk feature store: reuse, resume after a crash, keyed by what it was computed from."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from tracin_core import TracInCP, TracInCPFast
+from tracin_core.store import MANIFEST
+from tests.reference import SmallCNN, make_checkpoints
+
+
+class CountingDataset(Dataset):
+    """Counts item reads; can fail once at a given index (a crash mid-pass)."""
+
+    def __init__(self, n=30, fail_at=None):
+        g = torch.Generator().manual_seed(0)
+        self.x = torch.randn(n, 1, 6, 6, generator=g)
+        self.y = torch.randint(0, 3, (n,), generator=g)
+        self.reads = 0
+        self.fail_at = fail_at
+
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, i):
+        if self.fail_at is not None and i == self.fail_at:
+            self.fail_at = None
+            raise RuntimeError("simulated crash")
+        self.reads += 1
+        return self.x[i], self.y[i]
+
+
+@pytest.fixture()
+def ckpts(tmp_path):
+    return make_checkpoints(SmallCNN, tmp_path / "ckpts", 2, torch.float32)
+
+
+def _fast(ds, ckpts, cache):
+    return TracInCPFast(SmallCNN(), "fc2", ds, ckpts, loss_fn=nn.CrossEntropyLoss(reduction="sum"),
+                        batch_size=4, cache_dir=cache)
+
+
+def test_store_is_reused_by_a_new_instance(tmp_path, ckpts):
+    ds = CountingDataset()
+    a = _fast(ds, ckpts, tmp_path / "cache")
+    s1 = a.self_influence()
+    reads_after_first = ds.reads
+    assert reads_after_first >= len(ds)
+    folders = list((tmp_path / "cache").iterdir())
+    assert len(folders) == 1
+    manifest = json.loads((folders[0] / MANIFEST).read_text())
+    assert manifest["complete"] and manifest["n"] == 30
+    assert manifest["arrays"]["c0/a"] == 5 and manifest["arrays"]["c1/d"] == 3
+    b = _fast(ds, ckpts, tmp_path / "cache")
+    s2 = b.self_influence()
+    assert torch.equal(s1, s2)
+    # only the few items hashed for the store key were read: no second pass
+    assert ds.reads - reads_after_first <= 6
+    test = (ds.x[:3], ds.y[:3])
+    assert torch.allclose(a.influence(test), b.influence(test))
+
+
+def test_interrupted_pass_resumes(tmp_path, ckpts):
+    reference = _fast(CountingDataset(), ckpts, None).self_influence()
+    ds = CountingDataset(fail_at=17)
+    tr = _fast(ds, ckpts, tmp_path / "cache")
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        tr.self_influence()
+    folder = next((tmp_path / "cache").iterdir())
+    manifest = json.loads((folder / MANIFEST).read_text())
+    assert not manifest["complete"]
+    ds.reads = 0
+    again = _fast(ds, ckpts, tmp_path / "cache")
+    assert torch.allclose(again.self_influence(), reference)
+    # batches 0..3 (items 0..15) were done before the crash and are not read again
+    assert ds.reads < len(ds) - 8
+
+
+def test_changed_checkpoint_gives_a_new_store(tmp_path, ckpts):
+    ds = CountingDataset()
+    first = _fast(ds, ckpts, tmp_path / "cache").self_influence()
+    torch.manual_seed(99)
+    torch.save({"model_state_dict": SmallCNN().state_dict()}, ckpts[0])
+    second = _fast(ds, ckpts, tmp_path / "cache").self_influence()
+    assert len(list((tmp_path / "cache").iterdir())) == 2
+    assert not torch.allclose(first, second)
+
+
+def test_tracincp_cache_dir(tmp_path, ckpts):
+    ds = CountingDataset(n=12)
+    a = TracInCP(SmallCNN(), ds, ckpts, loss_fn=nn.CrossEntropyLoss(reduction="sum"), batch_size=5,
+                 cache_dir=tmp_path / "cp")
+    b = TracInCP(SmallCNN(), ds, ckpts, loss_fn=nn.CrossEntropyLoss(reduction="sum"), batch_size=5)
+    test = (ds.x[:2], ds.y[:2])
+    assert torch.allclose(a.influence(test), b.influence(test), atol=1e-6)
+    assert torch.allclose(a.self_influence(), b.self_influence())
