@@ -108,3 +108,24 @@ def reference_scores(model: nn.Module, paths: Sequence[str], train, test, loss_f
 
 def examples_of(xs: Sequence[torch.Tensor], y: torch.Tensor) -> list[tuple]:
     return [tuple(x[i] for x in xs) + (y[i],) for i in range(len(y))]
+
+
+class OddLayersNet(nn.Module):
+    """Strided/padded/dilated convs, a Linear on (B, T, H) inputs, a Linear used twice,
+    a grouped conv and a BatchNorm in eval mode: every per-example gradient path."""
+
+    def __init__(self, classes: int = 3) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(1, 4, 3, stride=2, padding=1)
+        self.c2 = nn.Conv2d(4, 4, 2, dilation=2, groups=2)
+        self.bn = nn.BatchNorm2d(4)
+        self.seq = nn.Linear(4, 5)
+        self.twice = nn.Linear(5, 5)
+        self.head = nn.Linear(5, classes)
+
+    def forward(self, x):
+        h = torch.tanh(self.bn(self.c2(torch.tanh(self.c1(x)))))  # (B, 4, 1, 1) for 6x6 input
+        h = h.flatten(2).transpose(1, 2).expand(-1, 3, -1)  # (B, T=3, 4)
+        h = torch.tanh(self.seq(h)).mean(1)  # Linear on 3-D input
+        h = torch.tanh(self.twice(torch.tanh(self.twice(h))))
+        return self.head(h)

@@ -254,3 +254,27 @@ def test_model_moves_batches_to_its_device(cnn_setup):
                       batch_size=5, device="cpu")
     assert tr.device == torch.device("cpu")
     assert tr.influence(cnn_setup["test"]).device.type == "cpu"
+
+
+def test_every_gradient_path_matches_reference(tmp_path):
+    from tests.reference import OddLayersNet
+
+    def model_fn():
+        m = OddLayersNet()
+        m.bn.running_mean.uniform_(-0.5, 0.5)
+        m.bn.running_var.uniform_(0.5, 1.5)
+        return m.eval()
+
+    paths = make_checkpoints(model_fn, tmp_path, 2, torch.float64, [1.0, 0.5])
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(14, 1, 6, 6, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 3, (14,), generator=g)
+    loss = nn.CrossEntropyLoss(reduction="mean")
+    ref, ref_self = reference_scores(model_fn().double(), paths, examples_of([x[:10]], y[:10]),
+                                     examples_of([x[10:]], y[10:]), loss, lambda m: list(m.parameters()))
+    tr = TracInCP(model_fn().double(), TensorDataset(x[:10], y[:10]), paths, loss_fn=loss, batch_size=4)
+    assert rel_err(tr.influence((x[10:], y[10:])), ref) <= 1e-6
+    assert rel_err(tr.self_influence(), ref_self) <= 1e-6
+    kinds = {name: kind for name, _, kind, _ in tr._fz.hooked}
+    assert kinds == {"c1": "conv", "seq": "linear", "head": "factor"}
+    assert {"c2.weight", "bn.weight", "twice.weight"} <= set(tr._fz.generic_names)

@@ -262,12 +262,17 @@ class FinalLayerFeaturizer(Featurizer):
 
 
 class GradientFeaturizer(Featurizer):
-    """TracInCP: per-example gradients of every selected parameter (torch.func).
+    """TracInCP: per-example gradients of every selected parameter.
 
-    Linear layers whose input is one vector per example are kept as factors
-    (``a``, ``d``): exact, and far smaller than their weight gradient. Every other
-    selected parameter (convolutions, norms, embeddings, ...) contributes its full
-    per-example gradient, computed with ``torch.func.vmap(grad(...))``.
+    Linear and Conv2d layers (the bulk of most models) get their per-example
+    gradients from ONE batched forward/backward: the gradient w.r.t. each layer's
+    output (``δ``, captured by adding a zero tensor to the output) combined with the
+    layer's input. Linear layers fed one vector per example are kept as exact
+    factors (``a``, ``δ``), far smaller than their weight gradient; convolutions
+    contribute ``δ · unfold(input)ᵀ``. Every other selected parameter (norms,
+    embeddings, grouped convolutions, shared weights, ...) gets its per-example
+    gradient from ``torch.func.vmap(grad(...))``. Examples must not interact inside
+    a batch (no BatchNorm in training mode), as for any per-example gradient.
     """
 
     def __init__(self, model: nn.Module, param_names: Sequence[str]) -> None:
@@ -275,36 +280,44 @@ class GradientFeaturizer(Featurizer):
         if not self.param_names:
             raise ValueError("layers: the selected layers have no parameters")
         self.planned = False
-        self.factor_layers: list[tuple[str, nn.Module, bool]] = []  # (module name, module, has_bias)
-        self.dense_names: list[str] = []
+        # hooked layers: (module name, module, kind 'factor'|'linear'|'conv', has_bias)
+        self.hooked: list[tuple[str, nn.Module, str, bool]] = []
+        self.generic_names: list[str] = []
         self.terms: list[Term] = []
         self.dims: dict[str, int] = {}
-        self._eps: dict[str, Tensor] = {}
-        self._acts: dict[str, Tensor] = {}
 
     # -- planning ---------------------------------------------------------------
+    @staticmethod
+    def _conv_ok(mod: nn.Module) -> bool:
+        return (
+            type(mod) is nn.Conv2d
+            and mod.groups == 1
+            and mod.padding_mode == "zeros"
+            and not isinstance(mod.padding, str)
+        )
+
     def prepare(self, model, snap, inputs, labels):
         if self.planned:
             return
         selected = set(self.param_names)
-        # parameters shared between modules cannot be factored
-        seen: dict[int, int] = {}
+        counts: dict[int, int] = {}
         for _, p in model.named_parameters(remove_duplicate=False):
-            seen[id(p)] = seen.get(id(p), 0) + 1
+            counts[id(p)] = counts.get(id(p), 0) + 1
         calls: dict[str, list[int]] = {}
         handles = []
         candidates = {}
         for mname, mod in model.named_modules():
-            if type(mod) is nn.Linear and f"{mname}.weight" in selected:
-                if seen.get(id(mod.weight), 0) == 1 and (
-                    mod.bias is None or seen.get(id(mod.bias), 0) == 1
-                ):
-                    candidates[mname] = mod
+            if not (type(mod) is nn.Linear or self._conv_ok(mod)) or f"{mname}.weight" not in selected:
+                continue
+            own = [p for p in (mod.weight, mod.bias) if p is not None]
+            if any(counts.get(id(p), 0) != 1 for p in own):
+                continue
+            candidates[mname] = mod
 
-                    def hook(_m, inp, _out, _name=mname):
-                        calls.setdefault(_name, []).append(inp[0].dim())
+            def hook(_m, inp, _out, _name=mname):
+                calls.setdefault(_name, []).append(inp[0].dim())
 
-                    handles.append(mod.register_forward_hook(hook))
+            handles.append(mod.register_forward_hook(hook))
         try:
             with torch.no_grad():
                 first = tuple(x[:1] if isinstance(x, Tensor) else x for x in inputs)
@@ -315,79 +328,112 @@ class GradientFeaturizer(Featurizer):
         covered: set[str] = set()
         for mname, mod in candidates.items():
             dims = calls.get(mname, [])
-            if len(dims) == 1 and dims[0] == 2:
-                has_bias = mod.bias is not None and f"{mname}.bias" in selected
-                self.factor_layers.append((mname, mod, has_bias))
-                covered.add(f"{mname}.weight")
-                if has_bias:
-                    covered.add(f"{mname}.bias")
-        self.dense_names = [n for n in self.param_names if n not in covered]
-        for i, (mname, mod, has_bias) in enumerate(self.factor_layers):
-            self.terms.append(("factor", f"l{i}_a", f"l{i}_d"))
-            self.dims[f"l{i}_a"] = mod.in_features + int(has_bias)
-            self.dims[f"l{i}_d"] = mod.out_features
-        if self.dense_names:
+            if len(dims) != 1:
+                continue  # not called, or called more than once: generic path
+            has_bias = mod.bias is not None and f"{mname}.bias" in selected
+            if type(mod) is nn.Linear:
+                kind = "factor" if dims[0] == 2 else "linear"
+            else:
+                if dims[0] != 4:
+                    continue
+                kind = "conv"
+            self.hooked.append((mname, mod, kind, has_bias))
+            covered.add(f"{mname}.weight")
+            if has_bias:
+                covered.add(f"{mname}.bias")
+        self.generic_names = [n for n in self.param_names if n not in covered]
+        dense = 0
+        for i, (mname, mod, kind, has_bias) in enumerate(self.hooked):
+            if kind == "factor":
+                self.terms.append(("factor", f"l{i}_a", f"l{i}_d"))
+                self.dims[f"l{i}_a"] = mod.in_features + int(has_bias)
+                self.dims[f"l{i}_d"] = mod.out_features
+            else:
+                dense += mod.weight.numel() + (mod.bias.numel() if has_bias else 0)
+        dense += sum(snap.state[n].numel() for n in self.generic_names)
+        if dense:
             self.terms.append(("dense", "g"))
-            self.dims["g"] = sum(snap.state[n].numel() for n in self.dense_names)
+            self.dims["g"] = dense
         self.planned = True
 
     # -- computation ------------------------------------------------------------
     def __call__(self, model, snap, inputs, labels, loss_fn):
-        state = snap.state
-        dense = {n: state[n] for n in self.dense_names}
-        frozen = {k: v for k, v in state.items() if k not in dense}
         n = batch_size_of(inputs, labels)
-        ref = next(iter(state.values()))
-        eps = {
-            mname: torch.zeros(n, 1, mod.out_features, dtype=mod.weight.dtype, device=ref.device)
-            for mname, mod, _ in self.factor_layers
-        }
-        fz = self
+        feats: dict[str, Tensor] = {}
+        dense_parts: list[Tensor] = []
+        if self.hooked:
+            dense_parts += self._hooked(model, snap, inputs, labels, loss_fn, n, feats)
+        if self.generic_names:
+            dense_parts += self._generic(model, snap, inputs, labels, loss_fn, n)
+        if dense_parts:
+            feats["g"] = torch.cat(dense_parts, dim=1)
+        return feats
 
-        def make_hook(mname: str):
+    def _hooked(self, model, snap, inputs, labels, loss_fn, n, feats) -> list[Tensor]:
+        acts: dict[str, Tensor] = {}
+        eps: dict[str, Tensor] = {}
+
+        def make_hook(name: str):
             def hook(_m, inp, out):
-                fz._acts[mname] = inp[0]
-                return out + fz._eps[mname]
+                e = torch.zeros_like(out, requires_grad=True)
+                eps[name] = e
+                acts[name] = inp[0].detach()
+                return out + e
 
             return hook
 
-        handles = [mod.register_forward_hook(make_hook(m)) for m, mod, _ in self.factor_layers]
-        tensor_pos = [i for i, x in enumerate(inputs) if isinstance(x, Tensor)]
-
-        def per_example(dense_p, eps_p, xs, y):
-            fz._eps = eps_p
-            fz._acts = {}
-            args = list(inputs)
-            for pos, x in zip(tensor_pos, xs):
-                args[pos] = x.unsqueeze(0)
-            out = functional_call(model, (frozen, dense_p), tuple(args))
-            yy = y.unsqueeze(0) if isinstance(y, Tensor) else y
-            loss = total_loss(loss_fn, out, yy)
-            return loss, dict(fz._acts)
-
+        handles = [mod.register_forward_hook(make_hook(m)) for m, mod, _, _ in self.hooked]
         try:
-            xs = tuple(inputs[i] for i in tensor_pos)
-            label_dim = 0 if isinstance(labels, Tensor) and labels.dim() > 0 else None
-            g_fn = grad(per_example, argnums=(0, 1), has_aux=True)
-            (g_dense, g_eps), acts = vmap(
-                g_fn, in_dims=(None, 0, 0, label_dim), randomness="different"
-            )(dense, eps, xs, labels)
+            with torch.enable_grad():
+                out = functional_call(model, snap.state, inputs)
+                loss = total_loss(loss_fn, out, labels)
+                names = [m for m, _, _, _ in self.hooked]
+                grads = torch.autograd.grad(loss, [eps[m] for m in names])
         finally:
             for h in handles:
                 h.remove()
-            self._eps, self._acts = {}, {}
-        feats: dict[str, Tensor] = {}
-        for i, (mname, mod, has_bias) in enumerate(self.factor_layers):
-            a = acts[mname].reshape(n, -1).detach()
+        scale = float(n) if reduction_of(loss_fn) == "mean" else 1.0
+        dense: list[Tensor] = []
+        for i, ((mname, mod, kind, has_bias), d) in enumerate(zip(self.hooked, grads)):
+            d = d.detach() * scale if scale != 1.0 else d.detach()
+            a = acts[mname]
+            if kind == "factor":
+                if has_bias:
+                    a = torch.cat([a, torch.ones(n, 1, dtype=a.dtype, device=a.device)], dim=1)
+                feats[f"l{i}_a"] = a
+                feats[f"l{i}_d"] = d
+                continue
+            if kind == "linear":  # (B, ..., in) inputs: sum of outer products over positions
+                a3 = a.reshape(n, -1, a.shape[-1])
+                d3 = d.reshape(n, -1, d.shape[-1])
+            else:  # conv: δ (B, O, L) times unfolded input (B, C·kh·kw, L)
+                a3 = torch.nn.functional.unfold(
+                    a, mod.kernel_size, dilation=mod.dilation, padding=mod.padding, stride=mod.stride
+                ).transpose(1, 2)
+                d3 = d.reshape(n, d.shape[1], -1).transpose(1, 2)
+            dense.append(torch.bmm(d3.transpose(1, 2), a3).reshape(n, -1))
             if has_bias:
-                a = torch.cat([a, torch.ones(n, 1, dtype=a.dtype, device=a.device)], dim=1)
-            feats[f"l{i}_a"] = a
-            feats[f"l{i}_d"] = g_eps[mname].reshape(n, -1).detach()
-        if self.dense_names:
-            feats["g"] = torch.cat(
-                [g_dense[name].reshape(n, -1) for name in self.dense_names], dim=1
-            ).detach()
-        return feats
+                dense.append(d3.sum(1))
+        return dense
+
+    def _generic(self, model, snap, inputs, labels, loss_fn, n) -> list[Tensor]:
+        state = snap.state
+        generic = {k: state[k] for k in self.generic_names}
+        frozen = {k: v for k, v in state.items() if k not in generic}
+        tensor_pos = [i for i, x in enumerate(inputs) if isinstance(x, Tensor)]
+
+        def per_example(params, xs, y):
+            args = list(inputs)
+            for pos, x in zip(tensor_pos, xs):
+                args[pos] = x.unsqueeze(0)
+            out = functional_call(model, (frozen, params), tuple(args))
+            yy = y.unsqueeze(0) if isinstance(y, Tensor) else y
+            return total_loss(loss_fn, out, yy)
+
+        xs = tuple(inputs[i] for i in tensor_pos)
+        label_dim = 0 if isinstance(labels, Tensor) and labels.dim() > 0 else None
+        g = vmap(grad(per_example), in_dims=(None, 0, label_dim), randomness="different")(generic, xs, labels)
+        return [g[name].reshape(n, -1).detach() for name in self.generic_names]
 
 
 class ProjectedFeaturizer(Featurizer):
