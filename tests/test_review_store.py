@@ -1,0 +1,670 @@
+"""Tests for tracin_core.review.ReviewStore: semantics, concurrency, crash safety, errors."""
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import threading
+from collections import defaultdict
+from datetime import timedelta
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tracin_core import review
+from tracin_core.review import (
+    SCHEMA_VERSION,
+    ReviewStore,
+    ReviewStoreError,
+    read_labels_override,
+    replay,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+N_LABELS = 10
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> ReviewStore:
+    s = ReviewStore(tmp_path / "review.db", workspace="ws", data_hash="h1")
+    yield s
+    s.close()
+
+
+def given_of(item: int) -> int:
+    return item % N_LABELS
+
+
+def assert_replay_agrees(store: ReviewStore) -> None:
+    pd.testing.assert_frame_equal(store.decisions(), replay(store.history()))
+
+
+def integrity(path: Path) -> str:
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute("PRAGMA integrity_check").fetchone()[0]
+    finally:
+        conn.close()
+
+
+# ----------------------------------------------------------------------- workers
+# Module-level so that 'spawn' children can import them.
+
+
+def _decision_worker(store: ReviewStore, k: int, n: int, start, results) -> None:
+    """Record n events as reviewer f"r{k}"; report ids and the expected end state."""
+    try:
+        rng = random.Random(1000 + k)
+        reviewer = f"r{k}"
+        stacks: dict[int, list[tuple[str, int | None]]] = defaultdict(list)
+        ids = []
+        start.wait(30)
+        for i in range(n):
+            item = rng.randrange(30)  # items overlap between reviewers
+            given = given_of(item)
+            if stacks[item] and rng.random() < 0.25:
+                event_id = store.undo(item, reviewer)
+                assert event_id is not None
+                stacks[item].pop()
+            else:
+                action = rng.choice(["accept", "relabel", "exclude", "skip", "adjudicate"])
+                if action == "relabel":
+                    new = (given + 1 + rng.randrange(N_LABELS - 1)) % N_LABELS
+                    event_id = store.record(item, reviewer, "relabel", new, given_label=given,
+                                            ranking="self_influence", score=rng.random())
+                    stacks[item].append(("relabelled", new))
+                elif action == "adjudicate":
+                    event_id = store.record(item, reviewer, "adjudicate", None,
+                                            given_label=given)
+                    stacks[item].append(("accepted", given))
+                else:
+                    event_id = store.record(item, reviewer, action, given_label=given)
+                    stacks[item].append({"accept": ("accepted", given),
+                                         "exclude": ("excluded", None),
+                                         "skip": ("skipped", None)}[action])
+            ids.append(event_id)
+            if i % 20 == 0:  # exercise the claims table at the same time
+                store.claim_next(reviewer, range(40), lease_seconds=5)
+        expected = {item: stack[-1] for item, stack in stacks.items() if stack}
+        results.put((k, None, ids, expected))
+    except BaseException as exc:  # report, never hang the parent
+        results.put((k, repr(exc), [], {}))
+
+
+def _claim_worker(path: str, k: int, n_items: int, start, results) -> None:
+    try:
+        store = ReviewStore(path, workspace="ws", data_hash="h1")
+        reviewer = f"c{k}"
+        got = []
+        start.wait(30)
+        while True:
+            item = store.claim_next(reviewer, range(n_items), lease_seconds=60)
+            if item is None:
+                break
+            got.append(item)
+            store.record(item, reviewer, "accept", given_label=given_of(item))
+        results.put((k, None, got))
+    except BaseException as exc:
+        results.put((k, repr(exc), []))
+
+
+def _run_processes(ctx, target, args_for, n_procs: int) -> list[tuple]:
+    start = ctx.Event()
+    results = ctx.Queue()
+    procs = [ctx.Process(target=target, args=(*args_for(k), start, results))
+             for k in range(n_procs)]
+    for p in procs:
+        p.start()
+    start.set()
+    out = [results.get(timeout=60) for _ in procs]
+    for p in procs:
+        p.join(timeout=30)
+        assert p.exitcode == 0, f"worker exited with {p.exitcode}"
+    return sorted(out)
+
+
+# ------------------------------------------------------------------- concurrency
+
+
+@pytest.mark.timeout(90)
+def test_many_processes_write_at_once(tmp_path: Path) -> None:
+    path = tmp_path / "review.db"
+    parent = ReviewStore(path, workspace="ws", data_hash="h1")
+    parent.decisions()  # the parent has an open connection when it forks
+    out = _run_processes(mp.get_context("fork"), _decision_worker,
+                         lambda k: (parent, k, 200), 8)
+
+    errors = [(k, err) for k, err, _, _ in out if err]
+    assert errors == []
+    ids = [i for _, _, got, _ in out for i in got]
+    history = parent.history()
+    assert len(history) == 1600
+    assert len(set(ids)) == 1600
+    assert set(history["id"]) == set(ids)
+    assert_replay_agrees(parent)
+
+    decisions = parent.decisions()
+    for k, _, _, expected in out:
+        mine = decisions[decisions["reviewer"] == f"r{k}"]
+        got = {int(r.item_id): (r.status, None if pd.isna(r.final_label) else int(r.final_label))
+               for r in mine.itertuples()}
+        assert got == expected
+    assert integrity(path) == "ok"
+    parent.close()
+
+
+@pytest.mark.timeout(90)
+def test_spawned_processes_receive_a_pickled_store(tmp_path: Path) -> None:
+    store = ReviewStore(tmp_path / "review.db", workspace="ws", data_hash="h1")
+    out = _run_processes(mp.get_context("spawn"), _decision_worker,
+                         lambda k: (store, k, 25), 2)
+    assert [err for _, err, _, _ in out if err] == []
+    assert len(store.history()) == 50
+    assert_replay_agrees(store)
+
+
+@pytest.mark.timeout(60)
+def test_threads_share_one_store(store: ReviewStore) -> None:
+    errors: list[BaseException] = []
+    ids: list[int] = []
+    lock = threading.Lock()
+    barrier = threading.Barrier(8)
+
+    def work(k: int) -> None:
+        try:
+            rng = random.Random(k)
+            barrier.wait()
+            mine = []
+            for i in range(50):
+                item = rng.randrange(20)
+                if i % 7 == 6:
+                    event_id = store.undo(item, f"t{k}")
+                    if event_id is None:  # nothing to undo there: decide instead
+                        event_id = store.record(item, f"t{k}", "skip")
+                else:
+                    event_id = store.record(item, f"t{k}", "accept", given_label=given_of(item))
+                mine.append(event_id)
+            with lock:
+                ids.extend(mine)
+        except BaseException as exc:
+            with lock:
+                errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert len(ids) == len(set(ids)) == 400
+    assert set(store.history()["id"]) == set(ids)
+    assert_replay_agrees(store)
+
+
+@pytest.mark.timeout(60)
+def test_sigkill_mid_stream_loses_no_acknowledged_event(tmp_path: Path) -> None:
+    path = tmp_path / "review.db"
+    ReviewStore(path).close()
+    script = textwrap.dedent(f"""
+        import sys
+        from tracin_core.review import ReviewStore
+        store = ReviewStore({str(path)!r})
+        i = 0
+        while True:
+            action = ("accept", "exclude", "skip")[i % 3]
+            event_id = store.record(i % 500, "killme", action, given_label=i % 10)
+            sys.stdout.write(f"{{event_id}}\\n")
+            sys.stdout.flush()
+            i += 1
+    """)
+    child = subprocess.Popen([sys.executable, "-c", script], cwd=REPO_ROOT,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    acked = []
+    try:
+        for line in child.stdout:  # type: ignore[union-attr]
+            acked.append(int(line))
+            if len(acked) >= 300:
+                break
+        os.kill(child.pid, signal.SIGKILL)
+        rest, err = child.communicate(timeout=30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    acked += [int(x) for x in rest.split()]
+    assert child.returncode == -signal.SIGKILL, err
+    assert len(acked) >= 300
+
+    assert integrity(path) == "ok"
+    reopened = ReviewStore(path)
+    present = set(reopened.history()["id"])
+    assert set(acked) <= present
+    assert len(present) - len(acked) <= 1  # at most the one being acknowledged
+    assert_replay_agrees(reopened)
+    reopened.record(0, "after", "accept")
+    reopened.close()
+
+
+# ---------------------------------------------------------------------- semantics
+
+
+def test_record_validates_arguments(store: ReviewStore) -> None:
+    with pytest.raises(ValueError, match="item_id"):
+        store.record(-1, "ann", "accept")
+    with pytest.raises(ValueError, match="item_id"):
+        store.record("3", "ann", "accept")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="item_id"):
+        store.record(True, "ann", "accept")
+    with pytest.raises(ValueError, match="reviewer"):
+        store.record(1, "  ", "accept")
+    with pytest.raises(ValueError, match="reviewer"):
+        store.record(1, None, "accept")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="action"):
+        store.record(1, "ann", "approve")
+    with pytest.raises(ValueError, match="new_label"):
+        store.record(1, "ann", "relabel")
+    with pytest.raises(ValueError, match="new_label"):
+        store.record(1, "ann", "accept", 4)
+    with pytest.raises(ValueError, match="new_label"):
+        store.record(1, "ann", "relabel", -2)
+    with pytest.raises(ValueError, match="given_label"):
+        store.record(1, "ann", "accept", given_label=-1)
+    with pytest.raises(ValueError, match="nothing to undo"):
+        store.record(1, "ann", "undo")
+    assert store.history().empty
+    # numpy / pandas integers are fine
+    import numpy as np
+    event_id = store.record(np.int64(3), " ann ", "Relabel", np.int64(2), given_label=np.int32(1))
+    row = store.history().iloc[-1]
+    assert (row["id"], row["item_id"], row["reviewer"], row["action"]) == (event_id, 3, "ann",
+                                                                           "relabel")
+
+
+def test_undo_reverts_latest_decision_one_at_a_time(store: ReviewStore) -> None:
+    a = store.record(5, "ann", "accept", given_label=2)
+    b = store.record(5, "ann", "relabel", 7)  # given label remembered from the item
+    store.record(5, "bob", "exclude", given_label=2)
+    c = store.record(5, "ann", "exclude")
+
+    def current(reviewer: str):
+        d = store.decisions()
+        d = d[(d["item_id"] == 5) & (d["reviewer"] == reviewer)]
+        return None if d.empty else (d.iloc[0]["status"], d.iloc[0]["event_id"])
+
+    assert current("ann") == ("excluded", c)
+    u1 = store.undo(5, "ann")
+    assert current("ann") == ("relabelled", b)
+    u2 = store.record(5, "ann", "undo")
+    assert current("ann") == ("accepted", a)
+    u3 = store.undo(5, "ann")
+    assert current("ann") is None
+    assert store.undo(5, "ann") is None  # nothing left: no event
+    assert current("bob") == ("excluded", b + 1)  # other reviewers untouched
+
+    h = store.history().set_index("id")
+    assert len(h) == 7  # undo never deletes
+    assert list(h.loc[[u1, u2, u3], "undoes"]) == [c, b, a]
+    assert list(h.loc[[u1, u2, u3], "status"].fillna("-")) == ["relabelled", "accepted", "-"]
+    # old_label: label in effect before the event; new_label of an undo: after it
+    assert (h.loc[b, "given_label"], h.loc[b, "old_label"], h.loc[b, "new_label"]) == (2, 2, 7)
+    assert (h.loc[c, "old_label"], pd.isna(h.loc[c, "new_label"])) == (7, True)
+    assert (h.loc[u1, "old_label"], h.loc[u1, "new_label"]) == (2, 7)
+    assert (h.loc[u2, "old_label"], h.loc[u2, "new_label"]) == (7, 2)
+    assert h["created_at"].str.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}\+00:00$").all()
+
+    # redo after undo, then undo again: the stack still works
+    d = store.record(5, "ann", "skip")
+    store.undo(5, "ann")
+    assert current("ann") is None
+    assert d in set(store.history()["id"])
+    assert store.decided_items() == {5}
+    assert store.decided_items("ann") == set()
+    assert_replay_agrees(store)
+
+
+def test_decision_columns_and_labels(store: ReviewStore) -> None:
+    store.record(0, "ann", "accept", given_label=3, ranking="self_influence", score=1.5)
+    store.record(1, "ann", "relabel", 4, given_label=1)
+    store.record(2, "ann", "exclude", given_label=2)
+    store.record(3, "ann", "skip", given_label=3)
+    store.record(4, "ann", "relabel", 4, given_label=4)  # same as given: an accept
+    d = store.decisions().set_index("item_id")
+    assert list(store.decisions().columns[:7]) == ["item_id", "reviewer", "action",
+                                                   "given_label", "final_label", "status",
+                                                   "decided_at"]
+    assert list(d["status"]) == ["accepted", "relabelled", "excluded", "skipped", "accepted"]
+    assert d.loc[0, "final_label"] == 3 and d.loc[1, "final_label"] == 4
+    assert pd.isna(d.loc[2, "final_label"]) and pd.isna(d.loc[3, "final_label"])
+    h = store.history()
+    assert h.loc[0, "ranking"] == "self_influence" and h.loc[0, "score"] == 1.5
+    assert store.progress("ann") == {"decided": 5, "accepted": 2, "relabelled": 1,
+                                     "excluded": 1, "skipped": 1, "conflict": 0,
+                                     "adjudicated": 0, "by_reviewer": {"ann": 5}}
+
+
+def test_conflicts_consensus_and_adjudication(store: ReviewStore) -> None:
+    store.record(0, "ann", "relabel", 4, given_label=1)
+    store.record(0, "bob", "relabel", 4, given_label=1)   # agree -> consensus
+    store.record(1, "ann", "accept", given_label=1)
+    store.record(1, "bob", "relabel", 3, given_label=1)   # disagree -> conflict
+    store.record(2, "ann", "exclude", given_label=2)
+    store.record(2, "bob", "skip", given_label=2)         # skip abstains
+    store.record(3, "ann", "relabel", 5, given_label=3)
+    store.record(3, "bob", "relabel", 6, given_label=3)   # different labels -> conflict
+
+    f = store.final_decisions().set_index("item_id")
+    assert list(store.final_decisions().columns) == ["item_id", "given_label", "final_label",
+                                                     "status", "reviewer", "decided_at",
+                                                     "is_final"]
+    assert list(f["status"]) == ["relabelled", "conflict", "excluded", "conflict"]
+    assert f.loc[0, "final_label"] == 4 and f.loc[0, "reviewer"] == "ann,bob"
+    assert f.loc[2, "reviewer"] == "ann"
+    assert pd.isna(f.loc[1, "final_label"]) and not f["is_final"].any()
+
+    c = store.conflicts()
+    assert sorted(set(c["item_id"])) == [1, 3]
+    assert len(c) == 4 and set(c["reviewer"]) == {"ann", "bob"}
+    assert store.progress()["conflict"] == 2
+    assert store.progress("bob")["conflict"] == 2
+
+    adj = store.record(1, "carol", "adjudicate", 3)
+    store.record(3, "carol", "adjudicate", exclude=True)
+    f = store.final_decisions().set_index("item_id")
+    assert (f.loc[1, "status"], f.loc[1, "final_label"], f.loc[1, "reviewer"],
+            bool(f.loc[1, "is_final"])) == ("relabelled", 3, "carol", True)
+    assert f.loc[3, "status"] == "excluded" and bool(f.loc[3, "is_final"])
+    assert store.conflicts().empty
+    assert store.history().set_index("id").loc[adj, "is_final"]
+    p = store.progress()
+    assert (p["decided"], p["conflict"], p["adjudicated"]) == (4, 0, 2)
+    assert p["by_reviewer"] == {"ann": 4, "bob": 4, "carol": 2}
+
+    store.undo(1, "carol")  # undoing the adjudication reopens the conflict
+    assert set(store.conflicts()["item_id"]) == {1}
+    store.record(1, "carol", "adjudicate")  # None: the given label stands
+    f = store.final_decisions().set_index("item_id")
+    assert (f.loc[1, "status"], f.loc[1, "final_label"]) == ("accepted", 1)
+    assert_replay_agrees(store)
+
+
+def test_claim_next_queue(store: ReviewStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    ranking = [9, 3, 7, 1, 5]
+    assert store.claim_next("ann", ranking) == 9
+    assert store.claim_next("bob", ranking) == 3       # 9 is ann's
+    assert store.claim_next("ann", ranking) == 9       # asking again keeps the same item
+    store.record(9, "ann", "accept", given_label=9)     # deciding releases the claim
+    assert set(store.claims()["item_id"]) == {3}
+    assert store.claim_next("ann", ranking) == 7
+    assert store.claim_next("ann", [3, 7, 1]) == 7      # own claim is not "held by others"
+    store.record(3, "bob", "skip", given_label=3)
+    assert store.claim_next("bob", ranking) == 1       # 9 decided, 3 skipped, 7 ann's
+    store.release("bob")
+    assert store.claim_next("bob", [3, 1]) == 1        # bob's skip hides 3 from bob...
+    store.release("ann")
+    assert store.claim_next("ann", [3, 1]) == 3        # ...but not from ann
+    assert store.claim_next("carol", [3, 1, 9]) is None  # 3, 1 held; 9 decided
+    assert store.release("carol") == 0
+    assert store.release("ann") == 1
+    assert store.claim_next("carol", [3, 1, 9]) == 3
+
+    # leases expire: move the clock past them
+    real_now = review._utcnow()
+    monkeypatch.setattr(review, "_utcnow", lambda: real_now + timedelta(seconds=3600))
+    assert store.claims().empty
+    assert store.claim_next("dave", [1]) == 1
+    with pytest.raises(ValueError, match="lease_seconds"):
+        store.claim_next("dave", [1], lease_seconds=0)
+    with pytest.raises(ValueError, match="candidates"):
+        store.claim_next("dave", [-1])
+
+
+@pytest.mark.timeout(60)
+def test_claim_next_never_hands_out_an_item_twice(tmp_path: Path) -> None:
+    path = tmp_path / "review.db"
+    ReviewStore(path, workspace="ws", data_hash="h1").close()
+    out = _run_processes(mp.get_context("fork"), _claim_worker,
+                         lambda k: (str(path), k, 60), 6)
+    assert [err for _, err, _ in out if err] == []
+    claimed = [i for _, _, got in out for i in got]
+    assert sorted(claimed) == list(range(60))  # every item once, none twice
+    store = ReviewStore(path, workspace="ws", data_hash="h1")
+    assert len(store.history()) == 60
+    assert store.conflicts().empty
+
+
+# ------------------------------------------------------------------------ exports
+
+
+def test_export_csv_and_json_round_trip(store: ReviewStore, tmp_path: Path) -> None:
+    store.record(0, "ann", "relabel", 4, given_label=1, ranking="r", score=0.5)
+    store.record(1, "ann", "exclude", given_label=2)
+    store.record(2, "ann", "accept", given_label=3)
+    store.record(2, "bob", "relabel", 8, given_label=3)
+    store.record(3, "bob", "skip", given_label=0)
+    store.undo(3, "bob")
+    final = store.final_decisions()
+
+    csv_path = store.export(tmp_path / "out.csv")
+    back = pd.read_csv(csv_path)
+    assert list(back.columns) == ["index", "given_label", "final_label", "status", "reviewer",
+                                  "decided_at", "is_final"]
+    assert list(back["index"]) == [0, 1, 2]
+    assert list(back["status"]) == ["relabelled", "excluded", "conflict"]
+    assert back.loc[0, "final_label"] == 4 and pd.isna(back.loc[1, "final_label"])
+    assert list(back["reviewer"]) == ["ann", "ann", "ann,bob"]
+    assert list(back["decided_at"]) == list(final["decided_at"])
+
+    json_path = store.export(tmp_path / "out.json")
+    records = json.loads(json_path.read_text())
+    assert [r["index"] for r in records] == [0, 1, 2]
+    assert records[0] == {"index": 0, "given_label": 1, "final_label": 4,
+                          "status": "relabelled", "reviewer": "ann",
+                          "decided_at": final.loc[0, "decided_at"], "is_final": False}
+    assert records[1]["final_label"] is None
+
+    hist_csv = pd.read_csv(store.export(tmp_path / "history.csv", kind="history"))
+    hist_json = json.loads(store.export(tmp_path / "history.json", kind="history").read_text())
+    history = store.history()
+    assert len(hist_csv) == len(hist_json) == len(history) == 6
+    assert list(hist_csv["id"]) == [r["id"] for r in hist_json] == list(history["id"])
+    assert list(hist_csv["action"]) == list(history["action"])
+    assert hist_json[-1]["action"] == "undo" and hist_json[-1]["undoes"] == history["id"].iloc[-2]
+
+    for bad in ("out.txt", "out", "out.xlsx"):
+        with pytest.raises(ValueError, match=r"\.csv or \.json"):
+            store.export(tmp_path / bad)
+    with pytest.raises(ValueError, match="kind"):
+        store.export(tmp_path / "x.csv", kind="everything")
+
+
+def test_corrected_labels_round_trip(store: ReviewStore, tmp_path: Path) -> None:
+    given = [0, 1, 2, 3, 4, 5, 6]
+    store.record(1, "ann", "relabel", 9, given_label=1)
+    store.record(2, "ann", "exclude", given_label=2)
+    store.record(3, "ann", "accept", given_label=3)
+    store.record(4, "ann", "accept", given_label=4)
+    store.record(4, "bob", "relabel", 7, given_label=4)  # conflict: given label stays
+    store.record(5, "ann", "relabel", 2, given_label=5)
+    store.record(5, "bob", "exclude", given_label=5)
+    store.record(5, "carol", "adjudicate", 8)              # adjudicated
+    store.record(6, "ann", "skip", given_label=6)
+
+    path = store.export_corrected_labels(tmp_path / "labels.csv", given)
+    assert path.read_text().splitlines()[:3] == ["index,label,excluded", "0,0,0", "1,9,0"]
+    labels, excluded = read_labels_override(path, len(given))
+    assert labels == [0, 9, 2, 3, 4, 8, 6]
+    assert excluded == [False, False, True, False, False, False, False]
+
+    with pytest.raises(ValueError, match="given_labels"):
+        store.export_corrected_labels(tmp_path / "short.csv", [0, 1])
+    with pytest.raises(ValueError, match=r"\.csv"):
+        store.export_corrected_labels(tmp_path / "labels.json", given)
+
+
+def test_read_labels_override_validation(tmp_path: Path) -> None:
+    def write(text: str) -> Path:
+        p = tmp_path / "override.csv"
+        p.write_text(text)
+        return p
+
+    p = write("idx,label\n0,1\n")
+    with pytest.raises(ValueError, match=r"override\.csv.*missing column.*index"):
+        read_labels_override(p, 1)
+    p = write("index,label,excluded\n0,1,0\n5,2,0\n")
+    with pytest.raises(ValueError, match=r"override\.csv, line 3: index 5 is out of range"):
+        read_labels_override(p, 2)
+    p = write("index,label,excluded\n0,1,0\n1,cat,0\n")
+    with pytest.raises(ValueError, match=r"override\.csv, line 3: label must be an integer"):
+        read_labels_override(p, 2)
+    p = write("index,label,excluded\n0,1.5,0\n1,1,0\n")
+    with pytest.raises(ValueError, match=r"line 2: label must be an integer"):
+        read_labels_override(p, 2)
+    p = write("index,label,excluded\n0,1,0\n0,2,0\n")
+    with pytest.raises(ValueError, match=r"line 3: index 0 appears twice"):
+        read_labels_override(p, 2)
+    p = write("index,label,excluded\n0,1,maybe\n1,1,0\n")
+    with pytest.raises(ValueError, match=r"line 2: excluded"):
+        read_labels_override(p, 2)
+    p = write("index,label\n1,3\n")
+    with pytest.raises(ValueError, match=r"no row.*first missing index: 0"):
+        read_labels_override(p, 2)
+    assert read_labels_override(p, 2, base_labels=[7, 7]) == ([7, 3], [False, False])
+    p = write("label,index,excluded\n4,1,1\n2.0,0,\n")  # any column order, 2.0 is 2
+    assert read_labels_override(p, 2) == ([2, 4], [False, True])
+
+
+# -------------------------------------------------------------- scope and errors
+
+
+def test_workspace_and_data_hash_isolation(tmp_path: Path) -> None:
+    path = tmp_path / "review.db"
+    a = ReviewStore(path, workspace="ws", data_hash="old")
+    b = ReviewStore(path, workspace="ws", data_hash="new")
+    c = ReviewStore(path, workspace="other", data_hash="new")
+    a.record(0, "ann", "relabel", 3, given_label=1)
+    a.record(1, "ann", "exclude", given_label=1)
+    b.record(0, "ann", "accept", given_label=1)
+    c.record(0, "ann", "skip", given_label=1)
+    assert a.claim_next("ann", [2]) == 2
+    assert b.claim_next("bob", [2]) == 2  # claims are per scope too
+
+    assert len(a.history()) == 2 and len(b.history()) == 1 and len(c.history()) == 1
+    assert list(b.decisions()["status"]) == ["accepted"]
+    assert list(c.final_decisions()["status"]) == ["skipped"]
+    assert b.decided_items() == {0} and a.decided_items() == {0, 1}
+    assert b.undo(1, "ann") is None
+    assert b.data_hashes() == ["old", "new"] and c.data_hashes() == ["new"]
+    assert b.other_data_decisions() == 2 and a.other_data_decisions() == 1
+    assert c.other_data_decisions() == 0
+    assert set(ReviewStore(path).history()["id"]) == set()  # default workspace: empty
+
+
+def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "review.db"
+    ReviewStore(path).close()
+    conn = sqlite3.connect(path)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.commit()
+    conn.close()
+    with pytest.raises(ReviewStoreError, match="newer tracin_core.*[Uu]pgrade tracin_core") as e:
+        ReviewStore(path)
+    assert str(path) in str(e.value)
+    assert issubclass(ReviewStoreError, RuntimeError)
+
+
+def test_not_a_review_store(tmp_path: Path) -> None:
+    other = tmp_path / "other.db"
+    conn = sqlite3.connect(other)
+    conn.execute("CREATE TABLE t (x)")
+    conn.commit()
+    conn.close()
+    with pytest.raises(ReviewStoreError, match="not a review store"):
+        ReviewStore(other)
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(b"this is not sqlite at all" * 100)
+    with pytest.raises(ReviewStoreError, match="not a valid review store") as e:
+        ReviewStore(junk)
+    assert str(junk) in str(e.value)
+
+
+def test_unwritable_location(tmp_path: Path) -> None:
+    # Parent "folder" is a regular file: fails even for root.
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("x")
+    with pytest.raises(ReviewStoreError, match="cannot be written") as e:
+        ReviewStore(blocker / "review.db")
+    assert str(blocker / "review.db") in str(e.value)
+
+
+def test_read_only_store_refuses_writes(tmp_path: Path) -> None:
+    path = tmp_path / "review.db"
+    with ReviewStore(path) as s:
+        s.record(0, "ann", "accept", given_label=1)
+    ro = ReviewStore(path, read_only=True)  # a mode=ro SQLite connection: fails as root too
+    assert len(ro.history()) == 1  # reading works
+    for write in (lambda: ro.record(1, "ann", "accept"), lambda: ro.undo(0, "ann"),
+                  lambda: ro.claim_next("ann", [1])):
+        with pytest.raises(ReviewStoreError, match="read-only") as e:
+            write()
+        assert str(path) in str(e.value)
+    assert len(ro.history()) == 1
+    with pytest.raises(ReviewStoreError, match="does not exist"):
+        ReviewStore(tmp_path / "missing.db", read_only=True)
+    assert len(ReviewStore(path).history()) == 1
+
+
+def test_disk_full_is_reported_and_nothing_partial(tmp_path: Path) -> None:
+    path = tmp_path / "review.db"
+    store = ReviewStore(path)
+    store.record(0, "ann", "accept", given_label=0)
+    conn = store._conn()
+    pages = conn.execute("PRAGMA page_count").fetchone()[0]
+    conn.execute(f"PRAGMA max_page_count = {pages + 2}")  # simulate a full disk
+    acked = []
+    with pytest.raises(ReviewStoreError, match="disk holding .* is full") as e:
+        for i in range(100_000):
+            acked.append(store.record(i, "ann", "relabel", 1, given_label=0,
+                                      ranking="x" * 200))
+    assert str(path) in str(e.value) and "Free some disk space" in str(e.value)
+    store.close()
+    reopened = ReviewStore(path)
+    ids = list(reopened.history()["id"])
+    assert ids[1:] == acked  # every acknowledged event, nothing half-written
+    assert integrity(path) == "ok"
+
+
+def test_lock_held_past_timeout(tmp_path: Path) -> None:
+    path = tmp_path / "review.db"
+    store = ReviewStore(path, timeout=0.2)
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        with pytest.raises(ReviewStoreError, match="locked.*0.2 s") as e:
+            store.record(0, "ann", "accept")
+        assert str(path) in str(e.value) and "Try again" in str(e.value)
+        assert store.history().empty  # readers are not blocked (WAL)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    store.record(0, "ann", "accept")
+    assert len(store.history()) == 1
+
+
+def test_wal_and_pickling(tmp_path: Path) -> None:
+    import pickle
+
+    path = tmp_path / "review.db"
+    store = ReviewStore(path, workspace="w", data_hash="d", timeout=5)
+    assert store._conn().execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    store.record(0, "ann", "accept")
+    clone = pickle.loads(pickle.dumps(store))
+    assert (clone.workspace, clone.data_hash, clone.timeout) == ("w", "d", 5.0)
+    assert len(clone.history()) == 1
+    with pytest.raises(ValueError, match="path"):
+        ReviewStore(":memory:")

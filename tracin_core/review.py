@@ -1,0 +1,1044 @@
+"""Reviewers' decisions on training examples, kept in a SQLite file.
+
+``ReviewStore`` is the audit trail of a data review: every click on the Review page
+(accept / relabel / exclude / skip / undo, and an adjudicator's final word) is appended
+as one row of the ``events`` table, in its own transaction, and nothing is ever updated
+or deleted. The current state (what each reviewer decided, what the final label of each
+item is, where reviewers disagree) is computed from that log.
+
+Schema (``PRAGMA user_version`` holds :data:`SCHEMA_VERSION`; ``PRAGMA application_id``
+marks the file as a review store)::
+
+    events                      -- append-only (triggers refuse UPDATE and DELETE)
+      id           INTEGER PRIMARY KEY AUTOINCREMENT   -- order of events
+      workspace    TEXT      -- which audit; every query filters on it
+      data_hash    TEXT      -- content hash of the training data the decision was made on
+      item_id      INTEGER   -- index of the training example (>= 0)
+      reviewer     TEXT
+      action       TEXT      -- accept | relabel | exclude | skip | undo | adjudicate
+      given_label  INTEGER   -- label in the data set (NULL when unknown)
+      old_label    INTEGER   -- label in effect for this reviewer before the event
+      new_label    INTEGER   -- the decision's final label: given label for accept,
+                             -- new label for relabel, NULL for exclude / skip; for an
+                             -- undo: the label in effect after it
+      ranking      TEXT      -- which ranking the item was reviewed from (optional)
+      score        REAL      -- its score in that ranking (optional)
+      is_final     INTEGER   -- 1 for adjudications
+      status       TEXT      -- accepted | relabelled | excluded | skipped: the outcome of
+                             -- the decision (for an undo: of the decision it restores,
+                             -- NULL when none is left)
+      undoes       INTEGER   -- for an undo: id of the event it reverts
+      created_at   TEXT      -- UTC, ISO-8601 with microseconds
+
+    claims                      -- "my queue" leases, one per item and one per reviewer
+      workspace, data_hash, item_id, reviewer, expires_at (UTC ISO-8601)
+
+Undo semantics: the decisions of one reviewer on one item form a stack; a decision
+(adjudications included) pushes, an undo pops. So the current decision of a reviewer on
+an item is their latest decision event that no undo event names in ``undoes``.
+:func:`replay` rebuilds :meth:`ReviewStore.decisions` from :meth:`ReviewStore.history`
+with that stack, independently of the SQL. A relabel to the given label counts as an
+accept. In :meth:`ReviewStore.final_decisions` an adjudication wins; otherwise the
+reviewers' decisions must agree (status and final label), skips being abstentions.
+
+Concurrency: WAL journal, a busy timeout, ``BEGIN IMMEDIATE`` for every write, one
+connection per thread and per process (a forked child opens its own),
+``synchronous=FULL`` (a committed event survives a crash or power loss). Many processes
+and threads may write at once; each event is one transaction, so a crash never leaves
+half an event. Problems with the file (read-only, disk full, lock held too long, newer
+schema, not a review store) raise :class:`ReviewStoreError` with a message that names
+the file and says what to do.
+"""
+from __future__ import annotations
+
+import csv
+import math
+import operator
+import os
+import sqlite3
+import tempfile
+import threading
+import time
+import weakref
+from collections import Counter, defaultdict
+from contextlib import contextmanager
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import IO, Any, Callable, Iterator, Sequence
+from urllib.parse import quote
+
+import pandas as pd
+
+__all__ = [
+    "ReviewStore",
+    "ReviewStoreError",
+    "replay",
+    "read_labels_override",
+    "ACTIONS",
+    "STATUSES",
+    "SCHEMA_VERSION",
+]
+
+SCHEMA_VERSION = 1
+APPLICATION_ID = 0x54524356  # "TRCV": marks a review store file
+
+ACTIONS = ("accept", "relabel", "exclude", "skip", "undo", "adjudicate")
+STATUSES = ("accepted", "relabelled", "excluded", "skipped")
+#: statuses of :meth:`ReviewStore.final_decisions` (``conflict``: reviewers disagree)
+FINAL_STATUSES = STATUSES + ("conflict",)
+
+EVENT_COLUMNS = [
+    "id", "workspace", "data_hash", "item_id", "reviewer", "action", "given_label",
+    "old_label", "new_label", "ranking", "score", "is_final", "status", "undoes",
+    "created_at",
+]
+DECISION_COLUMNS = [
+    "item_id", "reviewer", "action", "given_label", "final_label", "status",
+    "decided_at", "is_final", "event_id",
+]
+FINAL_COLUMNS = [
+    "item_id", "given_label", "final_label", "status", "reviewer", "decided_at", "is_final",
+]
+CLAIM_COLUMNS = ["item_id", "reviewer", "expires_at"]
+
+_INT_COLUMNS = {"id", "item_id", "event_id"}
+_LABEL_COLUMNS = {"given_label", "old_label", "new_label", "final_label", "undoes"}
+_BOOL_COLUMNS = {"is_final"}
+_FLOAT_COLUMNS = {"score"}
+
+_SCHEMA = [
+    """
+    CREATE TABLE IF NOT EXISTS events (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        workspace   TEXT    NOT NULL,
+        data_hash   TEXT    NOT NULL,
+        item_id     INTEGER NOT NULL CHECK (item_id >= 0),
+        reviewer    TEXT    NOT NULL CHECK (reviewer <> ''),
+        action      TEXT    NOT NULL CHECK (action IN
+                        ('accept', 'relabel', 'exclude', 'skip', 'undo', 'adjudicate')),
+        given_label INTEGER,
+        old_label   INTEGER,
+        new_label   INTEGER,
+        ranking     TEXT,
+        score       REAL,
+        is_final    INTEGER NOT NULL DEFAULT 0 CHECK (is_final IN (0, 1)),
+        status      TEXT CHECK (status IS NULL OR status IN
+                        ('accepted', 'relabelled', 'excluded', 'skipped')),
+        undoes      INTEGER REFERENCES events (id),
+        created_at  TEXT    NOT NULL
+    )
+    """,
+    """
+    CREATE INDEX IF NOT EXISTS events_by_item
+        ON events (workspace, data_hash, item_id, reviewer, id)
+    """,
+    "CREATE INDEX IF NOT EXISTS events_by_undoes ON events (undoes) WHERE undoes IS NOT NULL",
+    """
+    CREATE TRIGGER IF NOT EXISTS events_no_update BEFORE UPDATE ON events
+    BEGIN SELECT RAISE(ABORT, 'review events are append-only'); END
+    """,
+    """
+    CREATE TRIGGER IF NOT EXISTS events_no_delete BEFORE DELETE ON events
+    BEGIN SELECT RAISE(ABORT, 'review events are append-only'); END
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS claims (
+        workspace  TEXT    NOT NULL,
+        data_hash  TEXT    NOT NULL,
+        item_id    INTEGER NOT NULL,
+        reviewer   TEXT    NOT NULL,
+        expires_at TEXT    NOT NULL,
+        PRIMARY KEY (workspace, data_hash, item_id),
+        UNIQUE (workspace, data_hash, reviewer)
+    )
+    """,
+]
+
+# Current decision per (item, reviewer): the latest non-undo event nobody has undone.
+_CURRENT_SQL = """
+SELECT id AS event_id, item_id, reviewer, action, given_label, new_label AS final_label,
+       status, created_at AS decided_at, is_final
+FROM (
+    SELECT e.*, ROW_NUMBER() OVER (PARTITION BY e.item_id, e.reviewer
+                                   ORDER BY e.id DESC) AS rn
+    FROM events AS e
+    WHERE e.workspace = ? AND e.data_hash = ? AND e.action <> 'undo'
+      AND NOT EXISTS (SELECT 1 FROM events AS u WHERE u.undoes = e.id)
+)
+WHERE rn = 1
+ORDER BY item_id, reviewer
+"""
+
+# Connections inherited through fork(): kept referenced so that a child process never
+# closes (and so never disturbs) its parent's SQLite connections. Just before a fork,
+# every open connection of every store is stashed; the child keeps the stash for good.
+_INHERITED: list[Any] = []
+_STORES: "weakref.WeakSet[ReviewStore]" = weakref.WeakSet()
+_FORK_STASH: list[Any] = []
+
+
+def _before_fork() -> None:
+    stash = []
+    for store in list(_STORES):
+        if store._holders_lock.acquire(timeout=1.0):
+            try:
+                stash.extend(store._holders)
+            finally:
+                store._holders_lock.release()
+    _FORK_STASH[:] = stash
+
+
+def _after_fork_in_parent() -> None:
+    _FORK_STASH.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent)
+
+
+class ReviewStoreError(RuntimeError):
+    """The review store file cannot be used; the message says why and what to do."""
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _utcnow() -> datetime:
+    """Current time, UTC (tests may patch this to move the clock)."""
+    return datetime.now(timezone.utc)
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(timezone.utc).isoformat(timespec="microseconds")
+
+
+def _check_item(value: Any, name: str = "item_id") -> int:
+    if isinstance(value, bool):
+        raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+    try:
+        item = operator.index(value)
+    except TypeError:
+        raise ValueError(f"{name} must be a non-negative integer, got {value!r}") from None
+    if item < 0:
+        raise ValueError(f"{name} must be a non-negative integer, got {item}")
+    return item
+
+
+def _check_label(value: Any, name: str) -> int | None:
+    if value is None:
+        return None
+    return _check_item(value, name)
+
+
+def _check_reviewer(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"reviewer must be a non-empty string, got {value!r}")
+    name = value.strip()
+    if "," in name or any(ch in name for ch in "\r\n\t"):
+        raise ValueError(f"reviewer must not contain commas, tabs or line breaks: {name!r}")
+    return name
+
+
+def _check_action(value: Any) -> str:
+    action = value.strip().lower() if isinstance(value, str) else value
+    if action not in ACTIONS:
+        raise ValueError(f"action must be one of {', '.join(ACTIONS)}; got {value!r}")
+    return action
+
+
+def _check_scope(value: Any, name: str) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"{name} must be a string, got {value!r}")
+    return value
+
+
+def _optional_int(value: Any) -> int | None:
+    if value is None:
+        return None
+    try:
+        if pd.isna(value):
+            return None
+    except (TypeError, ValueError):
+        pass
+    return int(value)
+
+
+def _outcome(action: str, new_label: int | None, given: int | None,
+             exclude: bool) -> tuple[str, int | None]:
+    """(status, final_label) of a decision. A relabel to the given label is an accept."""
+    if action == "accept" or (action == "adjudicate" and new_label is None and not exclude):
+        return "accepted", given
+    if action in ("relabel", "adjudicate") and not exclude:
+        if given is not None and new_label == given:
+            return "accepted", given
+        return "relabelled", new_label
+    if action == "skip":
+        return "skipped", None
+    return "excluded", None
+
+
+def _label_in_effect(decision: dict[str, Any] | None, given: int | None) -> int | None:
+    if decision is not None and decision["final_label"] is not None:
+        return decision["final_label"]
+    return given
+
+
+def _frame(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> pd.DataFrame:
+    """A DataFrame with stable dtypes (nullable Int64 labels, bool flags), also when empty."""
+    df = pd.DataFrame(list(rows), columns=list(columns))
+    for col in columns:
+        if col in _INT_COLUMNS:
+            df[col] = df[col].astype("int64")
+        elif col in _LABEL_COLUMNS:
+            df[col] = df[col].astype("Int64")
+        elif col in _BOOL_COLUMNS:
+            df[col] = df[col].astype(bool)
+        elif col in _FLOAT_COLUMNS:
+            df[col] = df[col].astype("float64")
+        else:
+            df[col] = df[col].astype(object)
+    return df
+
+
+def _decisions_frame(rows: Sequence[dict[str, Any]]) -> pd.DataFrame:
+    rows = sorted(rows, key=lambda r: (r["item_id"], r["reviewer"]))
+    return _frame(rows, DECISION_COLUMNS)
+
+
+def _final_rows(decisions: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per item: the latest adjudication, else the reviewers' consensus.
+
+    Skips are abstentions: they count only when nobody else decided the item.
+    """
+    by_item: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for row in decisions:
+        by_item[row["item_id"]].append(row)
+    out = []
+    for item_id in sorted(by_item):
+        rows = sorted(by_item[item_id], key=lambda r: r["event_id"])
+        given = next((r["given_label"] for r in reversed(rows)
+                      if r["given_label"] is not None), None)
+        finals = [r for r in rows if r["is_final"]]
+        if finals:
+            last = finals[-1]
+            out.append(dict(item_id=item_id, given_label=given,
+                            final_label=last["final_label"], status=last["status"],
+                            reviewer=last["reviewer"], decided_at=last["decided_at"],
+                            is_final=True))
+            continue
+        votes = [r for r in rows if r["status"] != "skipped"] or rows
+        outcomes = {(r["status"], r["final_label"]) for r in votes}
+        status, final_label = outcomes.pop() if len(outcomes) == 1 else ("conflict", None)
+        out.append(dict(item_id=item_id, given_label=given, final_label=final_label,
+                        status=status,
+                        reviewer=",".join(sorted({r["reviewer"] for r in votes})),
+                        decided_at=max(r["decided_at"] for r in votes), is_final=False))
+    return out
+
+
+def replay(events: pd.DataFrame) -> pd.DataFrame:
+    """Rebuild the current decisions (as :meth:`ReviewStore.decisions`) from an event log.
+
+    ``events`` is a :meth:`ReviewStore.history` frame (events of one workspace and data
+    hash). Per (item, reviewer) each decision is pushed on a stack and each undo pops it;
+    the top of each non-empty stack is the current decision.
+    """
+    missing = {"id", "item_id", "reviewer", "action"} - set(events.columns)
+    if missing:
+        raise ValueError(f"replay needs the history() columns; missing {sorted(missing)}")
+    stacks: dict[tuple[int, str], list[dict[str, Any]]] = defaultdict(list)
+    for ev in events.sort_values("id").to_dict("records"):
+        key = (int(ev["item_id"]), str(ev["reviewer"]))
+        if ev["action"] == "undo":
+            if stacks[key]:
+                stacks[key].pop()
+            continue
+        stacks[key].append(dict(
+            item_id=key[0], reviewer=key[1], action=ev["action"],
+            given_label=_optional_int(ev.get("given_label")),
+            final_label=_optional_int(ev.get("new_label")),
+            status=ev.get("status"), decided_at=ev.get("created_at"),
+            is_final=bool(ev.get("is_final")), event_id=int(ev["id"])))
+    return _decisions_frame([stack[-1] for stack in stacks.values() if stack])
+
+
+def _atomic_write(path: Path, write: Callable[[IO[str]], None]) -> None:
+    """Write a text file through a temporary file + rename: never a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", newline="", encoding="utf-8") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def _export_format(path: Path) -> str:
+    suffix = Path(path).suffix.lower()
+    if suffix not in (".csv", ".json"):
+        raise ValueError(f"export path must end in .csv or .json, got {str(path)!r}")
+    return suffix[1:]
+
+
+def _write_frame(df: pd.DataFrame, path: Path) -> None:
+    fmt = _export_format(path)
+    if fmt == "csv":
+        _atomic_write(path, lambda fh: df.to_csv(fh, index=False, lineterminator="\n"))
+    else:
+        _atomic_write(path, lambda fh: fh.write(
+            df.to_json(orient="records", indent=2, force_ascii=False) + "\n"))
+
+
+def read_labels_override(path: str | os.PathLike[str], n: int,
+                         base_labels: Sequence[int] | None = None
+                         ) -> tuple[list[int], list[bool]]:
+    """Read a corrected-labels CSV (``index,label[,excluded]``) for ``n`` training items.
+
+    Returns ``(labels, excluded)``, both of length ``n``. Every index must appear once,
+    unless ``base_labels`` is given: then missing rows keep their base label. Problems
+    (missing columns, an index out of range or repeated, a non-integer label) raise
+    ``ValueError`` naming the file and the line.
+    """
+    path = Path(path)
+    n = _check_item(n, "n")
+    if base_labels is not None and len(base_labels) != n:
+        raise ValueError(f"base_labels has {len(base_labels)} entries, expected n={n}")
+    labels: list[int | None] = (
+        [int(v) for v in base_labels] if base_labels is not None else [None] * n)
+    excluded = [False] * n
+    seen: set[int] = set()
+
+    def parse_int(text: str, what: str, line: int) -> int:
+        text = (text or "").strip()
+        try:
+            value = int(text)
+        except ValueError:
+            try:
+                number = float(text)
+            except ValueError:
+                number = math.nan
+            if not number.is_integer():
+                raise ValueError(f"{path}, line {line}: {what} must be an integer, "
+                                 f"got {text!r}") from None
+            value = int(number)
+        return value
+
+    with open(path, newline="", encoding="utf-8-sig") as fh:
+        reader = csv.reader(fh)
+        header = next(reader, None)
+        if header is None:
+            raise ValueError(f"{path} is empty; expected a header 'index,label,excluded'")
+        columns = [h.strip().lower() for h in header]
+        missing = [c for c in ("index", "label") if c not in columns]
+        if missing:
+            raise ValueError(f"{path}: missing column(s) {', '.join(missing)}; expected a "
+                             f"header 'index,label,excluded', got {','.join(header)!r}")
+        i_index, i_label = columns.index("index"), columns.index("label")
+        i_excl = columns.index("excluded") if "excluded" in columns else None
+        for row in reader:
+            line = reader.line_num
+            if not any(cell.strip() for cell in row):
+                continue
+            if len(row) < len(columns):
+                raise ValueError(f"{path}, line {line}: expected {len(columns)} fields, "
+                                 f"got {len(row)}")
+            index = parse_int(row[i_index], "index", line)
+            if not 0 <= index < n:
+                raise ValueError(f"{path}, line {line}: index {index} is out of range for "
+                                 f"{n} training items")
+            if index in seen:
+                raise ValueError(f"{path}, line {line}: index {index} appears twice")
+            seen.add(index)
+            label = parse_int(row[i_label], "label", line)
+            if label < 0:
+                raise ValueError(f"{path}, line {line}: label must be >= 0, got {label}")
+            labels[index] = label
+            if i_excl is not None:
+                flag = row[i_excl].strip().lower()
+                if flag in ("1", "true", "yes", "1.0"):
+                    excluded[index] = True
+                elif flag not in ("", "0", "false", "no", "0.0"):
+                    raise ValueError(f"{path}, line {line}: excluded must be 0 or 1, "
+                                     f"got {row[i_excl]!r}")
+    absent = [i for i, v in enumerate(labels) if v is None]
+    if absent:
+        raise ValueError(f"{path}: {len(absent)} of {n} training items have no row "
+                         f"(first missing index: {absent[0]}); the file must list every "
+                         f"index from 0 to {n - 1}")
+    return [int(v) for v in labels], excluded  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------------- store
+
+
+class _Holder:
+    """Per-thread box for a connection (sqlite3 connections cannot be weakly referenced)."""
+
+    __slots__ = ("conn", "__weakref__")
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+
+class ReviewStore:
+    """Reviewers' decisions for one workspace and one version of the training data.
+
+    ``path``: the SQLite file (created with its folder when missing). ``workspace`` and
+    ``data_hash`` scope every read and write, so one file can hold several audits.
+    ``timeout``: seconds to wait for another writer's lock before giving up.
+    ``read_only``: open an existing store for reading only (writes then raise).
+
+    Safe to share between threads (one connection per thread) and processes (each
+    process, forked or not, opens its own connections).
+    """
+
+    def __init__(self, path: str | os.PathLike[str], workspace: str = "default",
+                 data_hash: str = "", *, timeout: float = 30.0,
+                 read_only: bool = False) -> None:
+        if str(path) in ("", ":memory:") or str(path).startswith("file:"):
+            raise ValueError(f"path must be a file path for the review store, got {path!r}")
+        self.path = Path(os.path.abspath(os.fspath(path)))
+        self.workspace = _check_scope(workspace, "workspace")
+        self.data_hash = _check_scope(data_hash, "data_hash")
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) \
+                or not timeout >= 0:
+            raise ValueError(f"timeout must be a number of seconds >= 0, got {timeout!r}")
+        self.timeout = float(timeout)
+        self.read_only = bool(read_only)
+        self._reset_connections()
+        _STORES.add(self)
+        self._initialize()
+
+    # -- connections ---------------------------------------------------------------
+
+    def _reset_connections(self) -> None:
+        self._pid = os.getpid()
+        self._local = threading.local()
+        self._holders: weakref.WeakSet[_Holder] = weakref.WeakSet()
+        self._holders_lock = threading.Lock()
+
+    def _connect(self) -> sqlite3.Connection:
+        if self.read_only:
+            target, uri = f"file:{quote(str(self.path))}?mode=ro", True
+        else:
+            target, uri = str(self.path), False
+        conn = sqlite3.connect(target, timeout=self.timeout, isolation_level=None,
+                               check_same_thread=False, uri=uri)
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
+            if not self.read_only:
+                conn.execute("PRAGMA synchronous = FULL")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _forget_inherited(self) -> None:
+        """After a fork: drop the parent's connections without closing them."""
+        if os.getpid() != self._pid:
+            _INHERITED.append((self._local, list(self._holders)))
+            self._reset_connections()
+
+    def _conn(self) -> sqlite3.Connection:
+        """This thread's connection in this process (opened on first use)."""
+        self._forget_inherited()
+        holder = getattr(self._local, "holder", None)
+        if holder is None:
+            try:
+                conn = self._connect()
+            except sqlite3.Error as exc:
+                raise self._error(exc, "open the review store") from exc
+            holder = _Holder(conn)
+            self._local.holder = holder
+            with self._holders_lock:
+                self._holders.add(holder)
+        return holder.conn
+
+    def close(self) -> None:
+        """Close the connections this process opened (the store reopens on next use)."""
+        if os.getpid() != self._pid:
+            self._forget_inherited()
+            return
+        with self._holders_lock:
+            holders = list(self._holders)
+        for holder in holders:
+            try:
+                holder.conn.close()
+            except sqlite3.Error:
+                pass
+        self._reset_connections()
+
+    def __enter__(self) -> "ReviewStore":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return dict(path=str(self.path), workspace=self.workspace,
+                    data_hash=self.data_hash, timeout=self.timeout,
+                    read_only=self.read_only)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["path"], state["workspace"], state["data_hash"],  # type: ignore[misc]
+                      timeout=state["timeout"], read_only=state["read_only"])
+
+    def __repr__(self) -> str:
+        return (f"ReviewStore({str(self.path)!r}, workspace={self.workspace!r}, "
+                f"data_hash={self.data_hash!r})")
+
+    # -- errors and transactions -----------------------------------------------------
+
+    def _error(self, exc: BaseException, doing: str) -> ReviewStoreError:
+        """Turn a sqlite3/OS error into a ReviewStoreError with advice."""
+        msg = str(exc).lower()
+        where = f"review store {self.path}"
+        if self.read_only and ("readonly" in msg or "read-only" in msg):
+            text = (f"Cannot {doing}: {where} was opened read-only. Open it without "
+                    f"read_only=True to record decisions.")
+        elif self.read_only and "unable to open" in msg:
+            text = (f"Cannot {doing}: {where} cannot be opened read-only (SQLite needs to "
+                    f"create {self.path.name}-shm next to it, and the folder is not "
+                    f"writable). Copy the file to a writable folder and open the copy.")
+        elif "full" in msg:
+            text = (f"Cannot {doing}: the disk holding {where} is full (nothing was "
+                    f"written). Free some disk space, then try again.")
+        elif "locked" in msg or "busy" in msg:
+            text = (f"Cannot {doing}: {where} stayed locked by another process or thread "
+                    f"for more than {self.timeout:g} s. Try again; if it keeps happening, "
+                    f"close other programs using this file (or pass a larger timeout).")
+        elif ("readonly" in msg or "read-only" in msg or "unable to open" in msg
+              or "permission" in msg or isinstance(exc, (PermissionError,
+                                                         NotADirectoryError,
+                                                         FileExistsError))):
+            text = (f"Cannot {doing}: {where} cannot be written (the file or its folder "
+                    f"is read-only or is not a folder). Fix the permissions or choose a "
+                    f"writable location for the review store.")
+        elif "not a database" in msg or "malformed" in msg or "corrupt" in msg:
+            text = (f"Cannot {doing}: {self.path} is not a valid review store (the file is "
+                    f"damaged or is not a SQLite database). Move it aside or restore it "
+                    f"from a backup, then open the workspace again.")
+        else:
+            text = f"Cannot {doing}: {where}: {exc}"
+        return ReviewStoreError(text)
+
+    @contextmanager
+    def _write(self, doing: str) -> Iterator[sqlite3.Connection]:
+        """One write transaction (BEGIN IMMEDIATE ... COMMIT); rolled back on any error."""
+        conn = self._conn()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise self._error(exc, doing) from exc
+        try:
+            yield conn
+            conn.execute("COMMIT")
+        except BaseException as exc:
+            if conn.in_transaction:
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+            if isinstance(exc, sqlite3.Error):
+                raise self._error(exc, doing) from exc
+            raise
+
+    def _query(self, sql: str, params: Sequence[Any], doing: str) -> list[dict[str, Any]]:
+        conn = self._conn()
+        try:
+            cur = conn.execute(sql, params)
+            cols = [d[0] for d in cur.description]
+            return [dict(zip(cols, row)) for row in cur.fetchall()]
+        except sqlite3.Error as exc:
+            raise self._error(exc, doing) from exc
+
+    def _initialize(self) -> None:
+        """Create or check the schema; refuse files written by a newer tracin_core."""
+        if not self.read_only:
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise self._error(exc, "create the review store's folder") from exc
+        elif not self.path.is_file():
+            raise ReviewStoreError(f"Cannot open review store {self.path} read-only: the "
+                                   f"file does not exist.")
+        doing = "open the review store"
+        conn = self._conn()
+        try:
+            self._check_header(conn)
+            if self.read_only:
+                return
+            deadline = time.monotonic() + self.timeout
+            while True:  # changing the journal mode may report "busy" without waiting
+                try:
+                    mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                    break
+                except sqlite3.OperationalError as exc:
+                    if "locked" not in str(exc) and "busy" not in str(exc) \
+                            or time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.05)
+            if str(mode).lower() != "wal":
+                raise ReviewStoreError(f"Cannot {doing}: {self.path} cannot use SQLite's WAL "
+                                       f"journal (mode is {mode!r}); keep the review store "
+                                       f"on a local disk.")
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+        except sqlite3.Error as exc:
+            raise self._error(exc, doing) from exc
+        if version < SCHEMA_VERSION:
+            with self._write(doing) as conn:
+                if self._check_header(conn) < SCHEMA_VERSION:
+                    for statement in _SCHEMA:
+                        conn.execute(statement)
+                    conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+                    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def _check_header(self, conn: sqlite3.Connection) -> int:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise ReviewStoreError(
+                f"Review store {self.path} was written by a newer tracin_core (schema "
+                f"version {version}; this tracin_core reads up to {SCHEMA_VERSION}). "
+                f"Upgrade tracin_core to open it.")
+        has_tables = conn.execute(
+            "SELECT count(*) FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'").fetchone()[0]
+        if app_id not in (0, APPLICATION_ID) or (version == 0 and has_tables):
+            raise ReviewStoreError(
+                f"{self.path} is a SQLite file but not a review store. Choose another file "
+                f"name for the review store, or move this file aside.")
+        if self.read_only and version == 0:
+            raise ReviewStoreError(f"Cannot open {self.path} read-only: it is not a review "
+                                   f"store yet (no decisions were ever recorded in it).")
+        return version
+
+    # -- writing -------------------------------------------------------------------
+
+    @property
+    def _scope(self) -> tuple[str, str]:
+        return (self.workspace, self.data_hash)
+
+    def _given_label(self, conn: sqlite3.Connection, item_id: int) -> int | None:
+        row = conn.execute(
+            "SELECT given_label FROM events WHERE workspace = ? AND data_hash = ? "
+            "AND item_id = ? AND given_label IS NOT NULL ORDER BY id DESC LIMIT 1",
+            (*self._scope, item_id)).fetchone()
+        return None if row is None else row[0]
+
+    def _current(self, conn: sqlite3.Connection, item_id: int,
+                 reviewer: str) -> dict[str, Any] | None:
+        """The reviewer's current (latest not undone) decision on the item, or None."""
+        cur = conn.execute(
+            "SELECT id AS event_id, action, given_label, new_label AS final_label, status, "
+            "is_final FROM events AS e WHERE workspace = ? AND data_hash = ? "
+            "AND item_id = ? AND reviewer = ? AND action <> 'undo' "
+            "AND NOT EXISTS (SELECT 1 FROM events AS u WHERE u.undoes = e.id) "
+            "ORDER BY id DESC LIMIT 1", (*self._scope, item_id, reviewer))
+        row = cur.fetchone()
+        return None if row is None else dict(zip([d[0] for d in cur.description], row))
+
+    def _insert(self, conn: sqlite3.Connection, **values: Any) -> int:
+        values = dict(workspace=self.workspace, data_hash=self.data_hash,
+                      created_at=_iso(_utcnow()), **values)
+        cols = ", ".join(values)
+        marks = ", ".join("?" for _ in values)
+        cur = conn.execute(f"INSERT INTO events ({cols}) VALUES ({marks})",
+                           tuple(values.values()))
+        return int(cur.lastrowid)  # type: ignore[arg-type]
+
+    def record(self, item_id: int, reviewer: str, action: str,
+               new_label: int | None = None, *, given_label: int | None = None,
+               ranking: str | None = None, score: float | None = None,
+               exclude: bool = False) -> int:
+        """Append one decision (one transaction) and return its event id.
+
+        ``action``: accept | relabel | exclude | skip | undo | adjudicate. ``new_label``
+        is required for relabel; for adjudicate it is the final label (None: the given
+        label stands; ``exclude=True``: the adjudicator excludes the item). An undo
+        reverts the reviewer's latest decision on the item still in effect (ValueError
+        when there is none; :meth:`undo` returns None instead). ``given_label``: the
+        label in the data set (when omitted, the one recorded earlier for the item).
+        """
+        item_id = _check_item(item_id)
+        reviewer = _check_reviewer(reviewer)
+        action = _check_action(action)
+        new_label = _check_label(new_label, "new_label")
+        given_label = _check_label(given_label, "given_label")
+        if ranking is not None and not isinstance(ranking, str):
+            raise ValueError(f"ranking must be a string or None, got {ranking!r}")
+        if score is not None:
+            try:
+                score = float(score)
+            except (TypeError, ValueError):
+                raise ValueError(f"score must be a number or None, got {score!r}") from None
+            if math.isnan(score):
+                score = None
+        if action == "relabel" and new_label is None:
+            raise ValueError("new_label is required for action 'relabel'")
+        if action not in ("relabel", "adjudicate") and new_label is not None:
+            raise ValueError(f"new_label is only used with 'relabel' and 'adjudicate', "
+                             f"not with {action!r}")
+        if exclude and (action != "adjudicate" or new_label is not None):
+            raise ValueError("exclude=True is only used with action 'adjudicate' and "
+                             "no new_label")
+        if action == "undo":
+            event_id = self.undo(item_id, reviewer, ranking=ranking, score=score)
+            if event_id is None:
+                raise ValueError(f"nothing to undo: reviewer {reviewer!r} has no decision "
+                                 f"on item {item_id}")
+            return event_id
+        with self._write("record a decision") as conn:
+            given = given_label if given_label is not None else \
+                self._given_label(conn, item_id)
+            before = self._current(conn, item_id, reviewer)
+            status, final_label = _outcome(action, new_label, given, exclude)
+            event_id = self._insert(
+                conn, item_id=item_id, reviewer=reviewer, action=action,
+                given_label=given, old_label=_label_in_effect(before, given),
+                new_label=final_label, ranking=ranking, score=score,
+                is_final=int(action == "adjudicate"), status=status, undoes=None)
+            conn.execute("DELETE FROM claims WHERE workspace = ? AND data_hash = ? "
+                         "AND item_id = ? AND reviewer = ?", (*self._scope, item_id, reviewer))
+        return event_id
+
+    def undo(self, item_id: int, reviewer: str, *, ranking: str | None = None,
+             score: float | None = None) -> int | None:
+        """Revert the reviewer's latest decision on the item still in effect.
+
+        Records an ``undo`` event and returns its id; None when there is nothing to undo.
+        Undoing again reverts the decision before, and so on.
+        """
+        item_id = _check_item(item_id)
+        reviewer = _check_reviewer(reviewer)
+        with self._write("undo a decision") as conn:
+            target = self._current(conn, item_id, reviewer)
+            if target is None:
+                return None
+            given = self._given_label(conn, item_id)
+            # the decision that becomes current: the latest one below the target
+            cur = conn.execute(
+                "SELECT id AS event_id, new_label AS final_label, status "
+                "FROM events AS e WHERE workspace = ? AND data_hash = ? "
+                "AND item_id = ? AND reviewer = ? AND action <> 'undo' AND id < ? "
+                "AND NOT EXISTS (SELECT 1 FROM events AS u WHERE u.undoes = e.id) "
+                "ORDER BY id DESC LIMIT 1",
+                (*self._scope, item_id, reviewer, target["event_id"]))
+            row = cur.fetchone()
+            restored = None if row is None else \
+                dict(zip([d[0] for d in cur.description], row))
+            return self._insert(
+                conn, item_id=item_id, reviewer=reviewer, action="undo",
+                given_label=given, old_label=_label_in_effect(target, given),
+                new_label=_label_in_effect(restored, given), ranking=ranking, score=score,
+                is_final=0, status=None if restored is None else restored["status"],
+                undoes=target["event_id"])
+
+    # -- "my queue" ------------------------------------------------------------------
+
+    def claim_next(self, reviewer: str, candidates: Sequence[int],
+                   lease_seconds: float = 120.0) -> int | None:
+        """Claim the first candidate nobody has decided and no other reviewer holds.
+
+        Candidates are taken in the given order (e.g. a mislabel ranking). Skipped
+        items stay available to other reviewers, not to the one who skipped them. The
+        claim lasts ``lease_seconds``; a reviewer holds one claim at a time (a new claim,
+        or recording a decision on the claimed item, releases the old one). Returns None
+        when every undecided candidate is claimed by someone else.
+        """
+        reviewer = _check_reviewer(reviewer)
+        if isinstance(lease_seconds, bool) or not isinstance(lease_seconds, (int, float)) \
+                or not 0 < lease_seconds < math.inf:
+            raise ValueError(f"lease_seconds must be a positive number, got {lease_seconds!r}")
+        with self._write("claim an item") as conn:
+            now = _utcnow()
+            conn.execute("DELETE FROM claims WHERE workspace = ? AND data_hash = ? "
+                         "AND (expires_at <= ? OR reviewer = ?)",
+                         (*self._scope, _iso(now), reviewer))
+            held = {row[0] for row in conn.execute(
+                "SELECT item_id FROM claims WHERE workspace = ? AND data_hash = ?",
+                self._scope)}
+            done = set()
+            for row in conn.execute(_CURRENT_SQL, self._scope):
+                if row[6] != "skipped" or row[2] == reviewer:  # status, reviewer
+                    done.add(row[1])
+            choice = None
+            for candidate in candidates:
+                item = _check_item(candidate, "candidates")
+                if item not in held and item not in done:
+                    choice = item
+                    break
+            if choice is not None:
+                conn.execute("INSERT INTO claims (workspace, data_hash, item_id, reviewer, "
+                             "expires_at) VALUES (?, ?, ?, ?, ?)",
+                             (*self._scope, choice, reviewer,
+                              _iso(now + timedelta(seconds=float(lease_seconds)))))
+        return choice
+
+    def release(self, reviewer: str) -> int:
+        """Drop the reviewer's claim; returns how many claims were released (0 or 1)."""
+        reviewer = _check_reviewer(reviewer)
+        with self._write("release a claim") as conn:
+            cur = conn.execute("DELETE FROM claims WHERE workspace = ? AND data_hash = ? "
+                               "AND reviewer = ?", (*self._scope, reviewer))
+            count = cur.rowcount
+        return count
+
+    def claims(self) -> pd.DataFrame:
+        """Unexpired claims: item_id, reviewer, expires_at."""
+        rows = self._query("SELECT item_id, reviewer, expires_at FROM claims "
+                           "WHERE workspace = ? AND data_hash = ? AND expires_at > ? "
+                           "ORDER BY item_id", (*self._scope, _iso(_utcnow())),
+                           "read claims")
+        return _frame(rows, CLAIM_COLUMNS)
+
+    # -- reading -------------------------------------------------------------------
+
+    def _decision_rows(self) -> list[dict[str, Any]]:
+        rows = self._query(_CURRENT_SQL, self._scope, "read decisions")
+        for row in rows:
+            row["is_final"] = bool(row["is_final"])
+        return rows
+
+    def history(self) -> pd.DataFrame:
+        """Every event of this workspace and data hash, in id order (all columns)."""
+        rows = self._query(f"SELECT {', '.join(EVENT_COLUMNS)} FROM events "
+                           "WHERE workspace = ? AND data_hash = ? ORDER BY id",
+                           self._scope, "read the history")
+        return _frame(rows, EVENT_COLUMNS)
+
+    def decisions(self) -> pd.DataFrame:
+        """Current decision per (item, reviewer), undos applied.
+
+        Columns: item_id, reviewer, action, given_label, final_label, status
+        (accepted | relabelled | excluded | skipped), decided_at, is_final, event_id.
+        final_label is <NA> for excluded and skipped items.
+        """
+        return _decisions_frame(self._decision_rows())
+
+    def final_decisions(self) -> pd.DataFrame:
+        """One row per decided item: the adjudication, else the reviewers' consensus.
+
+        Columns: item_id, given_label, final_label, status (accepted | relabelled |
+        excluded | skipped | conflict), reviewer (comma-joined), decided_at, is_final
+        (True for adjudications). Skips count only when nobody else decided the item.
+        """
+        return _frame(_final_rows(self._decision_rows()), FINAL_COLUMNS)
+
+    def conflicts(self) -> pd.DataFrame:
+        """Current decisions (as :meth:`decisions`, skips left out) on the items whose
+        reviewers disagree and that no adjudication settled yet."""
+        rows = self._decision_rows()
+        conflicted = {r["item_id"] for r in _final_rows(rows) if r["status"] == "conflict"}
+        return _decisions_frame([r for r in rows if r["item_id"] in conflicted
+                                 and r["status"] != "skipped"])
+
+    def decided_items(self, reviewer: str | None = None) -> set[int]:
+        """Items with a current decision (skips included); with ``reviewer``, theirs."""
+        if reviewer is not None:
+            reviewer = _check_reviewer(reviewer)
+        return {r["item_id"] for r in self._decision_rows()
+                if reviewer is None or r["reviewer"] == reviewer}
+
+    def progress(self, reviewer: str | None = None) -> dict[str, Any]:
+        """Counts for a progress bar.
+
+        Keys: ``decided`` (items with a current decision), one count per status
+        (accepted, relabelled, excluded, skipped, conflict), ``adjudicated`` and
+        ``by_reviewer`` (reviewer -> number of items they decided). Without ``reviewer``
+        the statuses are those of :meth:`final_decisions`; with it, that reviewer's own
+        decisions (``conflict``: how many of their items are in conflict).
+        """
+        rows = self._decision_rows()
+        finals = _final_rows(rows)
+        by_reviewer = Counter(r["reviewer"] for r in rows)
+        if reviewer is None:
+            counts = Counter(r["status"] for r in finals)
+            result: dict[str, Any] = {"decided": len(finals)}
+            result.update({s: counts.get(s, 0) for s in FINAL_STATUSES})
+            result["adjudicated"] = sum(1 for r in finals if r["is_final"])
+            result["by_reviewer"] = dict(sorted(by_reviewer.items()))
+            return result
+        reviewer = _check_reviewer(reviewer)
+        mine = [r for r in rows if r["reviewer"] == reviewer]
+        counts = Counter(r["status"] for r in mine)
+        conflicted = {r["item_id"] for r in finals if r["status"] == "conflict"}
+        result = {"decided": len(mine)}
+        result.update({s: counts.get(s, 0) for s in STATUSES})
+        result["conflict"] = sum(1 for r in mine if r["item_id"] in conflicted)
+        result["adjudicated"] = sum(1 for r in mine if r["is_final"])
+        result["by_reviewer"] = {reviewer: len(mine)}
+        return result
+
+    def data_hashes(self) -> list[str]:
+        """Data hashes with events in this workspace, oldest first."""
+        rows = self._query("SELECT data_hash FROM events WHERE workspace = ? "
+                           "GROUP BY data_hash ORDER BY MIN(id)", (self.workspace,),
+                           "read data hashes")
+        return [r["data_hash"] for r in rows]
+
+    def other_data_decisions(self) -> int:
+        """Number of events in this workspace recorded on other training data."""
+        rows = self._query("SELECT count(*) AS n FROM events WHERE workspace = ? "
+                           "AND data_hash <> ?", self._scope, "read data hashes")
+        return int(rows[0]["n"])
+
+    # -- export --------------------------------------------------------------------
+
+    def export(self, path: str | os.PathLike[str], kind: str = "decisions") -> Path:
+        """Write final decisions (``kind="decisions"``) or every event (``"history"``).
+
+        CSV or JSON (a list of records) by the suffix of ``path``. Decisions have the
+        columns index, given_label, final_label, status, reviewer, decided_at, is_final.
+        The file is replaced atomically. Returns the path.
+        """
+        path = Path(path)
+        _export_format(path)
+        if kind == "decisions":
+            df = self.final_decisions().rename(columns={"item_id": "index"})
+        elif kind == "history":
+            df = self.history()
+        else:
+            raise ValueError(f"kind must be 'decisions' or 'history', got {kind!r}")
+        _write_frame(df, path)
+        return path
+
+    def export_corrected_labels(self, path: str | os.PathLike[str],
+                                given_labels: Sequence[int]) -> Path:
+        """Write ``index,label,excluded`` for every training item (a labels override).
+
+        label: the final label of accepted, relabelled and adjudicated items, else the
+        given label (undecided, skipped, excluded and conflicting items); excluded: 1 for
+        excluded items. Read it back with :func:`read_labels_override`.
+        """
+        path = Path(path)
+        if path.suffix.lower() != ".csv":
+            raise ValueError(f"corrected labels are written as CSV; path must end in .csv, "
+                             f"got {str(path)!r}")
+        given = [_check_item(v, "given_labels") for v in given_labels]
+        labels = list(given)
+        excluded = [0] * len(given)
+        for row in _final_rows(self._decision_rows()):
+            item = row["item_id"]
+            if item >= len(given):
+                raise ValueError(f"item {item} was decided in {self.path} but given_labels "
+                                 f"has only {len(given)} entries (other training data?)")
+            if row["status"] in ("accepted", "relabelled") and row["final_label"] is not None:
+                labels[item] = int(row["final_label"])
+            elif row["status"] == "excluded":
+                excluded[item] = 1
+
+        def write(fh: IO[str]) -> None:
+            writer = csv.writer(fh, lineterminator="\n")
+            writer.writerow(["index", "label", "excluded"])
+            writer.writerows(zip(range(len(given)), labels, excluded))
+
+        _atomic_write(path, write)
+        return path
