@@ -582,6 +582,7 @@ class TracInCPFastRandProj(TracInCPFast):
         self.candidates = max(1, int(candidates))
         self._proj: Optional[tuple[Optional[Tensor], Optional[Tensor]]] = None
         self._pfz: Optional[ProjectedFeaturizer] = None
+        self._fz = FinalLayerFeaturizer(self.final_fc_layer, keep_outputs=False)
         # Captum builds the index in __init__; so do we (one pass over the data)
         self._train_store()
 

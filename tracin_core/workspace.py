@@ -1,0 +1,418 @@
+"""A Workspace is one audit: model factory, checkpoints, train/test data, loss, store.
+
+It is what the app and the command line work on: it loads every checkpoint once
+(safely), builds the TracIn engines over the training data with a feature store
+under a cache folder keyed by content hashes, and answers the app's questions
+(predictions, proponents/opponents, mislabel rankings) from that store.
+All public methods are thread-safe (one lock per workspace): the app shares one
+instance between sessions.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import threading
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence, Union
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor, nn
+
+from .checkpoints import CheckpointError, fit_state_dict, read_checkpoint, resolve_checkpoints
+from .datasets import LabeledDataset, load_dataset_config
+from . import rankers as rk
+
+PathLike = Union[str, os.PathLike]
+
+LOSSES: dict[str, Callable[..., nn.Module]] = {
+    "cross_entropy": nn.CrossEntropyLoss,
+    "nll": nn.NLLLoss,
+}
+
+DEFAULT_CACHE = Path(os.environ.get("TRACIN_CACHE", Path.home() / ".cache" / "tracin_audit"))
+DEMO_TOML = Path(__file__).resolve().parent.parent / "assets" / "demo" / "workspace.toml"
+
+
+class WorkspaceError(ValueError):
+    """A workspace file or its parts are wrong; the message says which and why."""
+
+
+@dataclass
+class CheckpointEntry:
+    """One checkpoint: where it came from, its learning rate and content hash."""
+
+    name: str
+    learning_rate: float
+    sha256: str
+    epoch: Optional[int] = None
+    lr_source: str = "default"  # 'workspace' | 'checkpoint' | 'default'
+
+
+@dataclass
+class InfluenceResult:
+    """Proponents and opponents of one test example (tables sorted by rank)."""
+
+    proponents: pd.DataFrame
+    opponents: pd.DataFrame
+    predicted: int
+    probability: float
+    label: Optional[int]
+    method: str
+
+
+def _load_model(factory: Union[str, Callable[..., nn.Module]], kwargs: dict[str, Any]) -> nn.Module:
+    if callable(factory):
+        model = factory(**kwargs)
+    else:
+        from .models import build_model
+
+        model = build_model(str(factory), **kwargs)
+    if not isinstance(model, nn.Module):
+        raise WorkspaceError(f"model factory {factory!r} did not return a torch.nn.Module")
+    return model
+
+
+class Workspace:
+    """One audit. Build with :meth:`from_toml`, :meth:`demo` or the constructor.
+
+    ``checkpoints``: paths (a folder, a glob, one file or a list) or uploaded
+    ``(name, bytes)`` pairs. ``learning_rates``: one per checkpoint, a single float
+    for all, or None (read from each checkpoint, else 1.0).
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        model_factory: Union[str, Callable[..., nn.Module]],
+        final_fc_layer: str,
+        checkpoints: Union[PathLike, Sequence[Any]],
+        train: LabeledDataset,
+        test: Optional[LabeledDataset] = None,
+        learning_rates: Union[None, float, Sequence[Optional[float]]] = None,
+        loss: str = "cross_entropy",
+        reduction: str = "sum",
+        model_kwargs: Optional[dict[str, Any]] = None,
+        cache_dir: Optional[PathLike] = None,
+        device: Optional[str] = None,
+        batch_size: int = 256,
+        ground_truth: Optional[Sequence[int]] = None,
+        source: Optional[str] = None,
+    ) -> None:
+        self.name = name
+        self.source = source
+        self.model_factory = model_factory
+        self.model_kwargs = dict(model_kwargs or {})
+        self.final_fc_layer = final_fc_layer
+        self.train = train
+        self.test = test
+        self.batch_size = int(batch_size)
+        self.device = torch.device(device) if device else torch.device("cpu")
+        if loss not in LOSSES:
+            raise WorkspaceError(f"[loss] name: unknown loss {loss!r}; choose one of {', '.join(LOSSES)}")
+        if reduction not in ("sum", "mean"):
+            raise WorkspaceError(f"[loss] reduction must be 'sum' or 'mean', got {reduction!r}")
+        self.loss_name, self.reduction = loss, reduction
+        self.loss_fn = LOSSES[loss](reduction=reduction)
+        self._lock = threading.RLock()
+        self.model = _load_model(model_factory, self.model_kwargs).to(self.device).eval()
+        try:
+            self.model.get_submodule(final_fc_layer)
+        except AttributeError:
+            raise WorkspaceError(
+                f"[model] final_fc_layer: the model has no layer {final_fc_layer!r}"
+            ) from None
+        self._states: list[dict[str, Tensor]] = []
+        self.checkpoints: list[CheckpointEntry] = []
+        self._load_checkpoints(checkpoints, learning_rates)
+        self.model.load_state_dict(self._states[-1])  # predictions use the final checkpoint
+        if ground_truth is not None and len(ground_truth) != len(train):
+            raise WorkspaceError(f"ground truth has {len(ground_truth)} labels for {len(train)} training examples")
+        self.ground_truth = None if ground_truth is None else np.asarray(ground_truth, dtype=np.int64)
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else DEFAULT_CACHE
+        self._engines: dict[Any, Any] = {}
+        self._pred_cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+    # ------------------------------------------------------------------ loading
+    def _load_checkpoints(self, checkpoints, learning_rates) -> None:
+        if isinstance(checkpoints, (list, tuple)) and checkpoints and all(
+            isinstance(c, tuple) and len(c) == 2 and isinstance(c[1], (bytes, bytearray)) for c in checkpoints
+        ):
+            items = list(checkpoints)  # uploads: (name, bytes)
+        else:
+            try:
+                items = [(p, p) for p in resolve_checkpoints(checkpoints)]
+            except ValueError as exc:
+                raise WorkspaceError(str(exc)) from None
+        if isinstance(learning_rates, (int, float)):
+            lrs: list[Optional[float]] = [float(learning_rates)] * len(items)
+        elif learning_rates is None:
+            lrs = [None] * len(items)
+        else:
+            lrs = list(learning_rates)
+            if len(lrs) != len(items):
+                raise WorkspaceError(f"{len(lrs)} learning rates for {len(items)} checkpoints")
+        for (name, data), lr in zip(items, lrs):
+            state, info = read_checkpoint(data, name=os.path.basename(str(name)) if isinstance(data, bytes) else None)
+            state = fit_state_dict(self.model, state, info.source)
+            if lr is not None:
+                rate, src = float(lr), "workspace"
+            elif info.learning_rate is not None:
+                rate, src = info.learning_rate, "checkpoint"
+            else:
+                rate, src = 1.0, "default"
+            if not np.isfinite(rate) or rate <= 0:
+                raise WorkspaceError(f"{info.source}: learning rate must be a positive number, got {rate}")
+            self._states.append({k: v.to(self.device) for k, v in state.items()})
+            self.checkpoints.append(CheckpointEntry(str(name), rate, info.sha256, info.epoch, src))
+
+    @classmethod
+    def from_toml(cls, path: PathLike, *, cache_dir: Optional[PathLike] = None, device: Optional[str] = None) -> "Workspace":
+        """Read a workspace file (design.md §4); relative paths are relative to its folder."""
+        path = Path(path)
+        try:
+            cfg = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise WorkspaceError(f"{path}: no such workspace file") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise WorkspaceError(f"{path}: not a valid TOML file ({exc})") from None
+        base = path.resolve().parent
+
+        def table(name: str, required: bool = True) -> dict[str, Any]:
+            t = cfg.get(name)
+            if t is None and not required:
+                return {}
+            if not isinstance(t, dict):
+                raise WorkspaceError(f"{path}: missing [{name}] table")
+            return t
+
+        model = table("model")
+        if "factory" not in model or "final_fc_layer" not in model:
+            raise WorkspaceError(f"{path}: [model] needs 'factory' and 'final_fc_layer'")
+        ck = table("checkpoints")
+        if "paths" not in ck:
+            raise WorkspaceError(f"{path}: [checkpoints] needs 'paths' (a folder, a glob or a list)")
+        paths = ck["paths"]
+        paths = [str(base / p) for p in paths] if isinstance(paths, list) else str(base / paths)
+        loss = table("loss", required=False)
+        try:
+            train = load_dataset_config(table("train"), base, section="train")
+            test = load_dataset_config(table("test"), base, section="test") if "test" in cfg else None
+        except (ValueError, FileNotFoundError) as exc:
+            raise WorkspaceError(f"{path}: {exc}") from None
+        truth = None
+        evaluation = table("evaluation", required=False)
+        if "ground_truth" in evaluation:
+            gt = pd.read_csv(base / evaluation["ground_truth"])
+            col = evaluation.get("column", "true_label")
+            if col not in gt.columns or "index" not in gt.columns:
+                raise WorkspaceError(f"{path}: [evaluation] ground_truth needs columns 'index' and {col!r}")
+            truth = gt.sort_values("index")[col].to_numpy()
+        return cls(
+            name=str(cfg.get("name", path.stem)),
+            model_factory=model["factory"],
+            final_fc_layer=model["final_fc_layer"],
+            model_kwargs=model.get("kwargs", {}),
+            checkpoints=paths,
+            learning_rates=ck.get("learning_rates", ck.get("learning_rate")),
+            train=train,
+            test=test,
+            loss=loss.get("name", "cross_entropy"),
+            reduction=loss.get("reduction", "sum"),
+            cache_dir=cache_dir,
+            device=device,
+            batch_size=int(cfg.get("batch_size", 256)),
+            ground_truth=truth,
+            source=str(path),
+        )
+
+    @classmethod
+    def demo(cls, *, cache_dir: Optional[PathLike] = None) -> "Workspace":
+        """The built-in digits demo (checkpoints and noisy labels ship in assets/demo)."""
+        return cls.from_toml(DEMO_TOML, cache_dir=cache_dir)
+
+    # ------------------------------------------------------------------ identity
+    @property
+    def learning_rates(self) -> list[float]:
+        return [c.learning_rate for c in self.checkpoints]
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.train.classes)
+
+    @property
+    def data_hash(self) -> str:
+        """Content hash of the training data and its labels in effect."""
+        return self.train.fingerprint()
+
+    @property
+    def fingerprint(self) -> str:
+        """Hash of everything the scores depend on (config, checkpoints, data)."""
+        h = hashlib.sha256()
+        factory = self.model_factory if isinstance(self.model_factory, str) else getattr(
+            self.model_factory, "__qualname__", repr(self.model_factory))
+        h.update(json.dumps([factory, self.model_kwargs, self.final_fc_layer, self.loss_name,
+                             self.reduction], sort_keys=True, default=str).encode())
+        for c in self.checkpoints:
+            h.update(f"{c.sha256}:{c.learning_rate}".encode())
+        h.update(self.train.fingerprint().encode())
+        if self.test is not None:
+            h.update(self.test.fingerprint().encode())
+        return h.hexdigest()
+
+    @property
+    def store_dir(self) -> Path:
+        return self.cache_dir / f"{self.name}-{self.fingerprint[:16]}"
+
+    # ------------------------------------------------------------------ engines
+    def _load_func(self, model: nn.Module, index: int) -> float:
+        model.load_state_dict(self._states[index])
+        return self.checkpoints[index].learning_rate
+
+    def _engine(self, kind: str, **opts: Any):
+        key = (kind, tuple(sorted((k, str(v)) for k, v in opts.items())))
+        with self._lock:
+            if key in self._engines:
+                return self._engines[key]
+            from .tracin import TracInCP, TracInCPFast, TracInCPFastRandProj
+
+            model = copy.deepcopy(self.model)  # engines never touch the shared model
+            common = dict(checkpoints=list(range(len(self._states))), checkpoints_load_func=self._load_func,
+                          loss_fn=self.loss_fn, batch_size=self.batch_size)
+            cache = self.store_dir
+            if kind == "fast":
+                eng = TracInCPFast(model, self.final_fc_layer, self.train, cache_dir=cache, **common)
+            elif kind == "cp":
+                eng = TracInCP(model, self.train, layers=opts.get("layers"), cache_dir=cache, **common)
+            elif kind == "randproj":
+                eng = TracInCPFastRandProj(model, self.final_fc_layer, self.train,
+                                           projection_dim=opts.get("projection_dim"), cache_dir=cache, **common)
+            else:
+                raise ValueError(f"unknown method {kind!r}; use 'fast', 'cp' or 'randproj'")
+            self._engines[key] = eng
+            return eng
+
+    def precompute(self, methods: Sequence[str] = ("fast",), progress: Optional[Callable[[int, Optional[int]], None]] = None) -> None:
+        """Run the training pass for ``methods`` now (progress(done, total) per batch)."""
+        for m in methods:
+            eng = self._engine(m)
+            with self._lock:
+                eng._train_store(progress=progress)
+
+    # ------------------------------------------------------------------ predictions
+    def predict(self, x: Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """``(predicted labels (n,), class probabilities (n, K))`` at the final checkpoint."""
+        with self._lock, torch.no_grad():
+            out = self.model(x.to(self.device))
+            prob = torch.softmax(out.float(), dim=1).cpu().numpy()
+        return prob.argmax(1), prob
+
+    def predictions(self, split: str = "test") -> pd.DataFrame:
+        """Table of ``index, label, predicted, probability, correct`` for a split."""
+        ds = self.test if split == "test" else self.train
+        if ds is None:
+            raise WorkspaceError("this workspace has no test data")
+        with self._lock:
+            if split not in self._pred_cache:
+                preds, probs = [], []
+                for start in range(0, len(ds), 512):
+                    xb = torch.stack([ds[i][0] for i in range(start, min(len(ds), start + 512))])
+                    p, pr = self.predict(xb)
+                    preds.append(p)
+                    probs.append(pr)
+                self._pred_cache[split] = (np.concatenate(preds), np.concatenate(probs))
+            pred, prob = self._pred_cache[split]
+        labels = ds.labels.numpy()
+        return pd.DataFrame({
+            "index": np.arange(len(ds)), "label": labels, "predicted": pred,
+            "probability": prob[np.arange(len(ds)), pred], "correct": pred == labels,
+        })
+
+    def class_probabilities(self, split: str = "test") -> np.ndarray:
+        self.predictions(split)
+        return self._pred_cache[split][1]
+
+    # ------------------------------------------------------------------ influence
+    def _train_table(self, idx: Tensor, scores: Tensor) -> pd.DataFrame:
+        preds = self.predictions("train")
+        idx_np = idx.numpy()
+        return pd.DataFrame({
+            "rank": np.arange(1, len(idx_np) + 1),
+            "index": idx_np,
+            "score": scores.double().numpy(),
+            "label": self.train.labels.numpy()[idx_np],
+            "predicted": preds["predicted"].to_numpy()[idx_np],
+        })
+
+    def influence(self, test: Union[int, Tensor], k: int = 10, method: str = "fast",
+                  label: Optional[int] = None, **opts: Any) -> InfluenceResult:
+        """Proponents and opponents of one test example.
+
+        ``test``: an index into the test set, or an input tensor (one example, no
+        batch dimension) — then ``label`` defaults to the model's prediction, so the
+        result explains the prediction.
+        """
+        if isinstance(test, (int, np.integer)):
+            if self.test is None:
+                raise WorkspaceError("this workspace has no test data; pass an input tensor")
+            x, y = self.test[int(test)]
+            label = int(y) if label is None else label
+        else:
+            x = test
+        x = x.unsqueeze(0)
+        pred, prob = self.predict(x)
+        given = int(pred[0]) if label is None else int(label)
+        eng = self._engine(method, **opts)
+        batch = (x, torch.tensor([given]))
+        with self._lock:
+            pro = eng.influence(batch, k=k, proponents=True)
+            opp = eng.influence(batch, k=k, proponents=False)
+        return InfluenceResult(
+            proponents=self._train_table(pro.indices[0], pro.influence_scores[0]),
+            opponents=self._train_table(opp.indices[0], opp.influence_scores[0]),
+            predicted=int(pred[0]), probability=float(prob[0, pred[0]]),
+            label=None if isinstance(test, Tensor) and label is None else given, method=method,
+        )
+
+    def self_influence(self, method: str = "fast") -> np.ndarray:
+        eng = self._engine(method)
+        with self._lock:
+            return eng.self_influence().double().numpy()
+
+    # ------------------------------------------------------------------ mislabels
+    def ranker_inputs(self, with_cp: bool = False) -> rk.RankerInputs:
+        eng = self._engine("fast")
+        with self._lock:
+            store = eng._train_store()
+            C = len(self.checkpoints)
+            logits = np.stack([store.array(f"c{c}/o").double().numpy() for c in range(C)])
+            si_fast = np.stack([store.array(f"c{c}/self").double().numpy()[:, 0] for c in range(C)])
+            si_cp = None
+            if with_cp:
+                cp = self._engine("cp")
+                cstore = cp._train_store()
+                si_cp = np.stack([cstore.array(f"c{c}/self").double().numpy()[:, 0] for c in range(C)])
+        return rk.RankerInputs(logits, self.train.labels.numpy(), np.asarray(self.learning_rates), si_fast, si_cp)
+
+    def mislabel_methods(self) -> dict[str, str]:
+        """Ranking names and descriptions (``None`` in :meth:`mislabel_scores` = the default)."""
+        return {name: desc for name, (_, desc) in rk.RANKERS.items()}
+
+    def mislabel_scores(self, method: Optional[str] = None) -> pd.DataFrame:
+        """``index``, ``score`` (higher = more likely mislabelled), ``rank``; sorted by rank."""
+        name = method or rk.DEFAULT_RANKER
+        inp = self.ranker_inputs(with_cp=(name == "self_influence_cp"))
+        return rk.score_table(rk.compute(name, inp))
+
+    @property
+    def is_mislabelled(self) -> Optional[np.ndarray]:
+        """Ground truth (when known): given label differs from the true label."""
+        if self.ground_truth is None:
+            return None
+        return self.train.labels.numpy() != self.ground_truth
