@@ -1,0 +1,7 @@
+"""Evaluation page (placeholder until its issue lands)."""
+import streamlit as st
+
+from pages import common
+
+ws = common.current_workspace()
+st.title("Evaluation")
