@@ -1,0 +1,160 @@
+"""Workspace: TOML files, the demo, errors that name what is wrong, label overrides."""
+from __future__ import annotations
+
+import shutil
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from tracin_core import ReviewStore, TracInCPFast, Workspace
+from tracin_core.checkpoints import CheckpointError
+from tracin_core.datasets import load_dataset
+from tracin_core.models import DigitsCNN
+from tracin_core.workspace import DEMO_TOML, WorkspaceError
+
+DEMO = DEMO_TOML.parent
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    return Workspace.demo(cache_dir=tmp_path_factory.mktemp("ws_cache"))
+
+
+def test_demo_opens_with_checkpoint_learning_rates(demo):
+    assert demo.name == "digits-demo"
+    assert len(demo.checkpoints) == 6
+    assert all(c.lr_source == "checkpoint" and c.learning_rate == pytest.approx(0.05) for c in demo.checkpoints)
+    assert len(demo.train) == 1437 and len(demo.test) == 360
+    assert demo.predictions("test")["correct"].mean() > 0.85
+    truth = demo.is_mislabelled
+    assert truth is not None and 0.08 < truth.mean() < 0.12
+
+
+def test_workspace_influence_equals_the_engine(demo):
+    res = demo.influence(3, k=6)
+    assert list(res.proponents["rank"]) == list(range(1, 7))
+    assert res.proponents["score"].is_monotonic_decreasing
+    assert res.opponents["score"].is_monotonic_increasing
+    x, y = demo.test[3]
+    engine = TracInCPFast(DigitsCNN(), "fc2", demo.train, sorted(map(str, DEMO.glob("checkpoint-*.pt"))),
+                          loss_fn=nn.CrossEntropyLoss(reduction="sum"), batch_size=500)
+    scores = engine.influence((x.unsqueeze(0), torch.tensor([int(y)])))[0]
+    top = torch.argsort(scores, descending=True)[:6].numpy()
+    assert list(res.proponents["index"]) == list(top)
+    assert np.allclose(res.proponents["score"], scores[top].double().numpy(), rtol=1e-5)
+    assert np.allclose(demo.self_influence("fast"), engine.self_influence().double().numpy(), rtol=1e-5)
+
+
+def test_uploaded_image_explains_the_prediction(demo):
+    x, _ = demo.test[0]
+    res = demo.influence(x, k=3)
+    assert res.label is None and 0 <= res.predicted < 10 and 0 < res.probability <= 1
+    assert len(res.proponents) == 3
+
+
+def test_mislabel_scores_orientation(demo):
+    methods = demo.mislabel_methods()
+    assert "self_influence_fast" in methods
+    for m in ["self_influence_fast", "loss_mean", None]:
+        df = demo.mislabel_scores(m)
+        assert list(df.columns) == ["index", "score", "rank"]
+        assert df["rank"].iloc[0] == 1 and df["score"].iloc[0] == df["score"].max()
+        assert sorted(df["index"]) == list(range(len(demo.train)))
+
+
+def test_concurrent_queries_agree(demo):
+    expected = demo.influence(5, k=4).proponents["index"].tolist()
+    results, errors = [], []
+
+    def worker():
+        try:
+            results.append(demo.influence(5, k=4).proponents["index"].tolist())
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and results == [expected] * 4
+
+
+def _copy_demo(tmp_path: Path) -> Path:
+    folder = tmp_path / "ws"
+    shutil.copytree(DEMO, folder)
+    return folder
+
+
+def test_toml_errors_name_the_problem(tmp_path):
+    folder = _copy_demo(tmp_path)
+    toml = (folder / "workspace.toml").read_text()
+    cases = {
+        "no_model.toml": (toml.replace("[model]", "[modelx]"), r"\[model\]"),
+        "bad_factory.toml": (toml.replace("tracin_core.models:DigitsCNN", "nosuchpkg.mod:Net"), "nosuchpkg"),
+        "bad_layer.toml": (toml.replace('final_fc_layer = "fc2"', 'final_fc_layer = "fc9"'), "fc9"),
+        "bad_kind.toml": (toml.replace('kind = "digits"\nsplit = "train"', 'kind = "nope"\nsplit = "train"'), "nope"),
+        "bad_glob.toml": (toml.replace('"checkpoint-*.pt"', '"missing-*.pt"'), "missing-"),
+        "syntax.toml": ("name = [", "TOML"),
+    }
+    for name, (text, pattern) in cases.items():
+        (folder / name).write_text(text)
+        with pytest.raises((WorkspaceError, ValueError), match=pattern):
+            Workspace.from_toml(folder / name, cache_dir=tmp_path / "c")
+    with pytest.raises(WorkspaceError, match="no such workspace file"):
+        Workspace.from_toml(folder / "absent.toml")
+    (folder / "checkpoint-10.pt").write_bytes(b"\x00" * 64)
+    with pytest.raises(CheckpointError, match="checkpoint-10.pt"):
+        Workspace.from_toml(folder / "workspace.toml", cache_dir=tmp_path / "c")
+
+
+def test_corrected_labels_round_trip(tmp_path):
+    folder = _copy_demo(tmp_path)
+    ws = Workspace.from_toml(folder / "workspace.toml", cache_dir=tmp_path / "c")
+    given = ws.train.labels.tolist()
+    store = ReviewStore(tmp_path / "r.sqlite", workspace=ws.name, data_hash=ws.data_hash)
+    store.record(0, "ann", "relabel", (given[0] + 1) % 10, given_label=given[0])
+    store.record(1, "ann", "accept", given_label=given[1])
+    store.record(2, "ann", "exclude", given_label=given[2])
+    store.export_corrected_labels(folder / "corrected.csv", given)
+    text = (folder / "workspace.toml").read_text().replace("labels_override.csv", "corrected.csv")
+    (folder / "corrected.toml").write_text(text)
+    again = Workspace.from_toml(folder / "corrected.toml", cache_dir=tmp_path / "c")
+    assert again.train.labels[0].item() == (given[0] + 1) % 10
+    assert again.train.labels[1:].tolist() == given[1:]
+    assert bool(again.train.excluded[2])
+    assert again.data_hash != ws.data_hash  # other labels: the review store can warn
+
+
+def test_constructor_with_uploaded_bytes(tmp_path):
+    data = [(p.name, p.read_bytes()) for p in sorted(DEMO.glob("checkpoint-*.pt"))[:2]]
+    ws = Workspace(name="up", model_factory=DigitsCNN, final_fc_layer="fc2", checkpoints=data,
+                   train=load_dataset("digits", split="train"), test=load_dataset("digits", split="test"),
+                   learning_rates=[0.5, 2.0], cache_dir=tmp_path)
+    assert ws.learning_rates == [0.5, 2.0]
+    assert all(c.lr_source == "workspace" for c in ws.checkpoints)
+    assert len(ws.influence(0, k=2).proponents) == 2
+    with pytest.raises(CheckpointError, match="bad.pt"):
+        Workspace(name="bad", model_factory=DigitsCNN, final_fc_layer="fc2", checkpoints=[("bad.pt", b"junk")],
+                  train=load_dataset("digits", split="train"), cache_dir=tmp_path)
+
+
+def test_cli_self_influence_and_top_k(tmp_path, demo):
+    from tracin_core.__main__ import main
+
+    out = tmp_path / "si.csv"
+    assert main(["self-influence", "demo", "--cache-dir", str(tmp_path / "c"), "--out", str(out)]) == 0
+    import pandas as pd
+
+    df = pd.read_csv(out)
+    assert len(df) == 1437 and np.allclose(df["self_influence"], demo.self_influence("fast"), rtol=1e-5)
+    out2 = tmp_path / "top.csv"
+    assert main(["top-k", "demo", "--test-index", "0", "1", "-k", "4", "--opponents",
+                 "--cache-dir", str(tmp_path / "c"), "--out", str(out2)]) == 0
+    top = pd.read_csv(out2)
+    assert len(top) == 8 and set(top["test_index"]) == {0, 1}
+    assert main(["top-k", str(tmp_path / "none.toml"), "--test-index", "0"]) == 2

@@ -1,0 +1,113 @@
+"""Command line: the same engine as the app.
+
+    python -m tracin_core precompute WORKSPACE.toml [--methods fast cp]
+    python -m tracin_core self-influence WORKSPACE.toml --out FILE.csv [--method fast|cp]
+    python -m tracin_core top-k WORKSPACE.toml --test-index 0 1 -k 10 [--opponents] --out FILE.csv
+    python -m tracin_core mislabels WORKSPACE.toml --out FILE.csv [--method NAME]
+    python -m tracin_core demo --rebuild
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+import pandas as pd
+
+
+def _workspace(args):
+    from .workspace import Workspace
+
+    if args.workspace == "demo":
+        return Workspace.demo(cache_dir=args.cache_dir)
+    return Workspace.from_toml(args.workspace, cache_dir=args.cache_dir)
+
+
+def _write(df: pd.DataFrame, out: Optional[str]) -> None:
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        if out.endswith(".json"):
+            df.to_json(out, orient="records", indent=1)
+        else:
+            df.to_csv(out, index=False)
+        print(f"wrote {len(df)} rows to {out}")
+    else:
+        print(df.to_string(index=False))
+
+
+def _progress(desc: str):
+    from tqdm.auto import tqdm
+
+    bar = {"b": None}
+
+    def cb(done: int, total: Optional[int]) -> None:
+        if bar["b"] is None:
+            bar["b"] = tqdm(total=total, desc=desc, unit="ex")
+        bar["b"].update(done - bar["b"].n)
+
+    return cb
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tracin_core", description="TracIn influence from the shell")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+
+    def ws_parser(name: str, help_: str):
+        p = sub.add_parser(name, help=help_)
+        p.add_argument("workspace", help="workspace .toml file ('demo' for the built-in demo)")
+        p.add_argument("--cache-dir", default=None, help="feature store folder (default ~/.cache/tracin_audit)")
+        return p
+
+    p = ws_parser("precompute", "one pass over the training data: build the feature store")
+    p.add_argument("--methods", nargs="+", default=["fast"], choices=["fast", "cp", "randproj"])
+    p = ws_parser("self-influence", "self-influence of every training example")
+    p.add_argument("--method", default="fast", choices=["fast", "cp"])
+    p.add_argument("--out", default=None)
+    p = ws_parser("top-k", "proponents (or opponents) of test examples")
+    p.add_argument("--test-index", type=int, nargs="+", required=True)
+    p.add_argument("-k", type=int, default=10)
+    p.add_argument("--opponents", action="store_true")
+    p.add_argument("--method", default="fast", choices=["fast", "cp", "randproj"])
+    p.add_argument("--out", default=None)
+    p = ws_parser("mislabels", "training examples ranked as likely mislabelled")
+    p.add_argument("--method", default=None, help="ranking name (default: the Review page's)")
+    p.add_argument("--out", default=None)
+    d = sub.add_parser("demo", help="check or rebuild the built-in demo's assets")
+    d.add_argument("rest", nargs=argparse.REMAINDER)
+
+    args = parser.parse_args(argv)
+    if args.cmd == "demo":
+        from .demo import main as demo_main
+
+        return demo_main(args.rest)
+    try:
+        ws = _workspace(args)
+        if args.cmd == "precompute":
+            for m in args.methods:
+                ws.precompute([m], progress=_progress(f"{m}: training pass"))
+            print(f"feature store ready under {ws.store_dir}")
+        elif args.cmd == "self-influence":
+            ws.precompute([args.method], progress=_progress("training pass"))
+            si = ws.self_influence(args.method)
+            df = pd.DataFrame({"index": range(len(si)), "label": ws.train.labels.numpy(), "self_influence": si})
+            _write(df, args.out)
+        elif args.cmd == "top-k":
+            ws.precompute([args.method], progress=_progress("training pass"))
+            rows = []
+            for t in args.test_index:
+                res = ws.influence(t, k=args.k, method=args.method)
+                table = res.opponents if args.opponents else res.proponents
+                rows.append(table.assign(test_index=t))
+            _write(pd.concat(rows, ignore_index=True)[["test_index", "rank", "index", "score", "label", "predicted"]], args.out)
+        elif args.cmd == "mislabels":
+            ws.precompute(["fast"], progress=_progress("training pass"))
+            _write(ws.mislabel_scores(args.method), args.out)
+    except (ValueError, FileNotFoundError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
