@@ -98,3 +98,17 @@ def test_tracincp_cache_dir(tmp_path, ckpts):
     test = (ds.x[:2], ds.y[:2])
     assert torch.allclose(a.influence(test), b.influence(test), atol=1e-6)
     assert torch.allclose(a.self_influence(), b.self_influence())
+
+
+def test_randproj_index_is_persisted_next_to_the_store(tmp_path, ckpts):
+    from tracin_core import TracInCPFastRandProj
+
+    ds = CountingDataset()
+    kw = dict(loss_fn=nn.CrossEntropyLoss(reduction="sum"), batch_size=4, projection_dim=4, cache_dir=tmp_path / "rp")
+    a = TracInCPFastRandProj(SmallCNN(), "fc2", ds, ckpts, **kw)
+    folder = next((tmp_path / "rp").iterdir())
+    assert list(folder.glob("annoy-*.idx"))
+    b = TracInCPFastRandProj(SmallCNN(), "fc2", ds, ckpts, **kw)
+    test = (ds.x[:3], ds.y[:3])
+    ra, rb = a.influence(test, k=5), b.influence(test, k=5)
+    assert torch.equal(ra.indices, rb.indices) and torch.allclose(ra.influence_scores, rb.influence_scores)

@@ -632,7 +632,23 @@ class TracInCPFastRandProj(TracInCPFast):
     def _after_store(self, store: FeatureStore) -> None:
         emb = torch.cat([store.array(f"c{c}/e") for c in range(len(self.checkpoints))], dim=1)
         self._train_embedding = emb
-        self.nearest_neighbors.setup(emb)
+        nn_index = self.nearest_neighbors
+        if store.path is not None and isinstance(nn_index, AnnoyNearestNeighbors):
+            # the index is persisted next to the store and reused when its settings match
+            index_path = store.path / f"annoy-{nn_index.num_trees}-{nn_index.seed}.idx"
+            if index_path.exists():
+                try:
+                    nn_index.load(index_path, emb.shape[1])
+                    if nn_index.size == emb.shape[0]:
+                        return
+                except ValueError:
+                    pass
+            nn_index.setup(emb)
+            tmp = index_path.with_suffix(".tmp")
+            nn_index.save(tmp)
+            os.replace(tmp, index_path)
+            return
+        nn_index.setup(emb)
 
     def compute_intermediate_quantities(self, inputs: Union[Batch, DataLoader]) -> Tensor:
         """Embeddings ``(n, C·d)`` whose dot products are the influence scores."""
