@@ -278,3 +278,37 @@ def test_every_gradient_path_matches_reference(tmp_path):
     kinds = {name: kind for name, _, kind, _ in tr._fz.hooked}
     assert kinds == {"c1": "conv", "seq": "linear", "head": "factor"}
     assert {"c2.weight", "bn.weight", "twice.weight"} <= set(tr._fz.generic_names)
+
+
+def test_bad_arguments_say_what_to_change(cnn_setup):
+    loss = nn.CrossEntropyLoss(reduction="sum")
+    train, paths = cnn_setup["train"], cnn_setup["paths"]
+    with pytest.raises(ValueError, match="final_fc_layer.*no layer named 'fc9'"):
+        TracInCPFast(SmallCNN().double(), "fc9", train, paths, loss_fn=loss)
+    with pytest.raises(ValueError, match="loss_fn is required"):
+        TracInCPFast(SmallCNN().double(), "fc2", train, paths)
+    with pytest.raises(ValueError, match="layers: the model has no layer named 'nope'"):
+        TracInCP(SmallCNN().double(), train, paths, layers=["nope"], loss_fn=loss)
+    with pytest.raises(ValueError, match="non-empty list of layer names"):
+        TracInCP(SmallCNN().double(), train, paths, layers="fc1", loss_fn=loss)
+    with pytest.raises(ValueError, match="batch_size must be a positive int"):
+        TracInCP(SmallCNN().double(), train, paths, loss_fn=loss, batch_size=0)
+    with pytest.raises(TypeError, match="train_dataset must be a torch Dataset or DataLoader"):
+        TracInCP(SmallCNN().double(), 42, paths, loss_fn=loss)
+    with pytest.raises(ValueError, match="checkpoints"):
+        TracInCP(SmallCNN().double(), train, "/nonexistent/ckpts", loss_fn=loss)
+    with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
+        TracInCP("model", train, paths, loss_fn=loss)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            TracInCP(SmallCNN().double(), train, paths, loss_fn=loss, device="cuda")
+    tr = TracInCPFast(SmallCNN().double(), "fc2", train, paths, loss_fn=loss, batch_size=8)
+    for bad_k in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="k must be a positive int or None"):
+            tr.influence(cnn_setup["test"], k=bad_k)
+    with pytest.raises(ValueError, match="inputs is required"):
+        tr.influence(None)
+    with pytest.raises(TypeError, match="batch tuple"):
+        tr.influence(cnn_setup["test"][0])  # a bare tensor, no labels
+    with pytest.raises(ValueError, match="projection_dim must be a positive int"):
+        TracInCPFastRandProj(SmallCNN().double(), "fc2", train, paths, loss_fn=loss, projection_dim=0)
