@@ -65,12 +65,15 @@ class AnnoyNearestNeighbors(NearestNeighbors):
         idx, dist = [], []
         for row in q:
             i, d = self.knn_index.get_nns_by_vector(row, k, search_k=self.search_k, include_distances=True)
-            if len(i) < k:  # too few leaves visited: search every node
-                i, d = self.knn_index.get_nns_by_vector(
-                    row, k, search_k=self.size * self.num_trees, include_distances=True
-                )
+            search_k = self.search_k if self.search_k > 0 else k * self.num_trees
+            while len(i) < k and search_k < self.size * self.num_trees:
+                search_k *= 8  # too few leaves visited: look wider
+                i, d = self.knn_index.get_nns_by_vector(row, k, search_k=search_k, include_distances=True)
             idx.append(i)
             dist.append(d)
+        k = min(len(r) for r in idx)  # rectangular result (annoy may still return fewer)
+        idx = [r[:k] for r in idx]
+        dist = [r[:k] for r in dist]
         return torch.tensor(idx, dtype=torch.long), torch.tensor(dist, dtype=torch.float32)
 
     def save(self, path: str | os.PathLike) -> None:

@@ -38,7 +38,7 @@ from .featurize import (
     take_snapshots,
 )
 from .nearest_neighbors import AnnoyNearestNeighbors, NearestNeighbors
-from .scoring import KMostInfluentialResults, influence_matrix, top_k, weighted_self
+from .scoring import KMostInfluentialResults, TopK, influence_matrix, top_k, weighted_self
 from .store import FeatureStore
 
 __all__ = ["TracInCP", "TracInCPFast", "TracInCPFastRandProj", "KMostInfluentialResults"]
@@ -48,6 +48,9 @@ Batch = Union[tuple, list]
 #: TracInCP keeps per-example gradient features in memory up to this size (bytes);
 #: above it (and with no ``cache_dir``) influence queries stream over the data.
 DEFAULT_FEATURE_MEMORY = 2 * 1024**3
+
+#: score matrices up to this many elements are cached for the latest test batch
+SCORE_CACHE_ELEMENTS = 1 << 24
 
 
 def _progress_bar(enabled: bool, total: Optional[int], desc: str, callback=None):
@@ -155,6 +158,7 @@ class _TracInBase:
         self._snapshots: Optional[list[Snapshot]] = None
         self._store: Optional[FeatureStore] = None
         self._test_cache: dict[str, dict[str, Tensor]] = {}
+        self._score_cache: Optional[tuple[dict[str, Tensor], bool, Tensor]] = None
 
     # ------------------------------------------------------------ helpers
     @classmethod
@@ -335,6 +339,20 @@ class _TracInBase:
         dtype = next(iter(test.values())).dtype
         getter = self._rows_getter(store, dtype)
         weights = self._weights()
+        n_test = next(iter(test.values())).shape[0]
+        if n_test * store.n <= SCORE_CACHE_ELEMENTS:
+            # interactive queries: keep the latest test batch's score matrix, so the
+            # opponents call after the proponents call (or k=None) costs no products
+            cached = self._score_cache
+            if cached is None or cached[0] is not test or cached[1] != aggregate:
+                scores = influence_matrix(test, getter, store.n, terms, weights, aggregate)
+                self._score_cache = cached = (test, aggregate, scores)
+            scores = cached[2]
+            if k is None:
+                return scores.cpu().clone()
+            acc = TopK(k, proponents)
+            acc.add(0, scores)
+            return acc.result(scores.shape[0], scores.dtype)
         if k is None:
             return influence_matrix(test, getter, store.n, terms, weights, aggregate).cpu()
         return top_k(test, getter, store.n, terms, weights, k, proponents, aggregate)
@@ -678,6 +696,8 @@ class TracInCPFastRandProj(TracInCPFast):
         sign = 1.0 if proponents else -1.0
         want = min(n, max(k * self.candidates, k + 10))
         cand, _ = self.nearest_neighbors.get_nearest_neighbors(test * sign, want)
+        if cand.shape[1] < k:
+            raise RuntimeError(f"the nearest-neighbour index returned {cand.shape[1]} < k={k} candidates")
         idx_rows, score_rows = [], []
         for i in range(test.shape[0]):
             c = torch.unique(cand[i])
