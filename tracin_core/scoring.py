@@ -38,20 +38,22 @@ def score_block(
     weights: Sequence[float],
 ) -> Tensor:
     """``Σ_c w_c Σ_terms`` for one block: ``(n_test, rows)``."""
+    # (rows, d) @ (d, n_test): the tall-skinny product is ~2x faster than its transpose
+    # on CPU BLAS for the few-test-examples case; the result is transposed at the end.
     total: Optional[Tensor] = None
     for c, w in enumerate(weights):
         for term in terms:
             if term[0] == "factor":
                 a_name, d_name = f"c{c}/{term[1]}", f"c{c}/{term[2]}"
-                s = (test[a_name] @ train_rows(a_name).T) * (test[d_name] @ train_rows(d_name).T)
+                s = (train_rows(a_name) @ test[a_name].T).mul_(train_rows(d_name) @ test[d_name].T)
             else:
                 g_name = f"c{c}/{term[1]}"
-                s = test[g_name] @ train_rows(g_name).T
+                s = train_rows(g_name) @ test[g_name].T
             if w != 1.0:
-                s = s * w
+                s.mul_(w)
             total = s if total is None else total.add_(s)
     assert total is not None
-    return total
+    return total.T
 
 
 def block_rows(n_test: int, n_train: int) -> int:
