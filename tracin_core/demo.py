@@ -86,6 +86,9 @@ split = "test"
 [loss]
 name = "cross_entropy"
 reduction = "sum"
+
+[evaluation]
+ground_truth = "labels.csv"   # index,true_label: the demo knows which labels it corrupted
 """
 
 
@@ -374,3 +377,61 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+# ---------------------------------------------------------------------------- noise models
+NOISE_MODELS = ("tutorial", "uniform", "pair")
+
+
+def noisy_labels(
+    y_true: Sequence[int] | torch.Tensor | np.ndarray,
+    fraction: float,
+    kind: str = "tutorial",
+    *,
+    seed: int = 0,
+    num_classes: int | None = None,
+    clean_logits: torch.Tensor | np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Mislabel a seeded random ``fraction`` of ``y_true``; returns ``(noisy labels, indices changed)``.
+
+    The subset is the demo's: the first ``round(fraction * n)`` items of
+    ``torch.randperm(n, generator=torch.Generator().manual_seed(seed))``, sorted, so a
+    larger fraction with the same seed mislabels a superset. Each chosen item gets a
+    label other than its own:
+
+    - ``"tutorial"`` (Captum's tutorial, the demo): the most probable *wrong* class of a
+      model trained on the clean labels, ``clean_logits`` (n, K) being its outputs;
+    - ``"uniform"``: a class drawn uniformly from the other ``K - 1`` (seeded by ``seed``);
+    - ``"pair"``: the next class, ``(y + 1) mod K`` (the "pair flipping" of Han et al.,
+      Co-teaching, 2018: every class is confused with one fixed other class).
+    """
+    y = np.array(y_true.detach().cpu().numpy() if isinstance(y_true, torch.Tensor) else y_true, dtype=np.int64)
+    y = y.reshape(-1)
+    n = len(y)
+    if not 0.0 <= float(fraction) <= 1.0:
+        raise ValueError(f"fraction must be in [0, 1], got {fraction}")
+    if kind not in NOISE_MODELS:
+        raise ValueError(f"unknown noise model {kind!r}; choose one of {', '.join(NOISE_MODELS)}")
+    k_classes = int(num_classes) if num_classes is not None else int(y.max()) + 1
+    if k_classes < 2:
+        raise ValueError("need at least two classes to mislabel")
+    n_noisy = int(round(float(fraction) * n))
+    gen = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(n, generator=gen)[:n_noisy].sort().values.numpy()
+    out = y.copy()
+    if kind == "tutorial":
+        if clean_logits is None:
+            raise ValueError("the tutorial noise model needs clean_logits (outputs of a model trained on clean labels)")
+        z = np.array(clean_logits.detach().cpu().numpy() if isinstance(clean_logits, torch.Tensor) else clean_logits,
+                     dtype=np.float64)
+        if z.shape != (n, k_classes):
+            raise ValueError(f"clean_logits must have shape ({n}, {k_classes}), got {z.shape}")
+        z = z[idx]
+        z[np.arange(len(idx)), y[idx]] = -np.inf
+        out[idx] = z.argmax(axis=1)
+    elif kind == "uniform":
+        rng = np.random.default_rng(seed)
+        out[idx] = (y[idx] + rng.integers(1, k_classes, size=len(idx))) % k_classes
+    else:
+        out[idx] = (y[idx] + 1) % k_classes
+    return out, idx

@@ -1,11 +1,25 @@
 """Mislabel rankers: one score per training example, higher = more likely mislabelled.
 
-Every ranker reads quantities the feature store already holds (per-checkpoint
-model outputs and self-influence terms), so none costs another pass over the data.
-Results are tables (pandas) with columns ``index``, ``score``, ``rank`` (1 = review first).
+Every ranker reads quantities the feature store already holds (per-checkpoint model
+outputs, final-layer inputs and self-influence terms), so none costs another pass over
+the data. Results are tables (pandas) with columns ``index``, ``score``, ``rank``
+(1 = review first), cleanlab-style.
+
+Which ranker is the default, and why: ``benchmarks/mislabel_quality.py`` measures every
+ranker on three noise models (the Captum tutorial's "most probable wrong class",
+uniform flips, class-pair flips) at 10% and 20% on the digits demo and on two bundled
+tabular data sets; results in ``benchmarks/results/mislabel_quality.md``.
+:data:`DEFAULT_RANKER` is the best of them overall: ``neighbour_vote``.
+
+"Early" checkpoints are the first third (at least one) of the checkpoints, in training
+order: the model has learnt the clean majority by then but has not yet memorised the
+wrong labels, so the loss, the margin and the neighbourhoods there are the most telling.
 """
 from __future__ import annotations
 
+import hashlib
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
@@ -15,12 +29,15 @@ import pandas as pd
 
 @dataclass(frozen=True)
 class RankerInputs:
-    """What rankers are computed from.
+    """What rankers are computed from (everything one TracIn pass stores).
 
     ``logits``: (C, N, K) model outputs per checkpoint (C ordered by training time);
     ``labels``: (N,) given labels; ``weights``: (C,) learning rates;
     ``si_fast`` / ``si_cp``: (C, N) unweighted self-influence terms per checkpoint
-    (last layer / all layers), ``si_cp`` may be None when not computed.
+    (last layer / all layers), ``si_cp`` may be None when not computed;
+    ``features``: (C, N, H) inputs of the final layer per checkpoint (the store's
+    ``c{c}/a``; a sequence of C (N, H) arrays works too), optional: rankers that look at
+    neighbourhoods use them when given and the logits otherwise.
     """
 
     logits: np.ndarray
@@ -28,38 +45,145 @@ class RankerInputs:
     weights: np.ndarray
     si_fast: np.ndarray
     si_cp: Optional[np.ndarray] = None
+    features: Optional[np.ndarray] = None
 
 
+# --------------------------------------------------------------------------- building blocks
 def _log_softmax(z: np.ndarray) -> np.ndarray:
     z = z - z.max(axis=-1, keepdims=True)
     return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
 
 
+def _labels(inp: RankerInputs) -> np.ndarray:
+    return np.asarray(inp.labels, dtype=np.int64).reshape(-1)
+
+
+def _given(a: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """``a[..., n, labels[n]]`` for an array with the class axis last."""
+    idx = np.broadcast_to(labels[:, None], a.shape[:-1] + (1,))
+    return np.take_along_axis(a, idx, axis=-1)[..., 0]
+
+
+def n_early(n_checkpoints: int) -> int:
+    """How many checkpoints count as early: the first third, at least one."""
+    return max(1, int(round(n_checkpoints / 3)))
+
+
+def probabilities(inp: RankerInputs) -> np.ndarray:
+    """(C, N, K) softmax of the logits."""
+    return np.exp(_log_softmax(np.asarray(inp.logits, dtype=np.float64)))
+
+
 def per_checkpoint_loss(inp: RankerInputs) -> np.ndarray:
     """(C, N) cross-entropy of the given label at each checkpoint."""
-    lp = _log_softmax(inp.logits.astype(np.float64))
-    return -np.take_along_axis(lp, inp.labels[None, :, None].astype(np.int64), axis=2)[..., 0]
+    return -_given(_log_softmax(np.asarray(inp.logits, dtype=np.float64)), _labels(inp))
 
 
 def per_checkpoint_margin(inp: RankerInputs) -> np.ndarray:
     """(C, N) margin: logit of the given label minus the largest other logit (AUM's margin)."""
-    z = inp.logits.astype(np.float64)
-    given = np.take_along_axis(z, inp.labels[None, :, None].astype(np.int64), axis=2)[..., 0]
+    z = np.asarray(inp.logits, dtype=np.float64)
+    y = _labels(inp)
+    given = _given(z, y)
     others = z.copy()
-    np.put_along_axis(others, inp.labels[None, :, None].astype(np.int64), -np.inf, axis=2)
-    return given - others.max(axis=2)
+    np.put_along_axis(others, np.broadcast_to(y[:, None], z.shape[:-1] + (1,)), -np.inf, axis=-1)
+    return given - others.max(axis=-1)
 
 
+_NN_CACHE: "OrderedDict[tuple, np.ndarray]" = OrderedDict()
+_NN_CACHE_SIZE = 16
+_NN_LOCK = threading.Lock()
+
+
+def nearest_neighbours(emb: np.ndarray, k: int, chunk: int = 2048) -> np.ndarray:
+    """(N, k) indices of each row's ``k`` most cosine-similar other rows (itself excluded),
+    most similar first.
+
+    Exact, in chunks of rows: O(N² · H) time (about 2 s for N = 10,000, H = 64 on two
+    CPU cores; it grows with N², so about a minute for N = 50,000), O(chunk · N) memory. Results are memoised by content (the last 16 calls), so
+    several rankers and repeated queries over the same store pay once.
+    """
+    import torch
+
+    x = np.ascontiguousarray(np.asarray(emb, dtype=np.float32).reshape(len(emb), -1))
+    n = len(x)
+    k = int(min(k, n - 1))
+    if k < 1:
+        return np.zeros((n, 0), dtype=np.int64)
+    key = (hashlib.blake2b(x.tobytes(), digest_size=16).hexdigest(), x.shape, k)
+    with _NN_LOCK:
+        if key in _NN_CACHE:
+            _NN_CACHE.move_to_end(key)
+            return _NN_CACHE[key].copy()
+    t = torch.from_numpy(x)
+    t = t / t.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    out = torch.empty((n, k), dtype=torch.long)
+    with torch.no_grad():
+        for s in range(0, n, chunk):
+            sim = t[s:s + chunk] @ t.T
+            rows = torch.arange(sim.shape[0])
+            sim[rows, s + rows] = -float("inf")
+            out[s:s + chunk] = sim.topk(k, dim=1, sorted=True).indices
+    result = out.numpy()
+    with _NN_LOCK:
+        _NN_CACHE[key] = result
+        while len(_NN_CACHE) > _NN_CACHE_SIZE:
+            _NN_CACHE.popitem(last=False)
+    return result.copy()
+
+
+def _embeddings(inp: RankerInputs, c: int) -> np.ndarray:
+    """What neighbourhoods are measured in at checkpoint ``c``: final-layer inputs, else logits."""
+    if inp.features is not None:
+        return np.asarray(inp.features[c])
+    return np.asarray(inp.logits[c])
+
+
+def early_neighbours(inp: RankerInputs, k: int = 10) -> list[np.ndarray]:
+    """The ``k`` nearest neighbours (:func:`nearest_neighbours`) at each early checkpoint."""
+    return [nearest_neighbours(_embeddings(inp, c), k) for c in range(n_early(len(inp.logits)))]
+
+
+def neighbour_label_shares(inp: RankerInputs, k: int = 10, labels: Optional[np.ndarray] = None,
+                           neighbours: Optional[list[np.ndarray]] = None) -> np.ndarray:
+    """(N, K): share of each class among the ``k`` nearest neighbours' ``labels`` (the given
+    labels by default), averaged over the early checkpoints."""
+    C, N, K = np.shape(inp.logits)
+    lab = _labels(inp) if labels is None else np.asarray(labels, dtype=np.int64)
+    onehot = np.eye(K)[lab]
+    nbrs = early_neighbours(inp, k) if neighbours is None else neighbours
+    shares = np.zeros((N, K))
+    for nn in nbrs:
+        shares += onehot[nn].mean(axis=1) if nn.shape[1] else onehot
+    return shares / len(nbrs)
+
+
+# --------------------------------------------------------------------------- rankers
 def self_influence_fast(inp: RankerInputs) -> np.ndarray:
     """TracInCPFast self-influence ``Σ_c η_c ‖a‖²‖δ‖²`` (Captum tutorial's ranking)."""
-    return (inp.weights[:, None] * inp.si_fast).sum(0)
+    return (np.asarray(inp.weights)[:, None] * inp.si_fast).sum(0)
 
 
 def self_influence_cp(inp: RankerInputs) -> np.ndarray:
     """TracInCP self-influence over all layers."""
     if inp.si_cp is None:
         raise ValueError("all-layer self-influence was not computed for this workspace")
-    return (inp.weights[:, None] * inp.si_cp).sum(0)
+    return (np.asarray(inp.weights)[:, None] * inp.si_cp).sum(0)
+
+
+def self_influence_fast_early(inp: RankerInputs) -> np.ndarray:
+    """TracInCPFast self-influence over the early checkpoints only (before memorisation)."""
+    e = n_early(len(inp.weights))
+    return (np.asarray(inp.weights)[:e, None] * inp.si_fast[:e]).sum(0)
+
+
+def self_influence_fast_normalised(inp: RankerInputs) -> np.ndarray:
+    """TracInCPFast self-influence with the final-layer input normalised to unit length
+    (the cosine variant): ``Σ_c η_c ‖δ‖²``, ``δ = softmax − onehot(given label)``."""
+    p = probabilities(inp)
+    y = _labels(inp)
+    d = p.copy()
+    d[:, np.arange(len(y)), y] -= 1.0
+    return (np.asarray(inp.weights)[:, None] * (d ** 2).sum(-1)).sum(0)
 
 
 def loss_final(inp: RankerInputs) -> np.ndarray:
@@ -72,9 +196,60 @@ def loss_mean(inp: RankerInputs) -> np.ndarray:
     return per_checkpoint_loss(inp).mean(0)
 
 
+def loss_early(inp: RankerInputs) -> np.ndarray:
+    """Loss of the given label averaged over the early checkpoints."""
+    L = per_checkpoint_loss(inp)
+    return L[:n_early(len(L))].mean(0)
+
+
 def aum(inp: RankerInputs) -> np.ndarray:
     """Area under the margin (Pleiss et al. 2020), negated: low margin = suspicious."""
     return -per_checkpoint_margin(inp).mean(0)
+
+
+def aum_early(inp: RankerInputs) -> np.ndarray:
+    """Area under the margin over the early checkpoints, negated."""
+    M = per_checkpoint_margin(inp)
+    return -M[:n_early(len(M))].mean(0)
+
+
+def confidence_class_normalised(inp: RankerInputs) -> np.ndarray:
+    """1 − the early checkpoints' probability of the given label divided by its class's
+    average (confident learning's per-class threshold, Northcutt et al. 2021)."""
+    p = probabilities(inp)
+    p = p[:n_early(len(p))].mean(0)
+    y = _labels(inp)
+    K = p.shape[1]
+    thr = np.ones(K)
+    for k in range(K):
+        if (y == k).any():
+            thr[k] = max(p[y == k, k].mean(), 1e-12)
+    return 1.0 - p[np.arange(len(y)), y] / thr[y]
+
+
+def knn_disagreement(inp: RankerInputs, k: int = 10) -> np.ndarray:
+    """Share of the ``k`` nearest neighbours (final-layer inputs at the early checkpoints;
+    logits when the inputs are not given) with another given label (Deep k-NN, Bahri et
+    al. 2020); early loss breaks ties."""
+    shares = neighbour_label_shares(inp, k)
+    y = _labels(inp)
+    return 1.0 - shares[np.arange(len(y)), y] + 1e-6 * np.tanh(loss_early(inp))
+
+
+def neighbour_vote(inp: RankerInputs, k: int = 10) -> np.ndarray:
+    """Estimated probability that the given label is wrong: 1 − q(given label), where q
+    averages what the neighbours say (labels of the ``k`` nearest neighbours in the
+    final-layer inputs at the early checkpoints, each neighbour's label first corrected
+    to its own estimate) and what the early checkpoints predict."""
+    p = probabilities(inp)
+    p_early = p[:n_early(len(p))].mean(0)
+    y = _labels(inp)
+    n = len(y)
+    nbrs = early_neighbours(inp, k)
+    q = (neighbour_label_shares(inp, k, neighbours=nbrs) + p_early) / 2.0
+    corrected = q.argmax(axis=1)  # one round of cleaning the neighbours' labels
+    q = (neighbour_label_shares(inp, k, labels=corrected, neighbours=nbrs) + p_early) / 2.0
+    return 1.0 - q[np.arange(n), y]
 
 
 def _rank01(x: np.ndarray) -> np.ndarray:
@@ -88,7 +263,16 @@ def rank_combo(inp: RankerInputs) -> np.ndarray:
 
 
 RANKERS: dict[str, tuple[Callable[[RankerInputs], np.ndarray], str]] = {
+    "neighbour_vote": (neighbour_vote, "neighbours' labels + early predictions: estimated chance the label is wrong"),
+    "knn_disagreement": (knn_disagreement, "share of the 10 nearest neighbours (early checkpoints) with another label"),
+    "loss_early": (loss_early, "loss of the given label, early checkpoints"),
+    "aum_early": (aum_early, "area under the margin (negated), early checkpoints"),
+    "confidence_class_normalised": (confidence_class_normalised,
+                                    "early probability of the given label relative to its class's average (cleanlab)"),
     "self_influence_fast": (self_influence_fast, "TracIn self-influence, last layer (Captum's TracInCPFast)"),
+    "self_influence_fast_early": (self_influence_fast_early, "TracIn self-influence, last layer, early checkpoints"),
+    "self_influence_fast_normalised": (self_influence_fast_normalised,
+                                       "TracIn self-influence, last layer, inputs normalised to unit length"),
     "self_influence_cp": (self_influence_cp, "TracIn self-influence, all layers (TracInCP)"),
     "loss_final": (loss_final, "loss of the given label, final checkpoint"),
     "loss_mean": (loss_mean, "loss of the given label, averaged over checkpoints"),
@@ -96,8 +280,15 @@ RANKERS: dict[str, tuple[Callable[[RankerInputs], np.ndarray], str]] = {
     "rank_combo": (rank_combo, "mean rank of self-influence (Fast), mean loss and AUM"),
 }
 
-#: the Review page's default ranking (see benchmarks/mislabel_quality.py)
-DEFAULT_RANKER = "rank_combo"
+#: rankers that combine several signals (the others are single signals)
+COMBINATIONS = frozenset({"neighbour_vote", "rank_combo"})
+#: rankers that need the all-layer (TracInCP) pass
+NEEDS_CP = frozenset({"self_influence_cp"})
+#: rankers that use ``RankerInputs.features`` when given (neighbourhoods)
+USES_FEATURES = frozenset({"neighbour_vote", "knn_disagreement"})
+
+#: the Review page's default ranking: best overall in benchmarks/mislabel_quality.py
+DEFAULT_RANKER = "neighbour_vote"
 
 
 def score_table(scores: np.ndarray) -> pd.DataFrame:
@@ -115,13 +306,17 @@ def compute(name: Optional[str], inp: RankerInputs) -> np.ndarray:
     name = name or DEFAULT_RANKER
     if name not in RANKERS:
         raise ValueError(f"unknown ranking {name!r}; choose one of {', '.join(RANKERS)}")
-    return RANKERS[name][0](inp)
+    return np.asarray(RANKERS[name][0](inp), dtype=np.float64)
 
 
-def available(inp_has_cp: bool) -> list[str]:
-    return [n for n in RANKERS if inp_has_cp or n != "self_influence_cp"]
+def available(inp_has_cp: bool, inp_has_features: bool = True) -> list[str]:
+    """Rankers computable from inputs with / without the all-layer terms. Rankers in
+    :data:`USES_FEATURES` work without features too (on the logits), so
+    ``inp_has_features`` changes nothing; it is accepted for symmetry."""
+    return [n for n in RANKERS if inp_has_cp or n not in NEEDS_CP]
 
 
+# --------------------------------------------------------------------------- evaluation
 def found_curve(scores: np.ndarray, is_mislabelled: Sequence[bool]) -> tuple[np.ndarray, np.ndarray]:
     """(share reviewed, share of mislabels found) reviewing in descending score order."""
     truth = np.asarray(is_mislabelled, dtype=bool)
@@ -137,3 +332,30 @@ def found_at(scores: np.ndarray, is_mislabelled: Sequence[bool], share: float) -
     k = int(round(share * len(truth)))
     order = np.argsort(-np.asarray(scores), kind="stable")[:k]
     return float(truth[order].sum() / max(1, truth.sum()))
+
+
+def precision_at(scores: np.ndarray, is_mislabelled: Sequence[bool], k: int) -> float:
+    """Share of mislabelled items among the first ``k`` of the queue."""
+    truth = np.asarray(is_mislabelled, dtype=bool)
+    k = int(min(max(k, 0), len(truth)))
+    if k == 0:
+        return float("nan")
+    order = np.argsort(-np.asarray(scores), kind="stable")[:k]
+    return float(truth[order].mean())
+
+
+def roc_auc(scores: np.ndarray, is_mislabelled: Sequence[bool]) -> float:
+    """ROC AUC of ``scores`` for mislabelled vs clean (ties count half); NaN if one class is empty."""
+    truth = np.asarray(is_mislabelled, dtype=bool)
+    npos, nneg = int(truth.sum()), int((~truth).sum())
+    if npos == 0 or nneg == 0:
+        return float("nan")
+    r = pd.Series(np.asarray(scores, dtype=np.float64)).rank(method="average").to_numpy()
+    return float((r[truth].sum() - npos * (npos + 1) / 2) / (npos * nneg))
+
+
+def quality(scores: np.ndarray, is_mislabelled: Sequence[bool]) -> dict[str, float]:
+    """``auc``, ``found@10%``, ``found@20%`` of one ranking."""
+    return {"auc": roc_auc(scores, is_mislabelled),
+            "found@10%": found_at(scores, is_mislabelled, 0.10),
+            "found@20%": found_at(scores, is_mislabelled, 0.20)}

@@ -398,7 +398,9 @@ class Workspace:
                 cp = self._engine("cp")
                 cstore = cp._train_store()
                 si_cp = np.stack([cstore.array(f"c{c}/self").double().numpy()[:, 0] for c in range(C)])
-        return rk.RankerInputs(logits, self.train.labels.numpy(), np.asarray(self.learning_rates), si_fast, si_cp)
+            features = np.stack([store.array(f"c{c}/a").float().numpy() for c in range(C)])
+        return rk.RankerInputs(logits, self.train.labels.numpy(), np.asarray(self.learning_rates), si_fast, si_cp,
+                               features=features)
 
     def mislabel_methods(self) -> dict[str, str]:
         """Ranking names and descriptions (``None`` in :meth:`mislabel_scores` = the default)."""

@@ -1,0 +1,327 @@
+"""Mislabel rankers: orientation (a known mislabel ranks first), equality with direct
+computations on a tiny model, the evaluation helpers, and the noise models."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from scipy.stats import rankdata
+from sklearn.metrics import roc_auc_score
+from sklearn.neighbors import NearestNeighbors
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from tracin_core import demo
+from tracin_core import rankers as rk
+from tracin_core.tracin import TracInCP, TracInCPFast
+
+ALL = list(rk.RANKERS)
+
+
+# ----------------------------------------------------------------------------- constructed inputs
+def constructed(memorised: bool = False, features: bool = True, seed: int = 0) -> tuple[rk.RankerInputs, int]:
+    """Three well-separated classes; item ``bad`` carries a wrong label.
+
+    The model predicts every item's cluster class with moderate confidence at every
+    checkpoint; with ``memorised`` it has learnt the bad item's wrong label at the last
+    checkpoint. Self-influence terms are ``‖a‖²‖δ‖²`` (all layers: twice that).
+    """
+    rng = np.random.default_rng(seed)
+    C, K, per = 3, 3, 12
+    true = np.repeat(np.arange(K), per)
+    N = len(true)
+    centres = np.eye(K, 6) * 5.0
+    bad = 7  # a class-0 item
+    labels = true.copy()
+    labels[bad] = 2
+    feats = np.stack([centres[true] + rng.normal(scale=0.3, size=(N, 6)) for _ in range(C)])
+    logits = np.zeros((C, N, K))
+    for c in range(C):
+        conf = 1.0 + c  # confidence grows over training
+        logits[c, np.arange(N), true] = conf + rng.uniform(0, 0.2, N)
+    if memorised:
+        logits[-1, bad] = [0.0, 0.0, 6.0]
+    p = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    delta = p - np.eye(K)[labels][None]
+    si = (feats ** 2).sum(-1) * (delta ** 2).sum(-1)
+    inp = rk.RankerInputs(logits, labels, np.array([0.1, 0.1, 0.1]), si, 2.0 * si, feats if features else None)
+    return inp, bad
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_orientation_known_mislabel_ranks_first(name):
+    inp, bad = constructed()
+    table = rk.score_table(rk.compute(name, inp))
+    assert int(table["index"].iloc[0]) == bad, name
+    assert int(table.loc[table["index"] == bad, "rank"].iloc[0]) == 1
+
+
+@pytest.mark.parametrize("name", ["neighbour_vote", "knn_disagreement", "loss_early", "aum_early",
+                                  "confidence_class_normalised", "self_influence_fast_early"])
+def test_early_rankers_find_a_memorised_mislabel(name):
+    inp, bad = constructed(memorised=True)
+    assert int(np.argmax(rk.compute(name, inp))) == bad
+    # the final checkpoint alone is fooled
+    assert int(np.argmax(rk.compute("loss_final", inp))) != bad
+
+
+@pytest.mark.parametrize("name", sorted(rk.USES_FEATURES))
+def test_neighbour_rankers_without_features_use_logits(name):
+    inp, bad = constructed(features=False)
+    assert inp.features is None
+    assert int(np.argmax(rk.compute(name, inp))) == bad
+    # the Workspace builds RankerInputs positionally, without features
+    ws_like = rk.RankerInputs(inp.logits, inp.labels, inp.weights, inp.si_fast, None)
+    assert np.allclose(rk.compute(name, ws_like), rk.compute(name, inp))
+
+
+def test_registry_and_errors():
+    assert rk.DEFAULT_RANKER in rk.RANKERS
+    assert rk.COMBINATIONS <= set(rk.RANKERS) and rk.USES_FEATURES <= set(rk.RANKERS)
+    assert all(isinstance(d, str) and d for _, d in rk.RANKERS.values())
+    assert "self_influence_cp" not in rk.available(False)
+    assert rk.available(True) == ALL
+    inp, _ = constructed()
+    assert np.array_equal(rk.compute(None, inp), rk.compute(rk.DEFAULT_RANKER, inp))
+    with pytest.raises(ValueError, match="unknown ranking"):
+        rk.compute("nope", inp)
+    no_cp = rk.RankerInputs(inp.logits, inp.labels, inp.weights, inp.si_fast)
+    with pytest.raises(ValueError, match="all-layer"):
+        rk.compute("self_influence_cp", no_cp)
+    assert rk.n_early(6) == 2 and rk.n_early(1) == 1 and rk.n_early(3) == 1 and rk.n_early(9) == 3
+
+
+# ----------------------------------------------------------------------------- a tiny real model
+class Tiny(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(5, 8)
+        self.relu = nn.ReLU()
+        self.fc2 = nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.fc2(self.relu(self.fc1(x)))
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    x = torch.randn(30, 5)
+    y = torch.randint(0, 3, (30,))
+    states = []
+    for c in range(6):
+        torch.manual_seed(10 + c)
+        states.append({k: v.clone() for k, v in Tiny().state_dict().items()})
+    lrs = [0.5, 0.4, 0.3, 0.2, 0.1, 0.05]
+
+    def load(model, i):
+        model.load_state_dict(states[i])
+        return lrs[i]
+
+    ds = TensorDataset(x, y)
+    common = dict(checkpoints_load_func=load, loss_fn=nn.CrossEntropyLoss(reduction="sum"), batch_size=7)
+    fast = TracInCPFast(Tiny(), "fc2", ds, list(range(6)), **common)
+    cp = TracInCP(Tiny(), ds, list(range(6)), **common)
+    store, cstore = fast._train_store(), cp._train_store()
+    arr = lambda st, n: st.array(n).double().numpy()  # noqa: E731
+    inp = rk.RankerInputs(
+        logits=np.stack([arr(store, f"c{c}/o") for c in range(6)]), labels=y.numpy(),
+        weights=np.asarray(lrs), si_fast=np.stack([arr(store, f"c{c}/self")[:, 0] for c in range(6)]),
+        si_cp=np.stack([arr(cstore, f"c{c}/self")[:, 0] for c in range(6)]),
+        features=np.stack([arr(store, f"c{c}/a") for c in range(6)]))
+    models = []
+    for s in states:
+        m = Tiny()
+        m.load_state_dict(s)
+        models.append(m.eval())
+    return dict(x=x, y=y, lrs=lrs, states=states, inp=inp, fast=fast, cp=cp, models=models, ds=ds, load=load)
+
+
+def _outputs(t) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.stack([m(t["x"]) for m in t["models"]]).double()
+
+
+def test_self_influence_equals_engines(tiny):
+    inp = tiny["inp"]
+    assert np.allclose(rk.compute("self_influence_fast", inp), tiny["fast"].self_influence().double().numpy(),
+                       rtol=1e-5, atol=1e-8)
+    assert np.allclose(rk.compute("self_influence_cp", inp), tiny["cp"].self_influence().double().numpy(),
+                       rtol=1e-5, atol=1e-8)
+    # early: the same engine over the first third of the checkpoints
+    early = TracInCPFast(Tiny(), "fc2", tiny["ds"], [0, 1], checkpoints_load_func=tiny["load"],
+                         loss_fn=nn.CrossEntropyLoss(reduction="sum"), batch_size=7)
+    assert np.allclose(rk.compute("self_influence_fast_early", inp), early.self_influence().double().numpy(),
+                       rtol=1e-5, atol=1e-8)
+
+
+def test_normalised_self_influence_is_the_output_gradient_norm(tiny):
+    total = torch.zeros(len(tiny["y"]), dtype=torch.float64)
+    for m, lr in zip(tiny["models"], tiny["lrs"]):
+        out = m(tiny["x"]).detach().double().requires_grad_(True)
+        loss = nn.CrossEntropyLoss(reduction="sum")(out, tiny["y"])
+        (g,) = torch.autograd.grad(loss, out)
+        total += lr * (g ** 2).sum(1)
+    assert np.allclose(rk.compute("self_influence_fast_normalised", tiny["inp"]), total.numpy(), rtol=1e-5, atol=1e-7)
+
+
+def test_losses_equal_cross_entropy(tiny):
+    out = _outputs(tiny)
+    ce = torch.stack([nn.CrossEntropyLoss(reduction="none")(o, tiny["y"]) for o in out]).numpy()
+    inp = tiny["inp"]
+    assert np.allclose(rk.per_checkpoint_loss(inp), ce, rtol=1e-5, atol=1e-7)
+    assert np.allclose(rk.compute("loss_mean", inp), ce.mean(0), rtol=1e-5, atol=1e-7)
+    assert np.allclose(rk.compute("loss_final", inp), ce[-1], rtol=1e-5, atol=1e-7)
+    assert np.allclose(rk.compute("loss_early", inp), ce[:2].mean(0), rtol=1e-5, atol=1e-7)
+
+
+def test_aum_equals_mean_margin(tiny):
+    out = _outputs(tiny).numpy()
+    y = tiny["y"].numpy()
+    margins = []
+    for o in out:
+        given = o[np.arange(len(y)), y]
+        other = np.array([np.delete(row, label).max() for row, label in zip(o, y)])
+        margins.append(given - other)
+    margins = np.array(margins)
+    assert np.allclose(rk.compute("aum", tiny["inp"]), -margins.mean(0), rtol=1e-5, atol=1e-6)
+    assert np.allclose(rk.compute("aum_early", tiny["inp"]), -margins[:2].mean(0), rtol=1e-5, atol=1e-6)
+
+
+def test_confidence_class_normalised_direct(tiny):
+    p = torch.softmax(_outputs(tiny), dim=2).numpy()[:2].mean(0)
+    y = tiny["y"].numpy()
+    thr = {k: p[y == k, k].mean() for k in np.unique(y)}
+    want = np.array([1 - p[i, y[i]] / thr[y[i]] for i in range(len(y))])
+    assert np.allclose(rk.compute("confidence_class_normalised", tiny["inp"]), want, rtol=1e-5, atol=1e-6)
+
+
+def _sk_neighbours(emb: np.ndarray, k: int) -> np.ndarray:
+    nn_ = NearestNeighbors(n_neighbors=k + 1, metric="cosine").fit(emb)
+    _, idx = nn_.kneighbors(emb)
+    return np.array([[j for j in row if j != i][:k] for i, row in enumerate(idx)])
+
+
+def _check_neighbours(emb: np.ndarray, got: np.ndarray, k: int) -> None:
+    """``got`` holds each row's k most cosine-similar other rows (tie order aside)."""
+    e = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+    sim = e @ e.T
+    np.fill_diagonal(sim, -np.inf)
+    want = -np.sort(-sim, axis=1)[:, :k]
+    assert got.shape == (len(emb), k)
+    assert not (got == np.arange(len(emb))[:, None]).any()
+    assert np.allclose(np.take_along_axis(sim, got, axis=1), want, atol=1e-5)
+
+
+def test_neighbour_rankers_direct(tiny):
+    inp = tiny["inp"]
+    y = inp.labels
+    K = inp.logits.shape[2]
+    nbrs = [rk.nearest_neighbours(inp.features[c], 10) for c in range(2)]
+    for c in range(2):
+        _check_neighbours(inp.features[c], nbrs[c], 10)
+
+    def shares(labels):
+        return np.mean([np.eye(K)[labels][nb].mean(1) for nb in nbrs], 0)
+
+    loss_early = rk.compute("loss_early", inp)
+    knn = 1 - shares(y)[np.arange(len(y)), y]
+    got = rk.compute("knn_disagreement", inp)
+    assert np.allclose(got, knn, atol=1e-5)
+    assert np.array_equal(np.argsort(-got, kind="stable"),
+                          np.lexsort((-loss_early, -knn)))  # ties broken by the early loss
+
+    p = torch.softmax(_outputs(tiny), dim=2).numpy()[:2].mean(0)
+    q = (shares(y) + p) / 2
+    q = (shares(q.argmax(1)) + p) / 2
+    assert np.allclose(rk.compute("neighbour_vote", inp), 1 - q[np.arange(len(y)), y], rtol=1e-5, atol=1e-6)
+
+
+def test_rank_combo_direct(tiny):
+    inp = tiny["inp"]
+    r = lambda v: rankdata(v) / len(v)  # noqa: E731
+    want = (r(rk.compute("self_influence_fast", inp)) + r(rk.compute("loss_mean", inp))
+            + r(rk.compute("aum", inp))) / 3
+    assert np.allclose(rk.compute("rank_combo", inp), want)
+
+
+def test_nearest_neighbours_memo_and_edges():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(50, 4)).astype(np.float32)
+    a = rk.nearest_neighbours(x, 5, chunk=7)
+    a[0, 0] = -1  # callers get copies
+    b = rk.nearest_neighbours(x, 5)
+    assert b[0, 0] != -1
+    assert np.array_equal(b, _sk_neighbours(x, 5))  # no ties in random data: the same order
+    _check_neighbours(x, b, 5)
+    assert rk.nearest_neighbours(x[:1], 5).shape == (1, 0)
+    assert rk.nearest_neighbours(x[:3], 5).shape == (3, 2)
+
+
+# ----------------------------------------------------------------------------- evaluation helpers
+def test_metrics():
+    rng = np.random.default_rng(0)
+    truth = rng.random(200) < 0.1
+    scores = np.round(rng.random(200) + truth * 0.5, 1)  # with ties
+    assert rk.roc_auc(scores, truth) == pytest.approx(roc_auc_score(truth, scores))
+    assert np.isnan(rk.roc_auc(scores, np.zeros(200, bool)))
+    perfect = truth.astype(float)
+    assert rk.found_at(perfect, truth, truth.mean()) == 1.0
+    assert rk.precision_at(perfect, truth, int(truth.sum())) == 1.0
+    assert rk.precision_at(-perfect, truth, int(truth.sum())) == 0.0
+    x, y = rk.found_curve(perfect, truth)
+    assert x[0] == 0 and y[0] == 0 and x[-1] == 1 and y[-1] == 1 and np.all(np.diff(y) >= 0)
+    q = rk.quality(perfect, truth)
+    assert q == {"auc": 1.0, "found@10%": pytest.approx(min(1.0, 20 / truth.sum())), "found@20%": 1.0}
+    t = rk.score_table(np.array([0.1, 3.0, 2.0]))
+    assert list(t["index"]) == [1, 2, 0] and list(t["rank"]) == [1, 2, 3]
+
+
+# ----------------------------------------------------------------------------- noise models
+def test_noisy_labels_models():
+    y = np.arange(100) % 4
+    logits = np.zeros((100, 4))
+    logits[np.arange(100), (y + 2) % 4] = 5.0  # the most probable wrong class: y + 2
+    logits[np.arange(100), y] = 9.0  # the true class is most probable of all
+    tut, idx = demo.noisy_labels(y, 0.2, "tutorial", seed=3, clean_logits=logits)
+    assert len(idx) == 20 and np.array_equal(np.flatnonzero(tut != y), idx)
+    assert np.array_equal(tut[idx], (y[idx] + 2) % 4)
+    pair, idx2 = demo.noisy_labels(y, 0.2, "pair", seed=3)
+    assert np.array_equal(idx2, idx) and np.array_equal(pair[idx], (y[idx] + 1) % 4)
+    uni, idx3 = demo.noisy_labels(y, 0.2, "uniform", seed=3)
+    assert np.array_equal(idx3, idx) and (uni[idx] != y[idx]).all() and (uni[idx] < 4).all()
+    assert np.array_equal(uni, demo.noisy_labels(y, 0.2, "uniform", seed=3)[0])  # seeded
+    _, small = demo.noisy_labels(y, 0.1, "pair", seed=3)
+    assert set(small) <= set(idx)  # a larger rate mislabels a superset
+    with pytest.raises(ValueError, match="clean_logits"):
+        demo.noisy_labels(y, 0.1, "tutorial")
+    with pytest.raises(ValueError, match="unknown noise"):
+        demo.noisy_labels(y, 0.1, "nope")
+    with pytest.raises(ValueError, match="fraction"):
+        demo.noisy_labels(y, 1.5, "pair")
+
+
+def test_noise_subset_is_the_demos():
+    labels = pd.read_csv(demo.DEMO_DIR / "labels.csv")
+    y = labels["true_label"].to_numpy()
+    _, idx = demo.noisy_labels(y, demo.NOISE_FRACTION, "pair", seed=0)
+    assert np.array_equal(idx, np.flatnonzero(labels["is_mislabelled"].to_numpy()))
+
+
+# ----------------------------------------------------------------------------- the benchmark
+def test_benchmark_smoke(tmp_path):
+    """benchmarks/mislabel_quality.py end to end on the smallest setting (1 seed, short training)."""
+    import importlib.util
+
+    from tests.conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("mislabel_quality", REPO / "benchmarks" / "mislabel_quality.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "mq.md"
+    assert bench.main(["--quick", "--datasets", "wine", "--noise", "pair", "--rates", "0.1", "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "### wine / pair / 10%" in text and f"{rk.DEFAULT_RANKER} **(default)**" in text
+    for name in rk.RANKERS:
+        assert f"| {name}" in text
