@@ -176,7 +176,7 @@ def ranker_inputs(data: dict[str, Any], y_noisy: torch.Tensor, states: list[dict
         return lr
 
     common = dict(checkpoints_load_func=load, loss_fn=nn.CrossEntropyLoss(reduction="sum"), batch_size=256)
-    fast = TracInCPFast(data["factory"](), "fc2", ds, states, **common)
+    fast = TracInCPFast(data["factory"](), "fc2", ds, states, store_outputs=True, **common)
     store = fast._train_store()
     cp = TracInCP(data["factory"](), ds, states, **common)
     cstore = cp._train_store()

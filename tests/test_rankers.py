@@ -121,7 +121,7 @@ def tiny():
 
     ds = TensorDataset(x, y)
     common = dict(checkpoints_load_func=load, loss_fn=nn.CrossEntropyLoss(reduction="sum"), batch_size=7)
-    fast = TracInCPFast(Tiny(), "fc2", ds, list(range(6)), **common)
+    fast = TracInCPFast(Tiny(), "fc2", ds, list(range(6)), store_outputs=True, **common)
     cp = TracInCP(Tiny(), ds, list(range(6)), **common)
     store, cstore = fast._train_store(), cp._train_store()
     arr = lambda st, n: st.array(n).double().numpy()  # noqa: E731

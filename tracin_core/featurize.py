@@ -228,7 +228,7 @@ class FinalLayerFeaturizer(Featurizer):
 
     terms = [("factor", "a", "d")]
 
-    def __init__(self, layer: nn.Module, keep_outputs: bool = True) -> None:
+    def __init__(self, layer: nn.Module, keep_outputs: bool = False) -> None:
         self.layer = layer
         self.keep_outputs = keep_outputs
         self.dims: dict[str, int] = {}

@@ -59,6 +59,7 @@ class FeatureStore:
         self._mem: dict[str, list[tuple[int, Tensor]]] = {}
         self._arrays: dict[str, Tensor] = {}
         self._maps: dict[str, np.memmap] = {}
+        self._pre: dict[str, Tensor] = {}
         self._last_flush = 0.0
         if self.path is not None:
             self._open_existing()
@@ -124,6 +125,9 @@ class FeatureStore:
                     self.path / _fname(name), mode="w+", dtype=np_dtype, shape=(self.n, dim)
                 )
             self._write_manifest()
+        elif self.path is None and self.n is not None:
+            # in memory with a known size: write in place (no concatenation copy at the end)
+            self._pre = {name: torch.empty(self.n, dim, dtype=self.dtype) for name, dim in self.dims.items()}
 
     # ---------------------------------------------------------------- writing
     def is_done(self, batch_index: int) -> bool:
@@ -143,9 +147,13 @@ class FeatureStore:
             if now - self._last_flush > 2.0:
                 self._flush()
                 self._last_flush = now
+        elif self._pre:
+            for name, t in arrays.items():
+                self._pre[name][start : start + t.shape[0]].copy_(t)
+            self.done.add(batch_index)
         else:
             for name, t in arrays.items():
-                self._mem.setdefault(name, []).append((start, t.cpu()))
+                self._mem.setdefault(name, []).append((start, t.cpu().clone()))
             self.done.add(batch_index)
 
     def _flush(self) -> None:
@@ -168,6 +176,12 @@ class FeatureStore:
             self.complete = True
             self._flush()
             self._arrays = {k: torch.from_numpy(np.asarray(v)) for k, v in self._maps.items()}
+            return
+        if self._pre:
+            if n != self.n:
+                raise StoreMismatchError(f"the data yielded {n} examples but {self.n} were expected")
+            self._arrays, self._pre = self._pre, {}
+            self.complete = True
             return
         self.n = n
         for name, parts in self._mem.items():

@@ -49,6 +49,9 @@ Batch = Union[tuple, list]
 #: above it (and with no ``cache_dir``) influence queries stream over the data.
 DEFAULT_FEATURE_MEMORY = 2 * 1024**3
 
+#: largest batch the training pass decodes at once (when given a Dataset)
+PASS_BATCH = 512
+
 #: score matrices up to this many elements are cached for the latest test batch
 SCORE_CACHE_ELEMENTS = 1 << 24
 
@@ -153,6 +156,11 @@ class _TracInBase:
             raise TypeError(
                 f"train_dataset must be a torch Dataset or DataLoader, got {type(train_dataset).__name__}"
             )
+        # The pass decodes in batches of at most PASS_BATCH examples: per-example
+        # quantities do not depend on the batching, and peak memory stays small.
+        self._pass_loader = self.train_dataloader
+        if not isinstance(train_dataset, DataLoader) and batch_size > PASS_BATCH:
+            self._pass_loader = DataLoader(train_dataset, PASS_BATCH, shuffle=False)
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.show_progress = show_progress
         self._snapshots: Optional[list[Snapshot]] = None
@@ -212,7 +220,7 @@ class _TracInBase:
             "method": self._method,
             "loss": repr(self.loss_fn),
             "reduction": getattr(self.loss_fn, "reduction", None),
-            "batch_size": getattr(self.train_dataloader, "batch_size", None),
+            "batch_size": getattr(self._pass_loader, "batch_size", None),
         }
 
     def _keep_names(self) -> Optional[set[str]]:
@@ -259,7 +267,7 @@ class _TracInBase:
 
     def _resumable_loader(self, store: FeatureStore):
         """Resuming with a sequential loader: fetch only the batches not yet stored."""
-        dl = self.train_dataloader
+        dl = self._pass_loader
         bs = getattr(dl, "batch_sampler", None)
         if not store.done or not isinstance(bs, BatchSampler) or not isinstance(bs.sampler, SequentialSampler):
             return dl
@@ -404,6 +412,7 @@ class TracInCPFast(_TracInBase):
         device: Optional[Union[str, torch.device]] = None,
         cache_dir: Optional[Union[str, os.PathLike]] = None,
         show_progress: bool = False,
+        store_outputs: bool = False,
     ) -> None:
         if loss_fn is None:
             raise ValueError("loss_fn is required for TracInCPFast (e.g. nn.CrossEntropyLoss(reduction='sum'))")
@@ -413,13 +422,15 @@ class TracInCPFast(_TracInBase):
         )
         self.final_fc_layer_name, self.final_fc_layer = resolve_module(model, final_fc_layer, "final_fc_layer")
         self.vectorize = vectorize
-        self._fz = FinalLayerFeaturizer(self.final_fc_layer)
+        # store_outputs: also keep each checkpoint's model outputs (for loss/margin rankers)
+        self._fz = FinalLayerFeaturizer(self.final_fc_layer, keep_outputs=store_outputs)
 
     def _featurizer(self) -> Featurizer:
         return self._fz
 
     def _config(self):
-        return {**super()._config(), "final_fc_layer": self.final_fc_layer_name}
+        return {**super()._config(), "final_fc_layer": self.final_fc_layer_name,
+                "outputs": self._fz.keep_outputs}
 
 
 class TracInCP(_TracInBase):
@@ -545,7 +556,7 @@ class TracInCP(_TracInBase):
         bar = _progress_bar(show_progress or self.show_progress, _dataset_len(self.train_dataloader),
                             "TracInCP: scoring pass", None)
         try:
-            run_pass(self.model, self.train_dataloader, self.snapshots, self._fz, self.loss_fn, consume,
+            run_pass(self.model, self._pass_loader, self.snapshots, self._fz, self.loss_fn, consume,
                      self.device, progress=bar)
         finally:
             bar.close()  # type: ignore[attr-defined]

@@ -287,7 +287,7 @@ class Workspace:
                           loss_fn=self.loss_fn, batch_size=self.batch_size)
             cache = self.store_dir
             if kind == "fast":
-                eng = TracInCPFast(model, self.final_fc_layer, self.train, cache_dir=cache, **common)
+                eng = TracInCPFast(model, self.final_fc_layer, self.train, cache_dir=cache, store_outputs=True, **common)
             elif kind == "cp":
                 eng = TracInCP(model, self.train, layers=opts.get("layers"), cache_dir=cache, **common)
             elif kind == "randproj":
