@@ -7,10 +7,12 @@ they are keyed by content hashes (a changed checkpoint or dataset is a new key).
 from __future__ import annotations
 
 import hashlib
+import threading
+from contextlib import contextmanager
 import json
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import numpy as np
 import streamlit as st
@@ -167,3 +169,146 @@ def sidebar_summary(ws: Optional[Workspace]) -> None:
             f"{len(ws.train):,} training · {len(ws.test) if ws.test is not None else 0:,} test examples · "
             f"{len(ws.checkpoints)} checkpoints · id {ws.fingerprint[:8]}"
         )
+
+
+def ensure_engine_store(ws: Workspace, method: str = "fast", **opts: Any) -> None:
+    """Like :func:`ensure_store`, for an engine with options (``layers=[...]``, ``projection_dim=``).
+
+    ``Workspace.precompute`` only builds the default engines, so this calls the engine's
+    training pass itself (under the workspace's lock), with the same progress bar.
+    """
+    if not opts:
+        ensure_store(ws, method)
+        return
+    engine = ws._engine(method, **opts)
+    store = getattr(engine, "_store", None)
+    if store is not None and store.complete:
+        return
+    bar = st.progress(0.0, text=f"Computing {method} features (one pass over the training data)…")
+    total_n = len(ws.train)
+
+    def progress(done: int, total: Optional[int]) -> None:
+        total = total or total_n
+        bar.progress(min(1.0, done / max(1, total)), text=f"Training pass: {done:,} / {total:,} examples")
+
+    with ws._lock:
+        engine._train_store(progress=progress)
+    bar.empty()
+
+
+# ------------------------------------------------------------------ review page helpers
+# Read-only tables shared by every session, keyed by the workspace fingerprint (a changed
+# checkpoint, dataset or label override is a new key). Callers must not modify them.
+
+
+@st.cache_resource(show_spinner=False, max_entries=32)
+def _mislabel_table(fingerprint: str, method: Optional[str], _ws: Workspace):
+    return _ws.mislabel_scores(method)
+
+
+def mislabel_table(ws: Workspace, method: Optional[str] = None):
+    """``ws.mislabel_scores(method)`` (index, score, rank; sorted by rank), computed once."""
+    return _mislabel_table(ws.fingerprint, method, ws)
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _train_predictions(fingerprint: str, _ws: Workspace):
+    pred = _ws.predictions("train").set_index("index", drop=False)
+    probs = np.asarray(_ws.class_probabilities("train"))
+    given = pred["label"].to_numpy()
+    predicted = pred["predicted"].to_numpy()
+    rows = np.arange(len(pred))
+    if probs.shape[1] > 1:
+        second = np.argsort(-probs, axis=1, kind="stable")[:, 1]
+    else:
+        second = predicted
+    suggested = np.where(predicted != given, predicted, second)
+    pred["suggested"] = suggested
+    pred["suggested_probability"] = probs[rows, suggested]
+    pred["given_probability"] = probs[rows, np.clip(given, 0, probs.shape[1] - 1)]
+    return pred
+
+
+def train_predictions(ws: Workspace):
+    """The model's view of every training example at the final checkpoint, computed once.
+
+    Columns of ``ws.predictions("train")`` (index, label, predicted, probability, correct)
+    plus ``suggested`` (the predicted class, or the second most probable one when the
+    prediction equals the given label), ``suggested_probability`` and
+    ``given_probability``. Indexed by ``index``.
+    """
+    return _train_predictions(ws.fingerprint, ws)
+
+
+@st.cache_resource(show_spinner=False, max_entries=512)
+def _train_proponents(fingerprint: str, item: int, label: int, k: int, _ws: Workspace):
+    x, _ = _ws.train[item]
+    result = _ws.influence(x, k=k + 1, label=label)
+    props = result.proponents
+    return props[props["index"] != item].head(k).reset_index(drop=True)
+
+
+def train_proponents(ws: Workspace, item: int, label: int, k: int = 5):
+    """Top-``k`` proponents (rank, index, score, label, predicted) of training example
+    ``item`` with label ``label``, the example itself left out; cached per item."""
+    return _train_proponents(ws.fingerprint, int(item), int(label), int(k), ws)
+
+
+_ROUTER = threading.local()
+_HERE = Path(__file__).resolve().parent
+FAVICON = _HERE.parent / "assets" / "favicon.png"
+#: (file, title, url path); the first one is the default page
+PAGE_TABLE = [
+    ("workspace.py", "Workspace", "workspace"),
+    ("influence.py", "Influence", "influence"),
+    ("review.py", "Review", "review"),
+    ("evaluation.py", "Evaluation", "evaluation"),
+]
+
+
+def page_config() -> None:
+    st.set_page_config(page_title="TracIn Audit", page_icon=str(FAVICON), layout="wide")
+
+
+def navigation():
+    """The router (``st.navigation``) and the sidebar every page shares."""
+    pages = [
+        st.Page(_HERE / f, title=t, url_path=u, default=(i == 0)) for i, (f, t, u) in enumerate(PAGE_TABLE)
+    ]
+    nav = st.navigation(pages)
+    st.sidebar.title("TracIn Audit")
+    sidebar_summary(current_workspace(show_errors=False))
+    return nav
+
+
+@contextmanager
+def routed() -> Iterator[None]:
+    """app.py runs the selected page inside this: the page then knows it was routed."""
+    _ROUTER.active = True
+    st.session_state["_tracin_routed_once"] = True
+    try:
+        yield
+    finally:
+        _ROUTER.active = False
+
+
+def ensure_router() -> None:
+    """Send a page run that bypassed app.py back through the router.
+
+    With a ``pages/`` folder next to ``app.py``, Streamlit starts in its legacy
+    multipage mode until a run calls ``st.navigation``: on a freshly started server a
+    first visit straight to a page URL (``/review``) runs the page file alone. Such a
+    run is not inside :func:`routed`; a fresh session is rerun through app.py. (AppTest
+    also runs page files directly after its first run; those runs carry widget events
+    that a rerun would drop, so they go on as they are.)
+    """
+    if getattr(_ROUTER, "active", False):
+        return
+    try:
+        from streamlit.runtime.pages_manager import PagesManager
+    except ImportError:  # pragma: no cover - Streamlit internals moved
+        return
+    PagesManager.uses_pages_directory = False
+    if not st.session_state.get("_tracin_routed_once"):
+        st.session_state["_tracin_routed_once"] = True
+        st.rerun()

@@ -1,7 +1,333 @@
-"""Evaluation page (placeholder until its issue lands)."""
+"""Evaluation page: how well each mislabel ranking finds the wrong labels, and what fixing them buys.
+
+With ground truth (the demo): ROC curves with their AUC, the share of the mislabels found
+against the share of the data reviewed, precision in the top k, score histograms split by
+mislabelled / clean, and a table of AUC / found@10% / found@20% for every ranking. The
+all-layer TracInCP ranking costs a pass over the data, so it is computed on demand.
+Without ground truth: only the score histogram.
+
+Closing the loop (the demo): retrain the demo's CNN on the corrected labels from the
+review store and compare test accuracy with the noisy and the true labels.
+
+UI only: scores come from ``Workspace.ranker_inputs`` and ``tracin_core.rankers`` (the
+same inputs ``Workspace.mislabel_scores`` ranks with), retraining from
+``tracin_core.demo.retrain_on_labels``.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import threading
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
 import streamlit as st
 
 from pages import common
+from tracin_core import rankers as rk
 
-ws = common.current_workspace()
-st.title("Evaluation")
+#: epochs for the retraining (the demo's recipe uses 30); tests set it low
+RETRAIN_EPOCHS = int(os.environ.get("TRACIN_RETRAIN_EPOCHS", "30"))
+HIST_BINS = 40
+
+
+# ---------------------------------------------------------------------------- cached work
+@st.cache_resource(show_spinner=False, max_entries=16)
+def _scores(fingerprint: str, with_cp: bool, _ws) -> dict[str, np.ndarray]:
+    """Every available ranking's scores, from one set of ranker inputs (read-only)."""
+    inp = _ws.ranker_inputs(with_cp=with_cp)
+    out = {name: rk.compute(name, inp) for name in rk.available(with_cp)}
+    for v in out.values():
+        v.setflags(write=False)
+    return out
+
+
+@st.cache_resource(show_spinner=False, max_entries=16)
+def _has_features(fingerprint: str, _ws) -> bool:
+    return _ws.ranker_inputs(with_cp=False).features is not None
+
+
+@st.cache_resource(show_spinner=False)
+def _retrain_results() -> tuple[dict[tuple[str, int], float], threading.Lock]:
+    """Finished retrainings, shared by every session ((labels hash, epochs) -> test
+    accuracy), and the lock that lets one training run at a time on the server."""
+    return {}, threading.Lock()
+
+
+def _retrain(labels: np.ndarray, epochs: int, progress=None) -> float:
+    """Test accuracy of the demo CNN retrained on ``labels`` (-1 = excluded); computed once."""
+    from tracin_core.demo import retrain_on_labels
+
+    key = (_labels_key(labels), int(epochs))
+    done, lock = _retrain_results()
+    with lock:
+        if key not in done:
+            _, acc = retrain_on_labels(np.asarray(labels, dtype=np.int64), epochs=epochs, progress=progress)
+            done[key] = float(acc)
+        return done[key]
+
+
+def _labels_key(labels: np.ndarray) -> str:
+    return hashlib.sha256(np.asarray(labels, dtype=np.int64).tobytes()).hexdigest()
+
+
+def _cp_ready(ws) -> bool:
+    engine = ws._engine("cp")
+    store = getattr(engine, "_store", None)
+    return bool(store is not None and store.complete)
+
+
+def _is_demo(ws) -> bool:
+    from tracin_core.workspace import DEMO_TOML
+
+    return ws.source is not None and Path(ws.source).resolve() == DEMO_TOML.resolve()
+
+
+# ---------------------------------------------------------------------------- figures
+def _label(name: str) -> str:
+    return f"{name} (default)" if name == rk.DEFAULT_RANKER else name
+
+
+def _line_width(name: str) -> float:
+    return 3.5 if name == rk.DEFAULT_RANKER else 1.6
+
+
+def roc_figure(scores: dict[str, np.ndarray], truth: np.ndarray, aucs: dict[str, float]) -> go.Figure:
+    from sklearn.metrics import roc_curve
+
+    fig = go.Figure()
+    for name, s in scores.items():
+        fpr, tpr, _ = roc_curve(truth, s)
+        fig.add_trace(go.Scatter(x=fpr, y=tpr, mode="lines", name=f"{_label(name)} · AUC {aucs[name]:.4f}",
+                                 line=dict(width=_line_width(name))))
+    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="random", line=dict(dash="dot", color="gray")))
+    fig.update_layout(title="ROC curve (mislabelled vs clean)", xaxis_title="false positive rate",
+                      yaxis_title="true positive rate", height=480, legend=dict(font=dict(size=10)),
+                      margin=dict(l=10, r=10, t=50, b=10))
+    return fig
+
+
+def found_figure(scores: dict[str, np.ndarray], truth: np.ndarray) -> go.Figure:
+    fig = go.Figure()
+    for name, s in scores.items():
+        x, y = rk.found_curve(s, truth)
+        fig.add_trace(go.Scatter(x=x, y=y, mode="lines", name=_label(name), line=dict(width=_line_width(name))))
+    share = truth.mean()
+    fig.add_trace(go.Scatter(x=[0, share, 1], y=[0, 1, 1], mode="lines", name="perfect queue",
+                             line=dict(dash="dash", color="black")))
+    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="random order", line=dict(dash="dot", color="gray")))
+    fig.update_layout(title="Mislabels found vs data reviewed", xaxis_title="share of the data reviewed",
+                      yaxis_title="share of the mislabels found", xaxis_tickformat=".0%", yaxis_tickformat=".0%",
+                      height=480, legend=dict(font=dict(size=10)), margin=dict(l=10, r=10, t=50, b=10))
+    return fig
+
+
+def precision_figure(precisions: dict[str, float], k: int) -> go.Figure:
+    names = sorted(precisions, key=lambda n: -precisions[n])
+    fig = go.Figure(go.Bar(x=[precisions[n] for n in names], y=[_label(n) for n in names], orientation="h",
+                           text=[f"{precisions[n]:.1%}" for n in names], textposition="auto"))
+    fig.update_layout(title=f"Precision in the top {k:,}", xaxis_title="share of mislabelled items",
+                      xaxis_tickformat=".0%", xaxis_range=[0, 1], yaxis_autorange="reversed",
+                      height=max(300, 28 * len(names) + 80), margin=dict(l=10, r=10, t=50, b=10))
+    return fig
+
+
+def histogram_figure(score: np.ndarray, truth: Optional[np.ndarray], name: str) -> go.Figure:
+    fig = go.Figure()
+    lo, hi = float(np.min(score)), float(np.max(score))
+    xbins = dict(start=lo, end=hi + (hi - lo) / HIST_BINS + 1e-12, size=max((hi - lo) / HIST_BINS, 1e-12))
+    if truth is None:
+        fig.add_trace(go.Histogram(x=score, name="all items", xbins=xbins))
+    else:
+        fig.add_trace(go.Histogram(x=score[~truth], name=f"clean ({int((~truth).sum()):,})", xbins=xbins,
+                                   opacity=0.65, marker_color="#4C78A8"))
+        fig.add_trace(go.Histogram(x=score[truth], name=f"mislabelled ({int(truth.sum()):,})", xbins=xbins,
+                                   opacity=0.75, marker_color="#E45756"))
+    fig.update_layout(barmode="overlay", title=f"Scores of {_label(name)}",
+                      xaxis_title="score (higher = more likely mislabelled)", yaxis_title="training items", height=380,
+                      margin=dict(l=10, r=10, t=50, b=10))
+    return fig
+
+
+def metrics_table(scores: dict[str, np.ndarray], truth: np.ndarray, k: int) -> pd.DataFrame:
+    rows = []
+    for name, s in scores.items():
+        q = rk.quality(s, truth)
+        rows.append({"ranking": _label(name), "AUC": q["auc"], "found@10%": q["found@10%"],
+                     "found@20%": q["found@20%"], f"precision@{k}": rk.precision_at(s, truth, k),
+                     "description": rk.RANKERS[name][1]})
+    return pd.DataFrame(rows).sort_values("AUC", ascending=False, kind="stable").reset_index(drop=True)
+
+
+# ---------------------------------------------------------------------------- sections
+def section_rankings(ws, scores: dict[str, np.ndarray], truth: Optional[np.ndarray]) -> None:
+    if truth is None:
+        st.info("No ground truth for this workspace (which labels are wrong is unknown), so the rankings "
+                "cannot be scored here. Below: the distribution of a ranking's scores. A workspace file "
+                "can name a ground-truth CSV under `[evaluation] ground_truth`.")
+        name = st.selectbox("Ranking", list(scores), index=list(scores).index(rk.DEFAULT_RANKER)
+                            if rk.DEFAULT_RANKER in scores else 0, format_func=_label, key="ev_hist_ranker")
+        st.plotly_chart(histogram_figure(scores[name], None, name), key="ev_hist")
+        return
+
+    n, n_bad = len(truth), int(truth.sum())
+    st.markdown(f"**{n_bad:,}** of **{n:,}** training items ({n_bad / n:.1%}) are known to be mislabelled. "
+                f"Default ranking: **{rk.DEFAULT_RANKER}**.")
+    k = st.slider("k (top of the queue)", min_value=1, max_value=n, value=min(n, max(1, n_bad)), key="ev_k",
+                  help="Precision in the top k: the share of mislabelled items among the first k of each queue.")
+    table = metrics_table(scores, truth, k)
+    st.subheader("Rankings side by side")
+    st.dataframe(table, hide_index=True, key="ev_table", column_config={
+        "AUC": st.column_config.NumberColumn(format="%.4f"),
+        "found@10%": st.column_config.NumberColumn(format="percent"),
+        "found@20%": st.column_config.NumberColumn(format="percent"),
+        f"precision@{k}": st.column_config.NumberColumn(format="percent"),
+    })
+    aucs = {name: rk.roc_auc(s, truth) for name, s in scores.items()}
+    left, right = st.columns(2)
+    with left:
+        st.plotly_chart(roc_figure(scores, truth, aucs), key="ev_roc")
+    with right:
+        st.plotly_chart(found_figure(scores, truth), key="ev_found")
+    left, right = st.columns(2)
+    with left:
+        st.plotly_chart(precision_figure({nm: rk.precision_at(s, truth, k) for nm, s in scores.items()}, k),
+                        key="ev_precision")
+    with right:
+        name = st.selectbox("Histogram of", list(scores), index=list(scores).index(rk.DEFAULT_RANKER)
+                            if rk.DEFAULT_RANKER in scores else 0, format_func=_label, key="ev_hist_ranker")
+        st.plotly_chart(histogram_figure(scores[name], truth, name), key="ev_hist")
+
+
+def _corrected_labels(ws) -> tuple[np.ndarray, int]:
+    """Labels after the review store's decisions (-1 = excluded) and the number of decided items."""
+    store = common.review_store(ws)
+    given = ws.train.labels.numpy().astype(np.int64)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = store.export_corrected_labels(Path(tmp) / "corrected.csv", given_labels=given.tolist())
+        df = pd.read_csv(path)
+    labels = df.sort_values("index")["label"].to_numpy().astype(np.int64)
+    excluded = df.sort_values("index")["excluded"].to_numpy().astype(bool)
+    labels[excluded] = -1
+    decided = len(store.final_decisions())
+    return labels, decided
+
+
+def _oracle_labels(ws, scores: dict[str, np.ndarray], name: str, count: int) -> np.ndarray:
+    """The given labels with the first ``count`` items of a queue set to their true labels."""
+    labels = ws.train.labels.numpy().astype(np.int64).copy()
+    order = np.argsort(-scores[name], kind="stable")[:count]
+    labels[order] = ws.ground_truth[order]
+    return labels
+
+
+def section_retrain(ws, scores: dict[str, np.ndarray], truth: np.ndarray) -> None:
+    st.subheader("Close the loop: retrain on corrected labels")
+    if not _is_demo(ws):
+        st.info("Retraining is available for the built-in digits demo (its training recipe is known).")
+        return
+    given = ws.train.labels.numpy().astype(np.int64)
+    source = st.radio("Corrected labels from", ["the review store's decisions", "a perfect reviewer of the queue"],
+                      horizontal=True, key="ev_source",
+                      help="The review store: every accept / relabel / exclude recorded on the Review page. "
+                           "A perfect reviewer: the first N items of a ranking's queue get their true labels "
+                           "(what reviewing that many items would buy at best).")
+    if source == "the review store's decisions":
+        corrected, decided = _corrected_labels(ws)
+        if decided == 0:
+            st.caption("No decisions in the review store yet: the corrected labels equal the given ones. "
+                       "Review items on the Review page, or pick a perfect reviewer above.")
+    else:
+        c1, c2 = st.columns(2)
+        name = c1.selectbox("Queue", list(scores), index=list(scores).index(rk.DEFAULT_RANKER)
+                            if rk.DEFAULT_RANKER in scores else 0, format_func=_label, key="ev_oracle_ranker")
+        count = int(c2.number_input("Items reviewed", min_value=0, max_value=len(given),
+                                    value=int(round(0.1 * len(given))), step=10, key="ev_oracle_n"))
+        corrected = _oracle_labels(ws, scores, name, count)
+    changed = corrected != given
+    fixed = int((changed & (corrected == ws.ground_truth)).sum())
+    broken = int((changed & (corrected >= 0) & (corrected != ws.ground_truth)).sum())
+    excluded = int((corrected < 0).sum())
+    remaining = int(((corrected >= 0) & (corrected != ws.ground_truth)).sum())
+    st.caption(f"{fixed:,} labels fixed · {broken:,} changed to another wrong label · {excluded:,} excluded · "
+               f"{remaining:,} wrong labels left (of {int(truth.sum()):,}).")
+    epochs = int(st.number_input("Epochs", min_value=1, max_value=200, value=RETRAIN_EPOCHS, key="ev_epochs",
+                                 help="The demo's recipe trains for 30 epochs (a few seconds each run)."))
+    if _clicked("ev_retrain", st.button("Retrain on corrected labels", type="primary", key="ev_retrain")):
+        runs = [("noisy labels (as given)", given), ("corrected labels", corrected), ("true labels", ws.ground_truth)]
+        bar = st.progress(0.0, text="Retraining…")
+        results = {}
+        for i, (title, labels) in enumerate(runs):
+            def progress(fraction: float, message: str, i=i, title=title) -> None:
+                bar.progress(min(1.0, (i + fraction) / len(runs)), text=f"{title}: {message}")
+
+            labels = np.asarray(labels, dtype=np.int64)
+            results[title] = _retrain(labels, epochs, progress=progress)
+        bar.empty()
+        st.session_state["ev_retrain_result"] = {"key": (_labels_key(corrected), epochs), "acc": results}
+    res = st.session_state.get("ev_retrain_result")
+    if res and res["key"] == (_labels_key(corrected), epochs):  # only for the labels shown above
+        acc = res["acc"]
+        c1, c2, c3 = st.columns(3)
+        before = acc["noisy labels (as given)"]
+        c1.metric("Test accuracy · noisy labels", f"{before:.1%}")
+        for col, title in ((c2, "corrected labels"), (c3, "true labels")):
+            diff = 100 * (acc[title] - before)
+            col.metric(f"Test accuracy · {title}", f"{acc[title]:.1%}",
+                       delta=f"{diff:+.1f} points" if abs(diff) >= 0.05 else None)
+        st.caption(f"A fresh DigitsCNN per column, the demo's recipe, {epochs} epochs, same seed; "
+                   "accuracy on the test split's true labels.")
+
+
+# ---------------------------------------------------------------------------- page
+BUTTONS = ("ev_cp_button", "ev_retrain")
+
+
+def _route() -> None:
+    """``common.ensure_router()``, which may rerun the script (the first visit of a page URL
+    on a fresh server): a button pressed in that run would be lost, so it is remembered."""
+    for key in BUTTONS:
+        if st.session_state.get(key):
+            st.session_state[f"{key}_pending"] = True
+    if hasattr(common, "ensure_router"):
+        common.ensure_router()
+
+
+def _clicked(key: str, pressed: bool) -> bool:
+    return bool(pressed) | bool(st.session_state.pop(f"{key}_pending", False))
+
+
+def main() -> None:
+    _route()
+    ws = common.current_workspace()
+    st.title("Evaluation")
+    if ws is None:
+        st.stop()
+    common.ensure_store(ws, "fast")
+    truth = ws.is_mislabelled
+
+    wanted = st.session_state.setdefault("ev_cp", set())  # fingerprints whose TracInCP pass was asked for
+    with_cp = _cp_ready(ws) or ws.fingerprint in wanted
+    if not with_cp:
+        if _clicked("ev_cp_button", st.button("Add the all-layer TracInCP ranking (one pass over the training data)",
+                                              key="ev_cp_button")):
+            common.ensure_store(ws, "cp")
+            wanted.add(ws.fingerprint)
+            with_cp = True
+    elif not _cp_ready(ws):
+        common.ensure_store(ws, "cp")
+    with st.spinner("Scoring every ranking…"):
+        scores = _scores(ws.fingerprint, with_cp, ws)
+    if not _has_features(ws.fingerprint, ws):
+        st.caption("The workspace hands the rankers no final-layer inputs, so the neighbourhood rankings "
+                   f"({', '.join(sorted(rk.USES_FEATURES))}) find neighbours among the logits.")
+    section_rankings(ws, scores, truth)
+    if truth is not None:
+        section_retrain(ws, scores, truth)
+
+
+main()

@@ -1,7 +1,369 @@
-"""Influence page (placeholder until its issue lands)."""
+"""Influence page: pick (or upload) a test image, see its proponents and opponents.
+
+UI only: every score comes from ``Workspace.influence`` / ``Workspace.self_influence``.
+The selected test index lives in ``st.session_state`` and in ``?test=`` so a reload keeps it.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+from typing import Any, Iterator, Optional
+
+import numpy as np
 import streamlit as st
+import torch
+from PIL import Image, UnidentifiedImageError
 
 from pages import common
 
-ws = common.current_workspace()
+PER_PAGE = 40
+GRID_COLS = 10
+GRID_HEIGHT = 400  # the picker scrolls inside this box, so the results stay in view
+GALLERY_COLS = 8
+METHODS = {
+    "Fast (last layer)": "fast",
+    "TracInCP (chosen layers)": "cp",
+    "RandProj": "randproj",
+}
+ALL_CLASSES = "All classes"
+
+
+# ----------------------------------------------------------------------------- cached engine calls
+@contextlib.contextmanager
+def _one_thread() -> Iterator[None]:
+    """Run one-example queries with one intra-op thread.
+
+    A query is a few tiny tensor ops; on a busy machine (more runnable threads than
+    cores) every extra OpenMP thread turns each op into a wait for a descheduled thread
+    (measured: 0.3 s instead of 0.01 s per query on 2 shared cores). torch's thread count
+    is per thread here (OpenMP), and Streamlit runs each script run in its own thread.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@st.cache_resource(show_spinner=False, max_entries=256)
+def _influence(fp: str, test_key: str, k: int, method: str, opts_json: str, label: Optional[int],
+               _ws, _x: Optional[torch.Tensor]):
+    """``Workspace.influence`` (shared by every session; keyed by the workspace's hash)."""
+    opts = json.loads(opts_json)
+    test: Any = _x if _x is not None else int(test_key)
+    return _ws.influence(test, k=k, method=method, label=label, **opts)
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _self_influence_rank(fp: str, _ws) -> np.ndarray:
+    """Rank (1 = largest) of every training example's self-influence (fast method)."""
+    si = _ws.self_influence("fast")
+    order = np.argsort(-si, kind="stable")
+    ranks = np.empty(len(si), dtype=np.int64)
+    ranks[order] = np.arange(1, len(si) + 1)
+    return ranks
+
+
+def _sig3(x: float) -> str:
+    """Three significant digits, trailing zeros kept (0.190, 1.20, 123, -4.56e-05)."""
+    text = f"{float(x):#.3g}"
+    return text[:-1] if text.endswith(".") else text.replace(".e", "e")
+
+
+def _param_layers(ws) -> list[str]:
+    return [n for n, m in ws.model.named_modules() if n and any(True for _ in m.parameters(recurse=False))]
+
+
+# ----------------------------------------------------------------------------- selection state
+def _select_index(i: int) -> None:
+    st.session_state["inf_sel"] = {"fp": st.session_state.get("inf_fp"), "kind": "index", "index": int(i)}
+    st.query_params["test"] = str(int(i))
+
+
+def _select_upload(sha: str) -> None:
+    st.session_state["inf_sel"] = {"fp": st.session_state.get("inf_fp"), "kind": "upload", "sha": sha}
+    if "test" in st.query_params:
+        del st.query_params["test"]
+
+
+def _current_selection(ws) -> Optional[dict[str, Any]]:
+    fp = ws.fingerprint
+    st.session_state["inf_fp"] = fp
+    sel = st.session_state.get("inf_sel")
+    if sel is not None and sel.get("fp") == fp:
+        if sel["kind"] == "upload" and st.session_state.get("inf_upload", {}).get("sha") != sel["sha"]:
+            sel = None
+        return sel
+    sel = None
+    raw = st.query_params.get("test")
+    if raw is not None and ws.test is not None:
+        try:
+            i = int(raw)
+        except ValueError:
+            i = -1
+        if 0 <= i < len(ws.test):
+            sel = {"fp": fp, "kind": "index", "index": i}
+    st.session_state["inf_sel"] = sel
+    return sel
+
+
+# ----------------------------------------------------------------------------- uploads
+def to_model_input(img: Image.Image, ws, invert: bool) -> tuple[torch.Tensor, np.ndarray]:
+    """An uploaded picture as the model's input tensor (C, H, W) and a uint8 view of it.
+
+    1x8x8 (digits): greyscale, 8x8, scaled like scikit-learn's digits (0..16) and then
+    ``(x/16 - 0.5)/0.5``. Other 1-channel inputs: MNIST's normalisation for MNIST data,
+    else ``(x/255 - 0.5)/0.5``. 3 channels: RGB at the training image size, ``(x/255 - 0.5)/0.5``.
+    """
+    c, h, w = (tuple(ws.train.input_shape) + (1, 1, 1))[:3]
+    if c == 1:
+        g = img.convert("L").resize((w, h), Image.BOX if (w < img.width and h < img.height) else Image.BILINEAR)
+        arr = np.asarray(g, dtype=np.float64)
+        if invert:
+            arr = 255.0 - arr
+        if (h, w) == (8, 8):
+            x16 = arr / 255.0 * 16.0
+            x = (x16 / 16.0 - 0.5) / 0.5
+        elif getattr(ws.train, "kind", "") == "mnist":
+            x = (arr / 255.0 - 0.1307) / 0.3081
+        else:
+            x = (arr / 255.0 - 0.5) / 0.5
+        return torch.from_numpy(x.astype(np.float32)).unsqueeze(0), np.round(arr).astype(np.uint8)
+    rgb = img.convert("RGB").resize((w, h), Image.BILINEAR)
+    arr = np.asarray(rgb, dtype=np.float64)
+    if invert:
+        arr = 255.0 - arr
+    x = (arr / 255.0 - 0.5) / 0.5
+    return torch.from_numpy(x.astype(np.float32)).permute(2, 0, 1).contiguous(), np.round(arr).astype(np.uint8)
+
+
+def upload_tab(ws) -> None:
+    c, h, w = (tuple(ws.train.input_shape) + (1, 1, 1))[:3]
+    st.caption(f"PNG or JPG; converted to the model's input ({c}×{h}×{w}"
+               f"{', greyscale' if c == 1 else ', RGB'}).")
+    up = st.file_uploader("Test image", type=["png", "jpg", "jpeg"], key="inf_upload_file")
+    if up is None:
+        return
+    data = up.getvalue()
+    sha = hashlib.sha256(data).hexdigest()[:16]
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+            img = im.copy()
+    except (UnidentifiedImageError, OSError) as exc:
+        st.error(f"**{up.name}** is not a readable image: {exc}")
+        return
+    grey_mean = float(np.asarray(img.convert("L"), dtype=np.float64).mean())
+    light_on_dark = ws.train.image(0).mean() < 128 if len(ws.train) else False
+    auto_invert = c == 1 and light_on_dark and grey_mean > 127
+    a, b = st.columns(2)
+    invert = a.checkbox("Invert colours", value=auto_invert, key=f"inf_invert_{sha}",
+                        help="The training images are light on dark; a dark drawing on white needs inverting.")
+    options = ["unknown"] + ws.classes
+    label_choice = b.selectbox("True label (if known)", options, key=f"inf_upload_label_{sha}")
+    x, view = to_model_input(img, ws, invert)
+    label = None if label_choice == "unknown" else ws.classes.index(label_choice)
+    st.session_state["inf_upload"] = {"sha": sha, "x": x, "view": view, "name": up.name, "label": label}
+    sel = st.session_state.get("inf_sel") or {}
+    if sel.get("kind") != "upload" or sel.get("sha") != sha:
+        _select_upload(sha)
+        st.rerun()
+
+
+# ----------------------------------------------------------------------------- picking
+def browse_tab(ws) -> None:
+    if ws.test is None:
+        st.info("This workspace has no test data: upload an image instead.")
+        return
+    preds = ws.predictions("test")
+    a, b, c = st.columns([2, 1, 1], vertical_alignment="bottom")
+    cls = a.selectbox("Class (true label)", [ALL_CLASSES] + ws.classes, key="inf_class")
+    wrong_only = b.checkbox("Misclassified only", key="inf_wrong")
+    idx = preds["index"].to_numpy()
+    mask = np.ones(len(idx), dtype=bool)
+    if cls != ALL_CLASSES:
+        mask &= preds["label"].to_numpy() == ws.classes.index(cls)
+    if wrong_only:
+        mask &= ~preds["correct"].to_numpy()
+    idx = idx[mask]
+    n_pages = max(1, -(-len(idx) // PER_PAGE))
+    if st.session_state.get("inf_page", 1) > n_pages:
+        st.session_state["inf_page"] = 1
+    page = int(c.number_input(f"Page (of {n_pages})", 1, n_pages, key="inf_page"))
+    shown = idx[(page - 1) * PER_PAGE: page * PER_PAGE]
+    st.caption(f"{len(idx):,} test images match · showing {len(shown)} "
+               f"({(page - 1) * PER_PAGE + 1 if len(shown) else 0}–{(page - 1) * PER_PAGE + len(shown)})")
+    if not len(shown):
+        st.info("No test image matches these filters.")
+        return
+    labels, predicted = preds["label"].to_numpy(), preds["predicted"].to_numpy()
+    box = st.container(height=GRID_HEIGHT, border=True)
+    for row in range(0, len(shown), GRID_COLS):
+        cols = box.columns(GRID_COLS)
+        for col, i in zip(cols, shown[row: row + GRID_COLS]):
+            i = int(i)
+            with col:
+                st.image(common.upscale(ws.test.image(i), 64), width=64)
+                mark = "" if labels[i] == predicted[i] else " :red[:material/close:]"
+                st.caption(f"#{i} · {common.class_name(ws, labels[i])}→{common.class_name(ws, predicted[i])}{mark}")
+                st.button("Pick", key=f"pick_{i}", on_click=_select_index, args=(i,))
+
+
+def index_tab(ws) -> None:
+    if ws.test is None:
+        st.info("This workspace has no test data: upload an image instead.")
+        return
+    sel = st.session_state.get("inf_sel") or {}
+    a, b = st.columns([1, 3], vertical_alignment="bottom")
+    i = a.number_input(f"Test index (0–{len(ws.test) - 1})", 0, len(ws.test) - 1,
+                       value=int(sel.get("index", 0)) if sel.get("kind") == "index" else 0, key="inf_index_input")
+    b.button("Show this test image", key="inf_index_go", on_click=_select_index, args=(int(i),))
+
+
+# ----------------------------------------------------------------------------- results
+@st.dialog("Training example", width="medium")
+def details(ws, i: int) -> None:
+    preds = ws.predictions("train")
+    row = preds.iloc[i]
+    a, b = st.columns([1, 1])
+    a.image(common.upscale(ws.train.image(i), 256), width=256)
+    lines = [
+        f"**Training example #{i}**",
+        f"- Label (in the data): **{common.class_name(ws, row['label'])}**",
+        f"- Predicted (last checkpoint): **{common.class_name(ws, row['predicted'])}** "
+        f"({row['probability']:.1%})",
+    ]
+    if ws.ground_truth is not None:
+        lines.append(f"- Ground truth: **{common.class_name(ws, ws.ground_truth[i])}**")
+    try:
+        ranks = _self_influence_rank(ws.fingerprint, ws)
+        lines.append(f"- Self-influence rank: **{int(ranks[i]):,}** of {len(ranks):,} "
+                     "(1 = most self-influential: unusual or possibly mislabelled)")
+    except Exception as exc:  # noqa: BLE001
+        lines.append(f"- Self-influence: unavailable ({exc})")
+    b.markdown("\n".join(lines))
+
+
+def gallery(ws, table, kind: str, title: str, help_text: str) -> None:
+    box = st.container(key=f"gallery_{kind}")
+    box.subheader(title)
+    box.caption(help_text)
+    if table.empty:
+        box.info("No training examples.")
+        return
+    rows = list(table.itertuples(index=False))
+    for start in range(0, len(rows), GALLERY_COLS):
+        cols = box.columns(GALLERY_COLS)
+        for col, r in zip(cols, rows[start: start + GALLERY_COLS]):
+            i = int(r.index)
+            with col:
+                st.image(common.upscale(ws.train.image(i), 96), width=96)
+                wrong = "" if r.label == r.predicted else " :orange[:material/warning:]"
+                st.markdown(f"**{common.class_name(ws, r.label)}**{wrong} · {_sig3(r.score)}  \n"
+                            f":small[:gray[#{i} · pred. {common.class_name(ws, r.predicted)}]]")
+                if st.button("details", key=f"det_{kind}_{r.rank}", type="tertiary"):
+                    details(ws, i)
+
+
+def method_controls(ws) -> tuple[str, str, int, dict[str, Any]]:
+    """Method, k and the method's options (shown before a test image is picked, too)."""
+    a, b, c = st.columns([1.3, 1, 1], gap="large")
+    method_label = a.radio("Method", list(METHODS), key="inf_method", horizontal=True)
+    method = METHODS[method_label]
+    k = b.slider("How many proponents and opponents (k)", 1, 30, 8, key="inf_k")
+    opts: dict[str, Any] = {}
+    if method == "cp":
+        layers = _param_layers(ws)
+        default = [ws.final_fc_layer] if ws.final_fc_layer in layers else layers[-1:]
+        chosen = c.multiselect("Layers (empty = all parameters)", layers, default=default, key="inf_layers")
+        if chosen:
+            opts["layers"] = sorted(chosen, key=layers.index)
+    elif method == "randproj":
+        opts["projection_dim"] = int(c.number_input("Projection dimension", 1, 4096, 16, key="inf_projdim"))
+    else:
+        c.caption("Fast: gradients of the final layer only (TracInCPFast), from the precomputed store.")
+    return method_label, method, int(k), opts
+
+
+def results(ws, sel: dict[str, Any], method_label: str, method: str, k: int, opts: dict[str, Any]) -> None:
+    if sel["kind"] == "index":
+        i = int(sel["index"])
+        img = ws.test.image(i)
+        title = f"test #{i}"
+        known = int(ws.test.labels[i])
+        x, test_key, label = None, str(i), None
+    else:
+        up = st.session_state["inf_upload"]
+        img = up["view"]
+        title = f"uploaded {up['name']}"
+        known = up["label"]
+        x, test_key, label = up["x"], "upload:" + up["sha"], up["label"]
+
+    try:
+        if opts or method != "fast":
+            common.ensure_engine_store(ws, method, **opts)
+        with st.spinner("Computing influence scores…"), _one_thread():
+            res = _influence(ws.fingerprint, test_key, int(k), method, json.dumps(opts, sort_keys=True),
+                             label, ws, x)
+    except Exception as exc:  # noqa: BLE001 - shown to the user, never a traceback
+        st.error(f"Computing influence failed: {type(exc).__name__}: {exc}")
+        return
+
+    left, mid = st.columns([1, 3], gap="medium")
+    left.image(common.upscale(img, 224), width=224,
+               caption=None if sel["kind"] == "index" else "As the model sees it")
+    ok = known is None or known == res.predicted
+    explained = common.class_name(ws, res.label if res.label is not None else res.predicted)
+    mid.markdown(
+        f"### {title[0].upper() + title[1:]}\n\n"
+        f"True label: **{common.class_name(ws, known) if known is not None else 'unknown'}**  \n"
+        f"Predicted: **{common.class_name(ws, res.predicted)}** with probability **{res.probability:.1%}** "
+        f"{':green[:material/check_circle:]' if ok else ':red[:material/cancel:]'}\n\n"
+        f":gray[Scores explain the label **{explained}** · method {method_label.lower()} · "
+        f"{len(ws.checkpoints)} checkpoints]"
+    )
+
+    legend = ("Each: **label in the data** · TracIn score, then the training index and the model's "
+              "prediction (:orange[:material/warning:] where they differ).")
+    gallery(ws, res.proponents, "p", f"Proponents of {title}",
+            "Training examples whose gradients agree with this one: they pushed the model towards this label. "
+            + legend)
+    gallery(ws, res.opponents, "o", f"Opponents of {title}",
+            "Training examples whose gradients disagree: they pushed the model away from this label. " + legend)
+
+
+# ----------------------------------------------------------------------------- page
+common.ensure_router()
 st.title("Influence")
+ws = common.current_workspace()
+if ws is None:
+    st.stop()
+try:
+    common.ensure_store(ws)
+except Exception as exc:  # noqa: BLE001
+    st.error(f"Computing the training features failed: {type(exc).__name__}: {exc}")
+    st.stop()
+
+with _one_thread():
+    ws.predictions("train")  # warm: the galleries need it; computed once per workspace
+sel = _current_selection(ws)
+st.caption("Pick a test image: the training examples that most supported (proponents) or opposed "
+           "(opponents) the model's answer are shown below, with TracIn scores from the workspace.")
+tab_browse, tab_index, tab_upload = st.tabs(["Browse the test set", "By index", "Upload an image"])
+with tab_browse:
+    browse_tab(ws)
+with tab_index:
+    index_tab(ws)
+with tab_upload:
+    upload_tab(ws)
+
+st.divider()
+controls = method_controls(ws)
+sel = _current_selection(ws)
+if sel is None:
+    st.info("Pick a test image above to see its proponents and opponents.")
+else:
+    results(ws, sel, *controls)

@@ -1,7 +1,641 @@
-"""Review page (placeholder until its issue lands)."""
+"""Review page: training examples ranked as likely mislabelled, one decision per click.
+
+Every decision is written to the review store (``tracin_core.ReviewStore``) at once, so a
+reload or a crash loses nothing. "My queue" hands each reviewer the best-ranked item that
+nobody decided and nobody else holds (``ReviewStore.claim_next``), so two annotators
+never see the same item at once; "All items" browses the filtered ranking; "Conflicts"
+lists items whose reviewers disagree and records an adjudicator's final decision.
+
+UI only: rankings, predictions and proponents come from the Workspace, decisions and
+counts from the ReviewStore.
+"""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+import pandas as pd
 import streamlit as st
 
 from pages import common
+from tracin_core.checkpoints import CheckpointError
+from tracin_core.review import ReviewStoreError
+from tracin_core.workspace import WorkspaceError
 
-ws = common.current_workspace()
-st.title("Review")
+try:  # the name the default ranking is recorded under (display only)
+    from tracin_core.rankers import DEFAULT_RANKER
+except ImportError:  # pragma: no cover
+    DEFAULT_RANKER = "default"
+
+DEFAULT_LABEL = "(default)"
+MODES = ["My queue", "All items", "Conflicts"]
+STATUSES = ["undecided", "accepted", "relabelled", "excluded", "skipped", "conflict"]
+LEASE_SECONDS = 120.0  # an abandoned claim frees its item after this long
+RENEW_SECONDS = 40.0  # an open page renews its claim this often
+STORE_ERRORS = (ReviewStoreError, ValueError, OSError)
+STATUS_BADGE = {
+    "undecided": ":gray-badge[undecided]", "accepted": ":green-badge[accepted]",
+    "relabelled": ":blue-badge[relabelled]", "excluded": ":red-badge[excluded]",
+    "skipped": ":gray-badge[skipped]", "conflict": ":orange-badge[conflict]",
+}
+
+# "R" is reserved by Streamlit (rerun), so st.button(shortcut="r") is refused: this
+# listener (capture phase, before Streamlit's) clicks the Relabel button instead. It does
+# nothing while typing in a field, with modifiers (Ctrl+R still reloads), or on other
+# pages (there "R" keeps rerunning the app).
+RELABEL_KEY_JS = """
+<script>
+(function () {
+  if (window.__tracinRelabelKey) { return; }
+  window.__tracinRelabelKey = true;
+  function clickRelabel(tries) {
+    var btn = document.querySelector(".st-key-rv_relabel button");
+    if (btn && !btn.disabled) { btn.click(); return; }
+    if (tries > 0) { setTimeout(function () { clickRelabel(tries - 1); }, 50); }
+  }
+  window.addEventListener("keydown", function (e) {
+    if (e.key !== "r" && e.key !== "R") { return; }
+    if (e.ctrlKey || e.metaKey || e.altKey || e.repeat || e.defaultPrevented) { return; }
+    var t = e.target;
+    if (t && (t.isContentEditable || /^(INPUT|TEXTAREA|SELECT)$/.test(t.tagName || ""))) { return; }
+    if (!/\\/review\\/?$/.test(window.location.pathname)) { return; }
+    e.preventDefault();
+    e.stopImmediatePropagation();
+    clickRelabel(20);  // the button may be re-rendering right after the last action
+  }, true);
+})();
+</script>
+"""
+
+
+# ---------------------------------------------------------------------------- state
+
+
+def _state() -> Any:
+    return st.session_state
+
+
+def _undo_stack(reviewer: str) -> list[int]:
+    """This session's decisions (item ids, oldest first) for ``reviewer``."""
+    stacks = _state().setdefault("rv_undo", {})
+    return stacks.setdefault(reviewer, [])
+
+
+def _set_error(exc: BaseException) -> None:
+    _state()["rv_error"] = str(exc)
+
+
+def _flash(text: str) -> None:
+    _state()["rv_flash"] = text
+
+
+def _next_after(item: int, order: list[int]) -> Optional[int]:
+    """The item after ``item`` in ``order`` (None at the end)."""
+    try:
+        pos = order.index(item)
+    except ValueError:
+        return order[0] if order else None
+    return order[pos + 1] if pos + 1 < len(order) else None
+
+
+# ------------------------------------------------------------------------ callbacks
+
+
+def _decide(store, reviewer: str, action: str, item: int, given: int, score: float,
+            ranking: str, order: list[int], label_key: Optional[str] = None) -> None:
+    """Record one decision now; then move on (the queue claims the next item)."""
+    new_label = None
+    if action == "relabel":
+        new_label = _state().get(label_key)
+        if new_label is None:
+            _state()["rv_error"] = "Choose the new label first."
+            return
+        new_label = int(new_label)
+    try:
+        store.record(item, reviewer, action, new_label, given_label=given,
+                     ranking=ranking, score=score)
+    except STORE_ERRORS as exc:
+        _set_error(exc)
+        return
+    _undo_stack(reviewer).append(item)
+    verb = {"accept": "accepted", "relabel": "relabelled", "exclude": "excluded",
+            "skip": "skipped"}[action]
+    extra = f" → {new_label}" if action == "relabel" else ""
+    _flash(f"#{item} {verb}{extra}")
+    if _state().get("rv_mode") == "All items":
+        _state()["rv_item"] = _next_after(item, order)
+    else:
+        _state().pop("rv_current", None)
+
+
+def _last_decided_item(store, reviewer: str) -> Optional[int]:
+    """The item of the reviewer's latest decision still in effect (from the store)."""
+    h = store.history()
+    if h.empty:
+        return None
+    undone = set(h["undoes"].dropna().astype(int))
+    mine = h[(h["reviewer"] == reviewer) & (h["action"] != "undo") & ~h["id"].isin(undone)]
+    return None if mine.empty else int(mine["item_id"].iloc[-1])
+
+
+def _undo(store, reviewer: str) -> None:
+    """Revert this reviewer's last decision: this session's stack, else the store's history."""
+    stack = _undo_stack(reviewer)
+    try:
+        item = None
+        while stack:
+            candidate = stack.pop()
+            if store.undo(candidate, reviewer) is not None:
+                item = candidate
+                break
+        if item is None:
+            item = _last_decided_item(store, reviewer)
+            if item is None or store.undo(item, reviewer) is None:
+                _flash("Nothing to undo.")
+                return
+    except STORE_ERRORS as exc:
+        _set_error(exc)
+        return
+    _flash(f"Undid your last decision on #{item}")
+    _state()["rv_item"] = item  # "All items" shows it again
+    _state()["rv_current"] = item  # "My queue" claims it first
+
+
+def _adjudicate(store, reviewer: str, item: int, given: int, ranking: str,
+                score: Optional[float]) -> None:
+    choice = _state().get(f"rv_adj_choice_{item}", "accept")
+    new_label, exclude = None, False
+    if choice == "exclude":
+        exclude = True
+    elif choice.startswith("relabel:"):
+        new_label = int(choice.split(":", 1)[1])
+    try:
+        store.record(item, reviewer, "adjudicate", new_label, given_label=given,
+                     ranking=ranking, score=score, exclude=exclude)
+    except STORE_ERRORS as exc:
+        _set_error(exc)
+        return
+    _undo_stack(reviewer).append(item)
+    _flash(f"Final decision recorded for #{item}")
+
+
+def _go_to(order: list[int], step: int) -> None:
+    cur = _state().get("rv_item")
+    if not order:
+        return
+    pos = order.index(cur) if cur in order else 0
+    _state()["rv_item"] = order[max(0, min(len(order) - 1, pos + step))]
+
+
+def _jump() -> None:
+    value = _state().get("rv_jump")
+    if value is not None:
+        _state()["rv_item"] = int(value)
+        _state()["rv_pinned"] = True
+        _state()["rv_jump"] = None
+
+
+# --------------------------------------------------------------------------- export
+
+
+def _exporter(make: Callable[[Path], Any], suffix: str) -> Callable[[], bytes]:
+    """A deferred download: writes the export to a temporary file when clicked."""
+    def build() -> bytes:
+        with tempfile.TemporaryDirectory(prefix="tracin-export-") as tmp:
+            path = Path(tmp) / f"export{suffix}"
+            make(path)
+            return path.read_bytes()
+    return build
+
+
+def render_export(ws, store) -> None:
+    st.subheader("Export")
+    st.caption("Final decisions (adjudications win, otherwise the reviewers' consensus), "
+               "every event, or corrected labels for the whole training set — load the "
+               "last one in a workspace file as `[train] labels_override = \"file.csv\"`.")
+    base = ws.name
+    row = st.container(horizontal=True)
+    row.download_button(
+        "Decisions (CSV)", _exporter(lambda p: store.export(p, "decisions"), ".csv"),
+        file_name=f"{base}-decisions.csv", mime="text/csv", key="rv_dl_decisions_csv",
+        on_click="ignore", icon=":material/download:")
+    row.download_button(
+        "Decisions (JSON)", _exporter(lambda p: store.export(p, "decisions"), ".json"),
+        file_name=f"{base}-decisions.json", mime="application/json",
+        key="rv_dl_decisions_json", on_click="ignore", icon=":material/download:")
+    row.download_button(
+        "Full history (CSV)", _exporter(lambda p: store.export(p, "history"), ".csv"),
+        file_name=f"{base}-history.csv", mime="text/csv", key="rv_dl_history_csv",
+        on_click="ignore", icon=":material/download:")
+    row.download_button(
+        "Corrected labels (CSV)",
+        _exporter(lambda p: store.export_corrected_labels(p, ws.train.labels.tolist()), ".csv"),
+        file_name=f"{base}-labels_override.csv", mime="text/csv",
+        key="rv_dl_corrected_csv", on_click="ignore", icon=":material/download:")
+
+
+# ---------------------------------------------------------------------------- views
+
+
+def render_progress(store, reviewer: str, total: int) -> None:
+    overall = store.progress()
+    mine = store.progress(reviewer)
+    decided = int(overall["decided"])
+    st.progress(min(1.0, decided / max(1, total)),
+                text=f"**{decided:,} / {total:,}** items decided "
+                     f"({100.0 * decided / max(1, total):.1f}%) · you: {mine['decided']:,}")
+    counts = []
+    for label, key in [("accepted", "accepted"), ("relabelled", "relabelled"),
+                       ("excluded", "excluded"), ("skipped", "skipped"),
+                       ("conflict", "conflict")]:
+        n, m = int(overall.get(key, 0)), int(mine.get(key, 0))
+        counts.append(STATUS_BADGE[label].replace(f"[{label}]", f"[{label} {n:,}]")
+                      + f" <small>(you {m:,})</small>")
+    counts.append(f":violet-badge[adjudicated {int(overall.get('adjudicated', 0)):,}]")
+    st.markdown(" &nbsp; ".join(counts), unsafe_allow_html=True)
+    by = overall.get("by_reviewer") or {}
+    if by:
+        st.caption("By reviewer: " + " · ".join(f"**{name}** {n:,}" for name, n in by.items()))
+
+
+def render_proponents(ws, item: int, given: int) -> None:
+    st.markdown("**Top proponents** (training examples that most support the given label)")
+    try:
+        props = common.train_proponents(ws, item, given, k=5)
+    except (WorkspaceError, CheckpointError, ValueError, RuntimeError, OSError) as exc:
+        st.caption(f"Proponents unavailable: {exc}")
+        return
+    if props.empty:
+        st.caption("No proponents.")
+        return
+    cols = st.columns(len(props))
+    for col, row in zip(cols, props.itertuples(index=False)):
+        col.image(common.upscale(ws.train.image(int(row.index)), 72),
+                  caption=f"#{int(row.index)} · {common.class_name(ws, int(row.label))} · "
+                          f"{float(row.score):.3g}")
+
+
+def render_item(ws, store, reviewer: str, item: int, table: pd.DataFrame, ranking: str,
+                order: list[int], decisions: pd.DataFrame) -> None:
+    row = table.loc[item]
+    given = int(row["label"])
+    score = float(row["score"])
+    suggested = int(row["suggested"])
+    predicted = int(row["predicted"])
+    status = str(row["status"])
+    with st.container(key="rv_item_panel", border=True):
+        left, mid, right = st.columns([0.9, 1.4, 1.9], gap="medium")
+        left.image(common.upscale(ws.train.image(item), 224), caption=f"Item #{item}")
+        with mid:
+            mine = decisions[(decisions["item_id"] == item) & (decisions["reviewer"] == reviewer)]
+            others = decisions[(decisions["item_id"] == item) & (decisions["reviewer"] != reviewer)]
+            mine_text = "—" if mine.empty else str(mine["status"].iloc[0])
+            lines = [
+                f"**Given label:** {common.class_name(ws, given)}",
+                f"**Model predicts:** {common.class_name(ws, predicted)} "
+                f"({float(row['probability']):.1%})"
+                + ("" if predicted != given else " — agrees with the given label"),
+                f"**Suggested label:** {common.class_name(ws, suggested)} "
+                f"({float(row['suggested_probability']):.1%})",
+                f"**Score:** {score:.4g} · **Rank:** {int(row['rank']):,} of {len(table):,}",
+                f"**Status:** {STATUS_BADGE.get(status, status)}"
+                + (f" (final, adjudicated by {row['final_by']})" if row["final_by"] else "")
+                + f" · your decision: {mine_text}",
+            ]
+            if not others.empty:
+                lines.append("**Other reviewers:** " + ", ".join(
+                    f"{r.reviewer}: {r.status}"
+                    + (f" → {common.class_name(ws, int(r.final_label))}"
+                       if r.status == "relabelled" and not pd.isna(r.final_label) else "")
+                    for r in others.itertuples(index=False)))
+            st.markdown("  \n".join(lines))
+        with right:
+            render_proponents(ws, item, given)
+        classes = list(range(len(ws.classes)))
+        label_key = f"rv_to_{item}"
+        if label_key not in _state():
+            _state()[label_key] = suggested
+        common_args = dict(item=item, given=given, score=score, ranking=ranking, order=order)
+        actions = st.container(horizontal=True, gap="small", vertical_alignment="bottom",
+                               key="rv_actions")
+        actions.button("Accept (A)", key="rv_accept", shortcut="a", type="primary",
+                       on_click=_decide, args=(store, reviewer, "accept"),
+                       kwargs=common_args, help="Keep the given label")
+        actions.selectbox("Relabel to", classes, key=label_key, width=150,
+                          format_func=lambda k: common.class_name(ws, k),
+                          help="Defaults to the suggested label")
+        actions.button("Relabel (R)", key="rv_relabel", on_click=_decide,
+                       args=(store, reviewer, "relabel"),
+                       kwargs=dict(common_args, label_key=label_key),
+                       help="Change the label to the one chosen on the left (key R)")
+        actions.button("Exclude (E)", key="rv_exclude", shortcut="e", on_click=_decide,
+                       args=(store, reviewer, "exclude"), kwargs=common_args,
+                       help="Drop the example from the training data")
+        actions.button("Skip (S)", key="rv_skip", shortcut="s", on_click=_decide,
+                       args=(store, reviewer, "skip"), kwargs=common_args,
+                       help="Leave it for now (other reviewers still get it)")
+        actions.button("Undo (U)", key="rv_undo_btn", shortcut="u", on_click=_undo,
+                       args=(store, reviewer), help="Revert your last decision")
+    st.html(RELABEL_KEY_JS, unsafe_allow_javascript=True)
+
+
+def render_queue(ws, store, reviewer, table, order, ranking, decisions) -> None:
+    current = _state().get("rv_current")
+    candidates = order
+    if current is not None and current in table.index and current in set(order):
+        candidates = [int(current)] + order
+    try:
+        item = store.claim_next(reviewer, candidates, lease_seconds=LEASE_SECONDS)
+    except STORE_ERRORS as exc:
+        st.error(f"Could not claim the next item: {exc}")
+        return
+    _state()["rv_claimed"] = True
+    if item is None:
+        held = store.claims()
+        held = held[held["reviewer"] != reviewer]
+        st.success(f"Your queue is empty: every item that matches the filters is decided"
+                   + (f" or held by another reviewer ({len(held)} held now)." if len(held) else ".")
+                   + " Change the filters, switch to **All items**, or check **Conflicts**.")
+        return
+    _state()["rv_current"] = item
+    st.caption(f"Your queue: {len(order):,} items match the filters; you get the best-ranked "
+               f"one that nobody decided and no other reviewer holds, and hold it while this "
+               f"page is open.")
+    render_item(ws, store, reviewer, item, table, ranking, order, decisions)
+
+    @st.fragment(run_every=RENEW_SECONDS)
+    def keep_claim() -> None:
+        """Renew the claim while the page stays open; move on if the item was taken."""
+        if _state().get("rv_mode", "My queue") != "My queue" or _state().get("rv_current") != item:
+            return
+        try:
+            got = store.claim_next(reviewer, [item], lease_seconds=LEASE_SECONDS)
+        except STORE_ERRORS:
+            return
+        if got != item:
+            _state().pop("rv_current", None)
+            st.rerun(scope="app")
+
+    keep_claim()
+
+
+def render_browse(ws, store, reviewer, table, order, ranking, decisions) -> None:
+    if not order:
+        st.info("No item matches the filters.")
+        return
+    cur = _state().get("rv_item")
+    pinned = _state().pop("rv_pinned", False)
+    if cur is None or cur not in table.index:
+        cur = order[0]
+    elif cur not in set(order) and not pinned:
+        # keep the place: the first matching item ranked at or after it
+        rank = int(table.loc[cur, "rank"])
+        later = [i for i in order if int(table.loc[i, "rank"]) >= rank]
+        cur = later[0] if later else order[0]
+    cur = int(cur)
+    _state()["rv_item"] = cur
+    if st.query_params.get("item") != str(cur):
+        st.query_params["item"] = str(cur)
+    if cur not in set(order):  # asked for by number: shown even if the filters hide it
+        order = sorted(order + [cur], key=lambda i: int(table.loc[i, "rank"]))
+        _state()["rv_pinned"] = True
+    pos = order.index(cur)
+    nav = st.container(horizontal=True, vertical_alignment="bottom")
+    nav.button("◀ Previous", key="rv_prev", on_click=_go_to, args=(order, -1),
+               disabled=pos == 0, shortcut="Left")
+    nav.button("Next ▶", key="rv_next", on_click=_go_to, args=(order, 1),
+               disabled=pos + 1 >= len(order), shortcut="Right")
+    nav.number_input("Go to item #", min_value=0, max_value=len(table) - 1, value=None,
+                     step=1, key="rv_jump", on_change=_jump, placeholder="index",
+                     width=160)
+    nav.markdown(f"Position **{pos + 1:,}** of **{len(order):,}** matching items")
+    render_item(ws, store, reviewer, cur, table, ranking, order, decisions)
+
+
+def render_conflicts(ws, store, reviewer, table, ranking) -> None:
+    try:
+        conflicts = store.conflicts()
+        finals = store.final_decisions()
+    except STORE_ERRORS as exc:
+        st.error(f"Could not read the conflicts: {exc}")
+        return
+    if conflicts.empty:
+        st.success("No conflicts: wherever several reviewers decided an item, they agree.")
+    else:
+        items = sorted(conflicts["item_id"].unique().tolist(),
+                       key=lambda i: int(table.loc[i, "rank"]) if i in table.index else 0)
+        st.markdown(f"**{len(items)}** item(s) where reviewers disagree. Record a final "
+                    f"decision as **{reviewer}** (an adjudication overrides every reviewer).")
+        for item in items[:25]:
+            item = int(item)
+            rows = conflicts[conflicts["item_id"] == item]
+            info = table.loc[item] if item in table.index else None
+            given = int(info["label"]) if info is not None else int(rows["given_label"].dropna().iloc[0])
+            with st.container(border=True, key=f"rv_conflict_{item}"):
+                c1, c2, c3 = st.columns([0.8, 2.2, 1.6], gap="medium")
+                c1.image(common.upscale(ws.train.image(item), 112), caption=f"Item #{item}")
+                with c2:
+                    head = f"**Given label:** {common.class_name(ws, given)}"
+                    if info is not None:
+                        head += (f" · **model:** {common.class_name(ws, int(info['predicted']))} "
+                                 f"({float(info['probability']):.1%}) · **rank** {int(info['rank']):,}")
+                    st.markdown(head)
+                    lines = []
+                    for r in rows.itertuples(index=False):
+                        label = "" if pd.isna(r.final_label) or r.status != "relabelled" \
+                            else f" → {common.class_name(ws, int(r.final_label))}"
+                        when = str(r.decided_at)[:19].replace("T", " ")
+                        lines.append(f"- **{r.reviewer}**: {STATUS_BADGE.get(r.status, r.status)}"
+                                     f"{label} <small>({when} UTC)</small>")
+                    st.markdown("\n".join(lines), unsafe_allow_html=True)
+                with c3:
+                    options = ["accept"] + [f"relabel:{k}" for k in range(len(ws.classes))
+                                            if k != given] + ["exclude"]
+                    relabels = [f"relabel:{int(v)}" for s, v in zip(rows["status"], rows["final_label"])
+                                if s == "relabelled" and not pd.isna(v)]
+                    default = relabels[0] if relabels else "accept"
+                    key = f"rv_adj_choice_{item}"
+                    if key not in _state() or _state()[key] not in options:
+                        _state()[key] = default if default in options else "accept"
+
+                    def fmt(opt: str, given: int = given) -> str:
+                        if opt == "accept":
+                            return f"Keep the given label ({common.class_name(ws, given)})"
+                        if opt == "exclude":
+                            return "Exclude the example"
+                        return f"Relabel to {common.class_name(ws, int(opt.split(':')[1]))}"
+
+                    st.selectbox("Final decision", options, key=key, format_func=fmt)
+                    st.button("Record final decision", key=f"rv_adj_{item}", type="primary",
+                              on_click=_adjudicate,
+                              args=(store, reviewer, item, given, ranking,
+                                    float(info["score"]) if info is not None else None))
+        if len(items) > 25:
+            st.caption(f"… and {len(items) - 25} more; settle these first.")
+    adjudicated = finals[finals["is_final"]] if not finals.empty else finals
+    if not adjudicated.empty:
+        st.markdown("**Final decisions recorded by an adjudicator**")
+        st.dataframe(pd.DataFrame({
+            "item": adjudicated["item_id"].astype(int).tolist(),
+            "given": [common.class_name(ws, None if pd.isna(v) else int(v))
+                      for v in adjudicated["given_label"]],
+            "final": ["—" if pd.isna(v) else common.class_name(ws, int(v))
+                      for v in adjudicated["final_label"]],
+            "status": adjudicated["status"].tolist(),
+            "adjudicator": adjudicated["reviewer"].tolist(),
+        }), hide_index=True, width="stretch", height=min(300, 38 + 35 * len(adjudicated)))
+
+
+# ----------------------------------------------------------------------------- page
+
+
+def sidebar_queue(ws, ranking_table: pd.DataFrame) -> dict[str, Any]:
+    """Ranking choice and filters (sidebar)."""
+    with st.sidebar:
+        st.subheader("Queue")
+        methods = ws.mislabel_methods()
+        options = [DEFAULT_LABEL] + list(methods)
+        st.selectbox(
+            "Ranking", options, key="rv_ranking",
+            help="Which mislabel score orders the queue.\n\n" + "\n".join(
+                f"- **{name}**: {desc}" for name, desc in methods.items())
+            + f"\n\n{DEFAULT_LABEL} = {DEFAULT_RANKER}")
+        classes = list(range(len(ws.classes)))
+        given = st.multiselect("Given class", classes, key="rv_f_given",
+                               format_func=lambda k: common.class_name(ws, k),
+                               placeholder="any")
+        sugg = st.multiselect("Suggested class", classes, key="rv_f_sugg",
+                              format_func=lambda k: common.class_name(ws, k),
+                              placeholder="any",
+                              help="The model's prediction, or its second choice when the "
+                                   "prediction equals the given label.")
+        status = st.multiselect("Status", STATUSES, key="rv_f_status", placeholder="any")
+        return dict(given=given, suggested=sugg, status=status)
+
+
+def score_filter(ranking_table: pd.DataFrame, method_key: str) -> Optional[tuple[float, float]]:
+    lo, hi = float(ranking_table["score"].min()), float(ranking_table["score"].max())
+    if not np.isfinite(lo) or not np.isfinite(hi) or lo >= hi:
+        return None
+    value = st.sidebar.slider("Score range", min_value=lo, max_value=hi, value=(lo, hi),
+                              key=f"rv_f_score_{method_key}", format="%.3g",
+                              step=(hi - lo) / 200)
+    if value[0] <= lo and value[1] >= hi:
+        return None
+    return float(value[0]), float(value[1])
+
+
+def main() -> None:
+    common.ensure_router()
+    ws = common.current_workspace()
+    st.title("Review")
+    if ws is None:
+        st.info("Open a workspace on the **Workspace** page first.")
+        st.stop()
+    reviewer = common.reviewer_name()
+    try:
+        store = common.review_store(ws)
+    except STORE_ERRORS as exc:
+        st.error(f"Could not open the review store: {exc}")
+        st.stop()
+
+    # first visit with ?item=N: browse from that item
+    if "rv_mode" not in _state():
+        param = st.query_params.get("item")
+        if param is not None and str(param).isdigit() and int(param) < len(ws.train):
+            _state()["rv_mode"] = "All items"
+            _state()["rv_item"] = int(param)
+            _state()["rv_pinned"] = True
+        else:
+            _state()["rv_mode"] = "My queue"
+
+    choice = _state().get("rv_ranking", DEFAULT_LABEL)
+    method = None if choice in (None, DEFAULT_LABEL) else choice
+    ranking_name = method or DEFAULT_RANKER
+    try:
+        common.ensure_store(ws, "fast")
+        if method is not None and method.endswith("_cp"):
+            common.ensure_store(ws, "cp")
+        ranking_table = common.mislabel_table(ws, method)
+        preds = common.train_predictions(ws)
+    except (WorkspaceError, CheckpointError, ValueError, RuntimeError, OSError) as exc:
+        st.error(f"Could not rank the training examples: {exc}")
+        st.stop()
+    filters = sidebar_queue(ws, ranking_table)
+    score_range = score_filter(ranking_table, method or "default")
+
+    try:
+        other = store.other_data_decisions()
+        finals = store.final_decisions()
+        decisions = store.decisions()
+    except STORE_ERRORS as exc:
+        st.error(f"Could not read the review store: {exc}")
+        st.stop()
+    if other:
+        st.warning(
+            f"{other:,} earlier review event(s) for workspace **{ws.name}** were recorded on "
+            f"other training data (a different data hash: the images or labels have changed "
+            f"since). They are kept in the store but not shown or counted here.",
+            icon="⚠️")
+
+    # one row per training example, in ranking order
+    table = ranking_table.join(
+        preds[["label", "predicted", "probability", "suggested", "suggested_probability"]],
+        on="index")
+    status = np.full(len(ws.train), "undecided", dtype=object)
+    if not finals.empty:
+        ids = finals["item_id"].to_numpy()
+        ok = ids < len(status)
+        status[ids[ok]] = finals["status"].to_numpy()[ok]
+    table["status"] = status[table["index"].to_numpy()]
+    final_by = np.full(len(ws.train), "", dtype=object)
+    if not finals.empty:
+        adj = finals[finals["is_final"]]
+        ids = adj["item_id"].to_numpy()
+        ok = ids < len(final_by)
+        final_by[ids[ok]] = adj["reviewer"].to_numpy()[ok]
+    table["final_by"] = final_by[table["index"].to_numpy()]
+    mask = np.ones(len(table), dtype=bool)
+    if filters["given"]:
+        mask &= table["label"].isin(filters["given"]).to_numpy()
+    if filters["suggested"]:
+        mask &= table["suggested"].isin(filters["suggested"]).to_numpy()
+    if filters["status"]:
+        mask &= table["status"].isin(filters["status"]).to_numpy()
+    if score_range is not None:
+        lo, hi = score_range
+        s = table["score"].to_numpy()
+        mask &= (s >= lo - 1e-12) & (s <= hi + 1e-12)
+    order = [int(i) for i in table["index"].to_numpy()[mask]]
+    table = table.set_index("index", drop=False)
+
+    render_progress(store, reviewer, len(ws.train))
+    if "rv_error" in _state():
+        st.error(_state().pop("rv_error"))
+    if "rv_flash" in _state():
+        st.caption(f"✓ {_state().pop('rv_flash')} · press **U** to undo")
+
+    mode = st.segmented_control("View", MODES, key="rv_mode", required=True,
+                                label_visibility="collapsed") or "My queue"
+    if mode != "My queue" and _state().pop("rv_claimed", False):
+        try:
+            store.release(reviewer)
+        except STORE_ERRORS:
+            pass
+    if mode != "All items" and "item" in st.query_params:
+        del st.query_params["item"]
+
+    if mode == "My queue":
+        render_queue(ws, store, reviewer, table, order, ranking_name, decisions)
+    elif mode == "All items":
+        render_browse(ws, store, reviewer, table, order, ranking_name, decisions)
+    else:
+        render_conflicts(ws, store, reviewer, table, ranking_name)
+
+    st.divider()
+    render_export(ws, store)
+
+
+main()

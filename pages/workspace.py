@@ -1,7 +1,369 @@
-"""Workspace page (placeholder until its issue lands)."""
+"""Workspace page: what is open now, and three ways to open another workspace.
+
+* the built-in digits demo;
+* a workspace file (TOML, design.md §4) on the server;
+* "build one here": uploaded checkpoints for a registered architecture plus a dataset.
+
+UI only: checkpoints are validated with ``tracin_core.checkpoints`` and every score comes
+from the ``Workspace`` API (the store is built by :func:`pages.common.ensure_store`).
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any, Optional
+
+import pandas as pd
 import streamlit as st
 
 from pages import common
+from tracin_core.checkpoints import CheckpointError, fit_state_dict, read_checkpoint
+from tracin_core.models import ARCHITECTURES, linear_layer_names
 
-ws = common.current_workspace()
+PREVIEW_N = 24
+PREVIEW_COLS = 12
+DATASET_CHOICES = (
+    "digits (built-in)",
+    "CIFAR-10 folder on the server",
+    "Image folder on the server",
+    "Upload a zip of class folders",
+)
+LR_SOURCES = {
+    "workspace": "set in the workspace",
+    "checkpoint": "stored in the checkpoint",
+    "default": "default (none stored)",
+}
+
+
+# ----------------------------------------------------------------------------- helpers
+def _natural_key(text: str) -> list:
+    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", text)]
+
+
+@st.cache_resource(show_spinner=False)
+def _layer_names(arch_key: str) -> list[str]:
+    return linear_layer_names(ARCHITECTURES[arch_key].build())
+
+
+@st.cache_resource(show_spinner=False)
+def _state_keys(arch_key: str) -> frozenset:
+    return frozenset(ARCHITECTURES[arch_key].build().state_dict())
+
+
+def _detect_architecture(shapes: dict[str, tuple]) -> Optional[str]:
+    """The first registered architecture whose parameter names match a checkpoint's."""
+    keys = set(shapes)
+    if keys and all(k.startswith("module.") for k in keys):
+        keys = {k[len("module."):] for k in keys}
+    for arch_key in ARCHITECTURES:
+        if _state_keys(arch_key) == keys:
+            return arch_key
+    return None
+
+
+def _looks_like_checkpoint(data: bytes) -> bool:
+    """Does the file start like something torch.load or safetensors could read?"""
+    if data[:4] == b"PK\x03\x04" or data[:1] == b"\x80":  # torch's zip format, legacy pickle
+        return True
+    header = int.from_bytes(data[:8], "little") if len(data) >= 10 else 0
+    return 0 < header <= len(data) - 8 and data[8:9] == b"{"
+
+
+def _checked_upload(f) -> dict[str, Any]:
+    """Read an uploaded checkpoint once per upload (cached in the session)."""
+    cache = st.session_state.setdefault("_ckpt_checks", {})
+    key = f"{f.file_id}:{f.name}:{f.size}"
+    if key not in cache:
+        data = f.getvalue()
+        try:
+            state, info = read_checkpoint(data, name=f.name)
+        except CheckpointError as exc:
+            reason = str(exc)
+            if reason.startswith(f"{f.name}: "):
+                reason = reason[len(f.name) + 2:]
+            if not _looks_like_checkpoint(data):
+                reason += (" — its first bytes are neither a PyTorch zip archive, a pickle nor a "
+                           "safetensors header: the file is corrupt or not a checkpoint")
+            cache[key] = {"name": f.name, "ok": False, "error": reason}
+        else:
+            suffix = Path(f.name).suffix.lower() or ".pt"
+            path = common.save_upload(data, suffix)
+            cache[key] = {
+                "name": f.name, "ok": True, "path": str(path), "sha256": info.sha256,
+                "learning_rate": info.learning_rate, "epoch": info.epoch,
+                "shapes": {k: tuple(v.shape) for k, v in state.items()},
+            }
+    return cache[key]
+
+
+def _ordered_checkpoint_paths(items: list[dict[str, Any]]) -> list[str]:
+    """Paths that keep the given order.
+
+    ``Workspace`` sorts checkpoint paths by name (as it does for a folder or a glob) and
+    uses the last one for predictions, while uploads are stored under content hashes.
+    So the checked uploads are linked into a folder of their own as ``NNN-<file name>``.
+    """
+    digest = hashlib.sha256("|".join(f"{it['sha256']}:{it['name']}" for it in items).encode()).hexdigest()[:16]
+    folder = common.UPLOAD_DIR / "checkpoint-sets" / digest
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for i, it in enumerate(items):
+        safe = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(it["name"]).name) or "checkpoint.pt"
+        target = folder / f"{i:03d}-{safe}"
+        if not target.exists():
+            tmp = target.with_name(target.name + ".tmp")
+            try:
+                os.link(it["path"], tmp)
+            except OSError:
+                shutil.copyfile(it["path"], tmp)
+            os.replace(tmp, target)
+        out.append(str(target))
+    return out
+
+
+def _display_name(path: str) -> str:
+    """A checkpoint's file name (uploads: the name it was uploaded under)."""
+    p = Path(path)
+    if p.parent.parent == common.UPLOAD_DIR / "checkpoint-sets":
+        return re.sub(r"^\d{3}-", "", p.name)
+    return p.name
+
+
+def _fmt_lr(x: Optional[float]) -> str:
+    return "—" if x is None else f"{x:g}"
+
+
+# ----------------------------------------------------------------------------- active workspace
+def show_active(ws) -> None:
+    st.subheader(f"Active workspace: `{ws.name}`")
+    if ws.source:
+        st.caption(f"From `{ws.source}` · id `{ws.fingerprint[:12]}`")
+    else:
+        st.caption(f"Built in the app · id `{ws.fingerprint[:12]}`")
+    n_test = len(ws.test) if ws.test is not None else 0
+    c1, c2, c3, c4 = st.columns(4)
+    c1.metric("Training examples", f"{len(ws.train):,}")
+    c2.metric("Test examples", f"{n_test:,}" if ws.test is not None else "none")
+    c3.metric("Classes", len(ws.classes))
+    c4.metric("Checkpoints", len(ws.checkpoints))
+    classes = ws.classes
+    shown = ", ".join(classes[:30]) + (f", … ({len(classes) - 30} more)" if len(classes) > 30 else "")
+    st.markdown(f"**Classes:** {shown}")
+    st.markdown(f"**Model input:** {' × '.join(map(str, ws.train.input_shape))} · "
+                f"**final layer:** `{ws.final_fc_layer}` · **loss:** {ws.loss_name} ({ws.reduction})")
+
+    st.markdown("**Checkpoints** (in order; the last one gives the predictions)")
+    table = pd.DataFrame({
+        "checkpoint": [_display_name(c.name) for c in ws.checkpoints],
+        "epoch": [str(c.epoch) if c.epoch is not None else "" for c in ws.checkpoints],
+        "learning rate": [c.learning_rate for c in ws.checkpoints],
+        "learning rate from": [LR_SOURCES.get(c.lr_source, c.lr_source) for c in ws.checkpoints],
+        "sha256": [c.sha256[:12] for c in ws.checkpoints],
+    })
+    st.container(key="active_checkpoints").dataframe(
+        table, hide_index=True, width="stretch",
+        column_config={"learning rate": st.column_config.NumberColumn(format="%g")})
+
+    n = min(PREVIEW_N, len(ws.train))
+    st.markdown(f"**Training images** (the first {n}, with their labels)")
+    labels = ws.train.labels.numpy()
+    for start in range(0, n, PREVIEW_COLS):
+        cols = st.columns(PREVIEW_COLS)
+        for col, i in zip(cols, range(start, min(n, start + PREVIEW_COLS))):
+            col.image(common.upscale(ws.train.image(i), 72), width=72,
+                      caption=f"#{i} · {common.class_name(ws, labels[i])}")
+
+
+# ----------------------------------------------------------------------------- choosers
+def choose_demo() -> None:
+    st.markdown("The scikit-learn digits with a small CNN, six checkpoints and some corrupted "
+                "training labels: ready to use, nothing to train.")
+    if st.button("Built-in demo", key="open_demo", type="primary", icon=":material/science:"):
+        common.set_workspace(dict(common.DEMO_SPEC))
+        st.rerun()
+
+
+def choose_toml() -> None:
+    st.markdown("A workspace file (TOML) on the server: model factory, checkpoints, data "
+                "(see the README). Relative paths in it are relative to its folder.")
+    path = st.text_input("Path of the workspace file on the server", key="toml_path",
+                         placeholder="/data/audits/cifar10/workspace.toml")
+    if st.button("Open workspace file", key="open_toml", disabled=not path.strip()):
+        p = Path(path.strip()).expanduser()
+        if not p.is_file():
+            st.error(f"`{p}`: no such file on the server.")
+        elif p.suffix.lower() != ".toml":
+            st.error(f"`{p}` is not a .toml workspace file.")
+        else:
+            common.set_workspace({"kind": "toml", "path": str(p.resolve())})
+            st.rerun()
+
+
+def _dataset_inputs(arch_key: str) -> tuple[Optional[dict[str, Any]], Optional[str]]:
+    """The dataset part of a custom spec, or (None, reason)."""
+    choice = st.radio("Dataset", DATASET_CHOICES, key="build_dataset", horizontal=True)
+    default_size = int(ARCHITECTURES[arch_key].input_shape[-1])
+    if choice == DATASET_CHOICES[0]:
+        st.caption("scikit-learn's 8x8 digits with the demo's fixed train/test split (1,437 / 360).")
+        return {"kind": "digits", "train": {"split": "train"}, "test": {"split": "test"}}, None
+    if choice == DATASET_CHOICES[1]:
+        root = st.text_input("CIFAR-10 root (holds cifar-10-batches-py)", key="build_cifar_root").strip()
+        if not root:
+            return None, "Enter the CIFAR-10 folder."
+        return {"kind": "cifar10", "train": {"root": root, "split": "train"},
+                "test": {"root": root, "split": "test"}}, None
+    size = int(st.number_input("Image size (pixels, square)", 1, 4096, 32 if default_size == 224 else default_size,
+                               key="build_image_size",
+                               help="Images are converted to RGB and resized to this size."))
+    if choice == DATASET_CHOICES[2]:
+        root = st.text_input("Training images: folder with one subfolder per class", key="build_folder_root").strip()
+        test_root = st.text_input("Test images (optional): folder with the same class subfolders",
+                                  key="build_folder_test").strip()
+        if not root:
+            return None, "Enter the image folder."
+        return {"kind": "image_folder", "train": {"root": root, "image_size": size},
+                "test": {"root": test_root, "image_size": size} if test_root else None}, None
+    up = st.file_uploader("Zip of class folders (class_a/*.png, class_b/*.png, …)", type=["zip"], key="build_zip")
+    if up is None:
+        return None, "Upload a zip of class folders."
+    path = common.save_upload(up.getvalue(), ".zip")
+    return {"kind": "image_folder", "train": {"root": str(path), "image_size": size}, "test": None}, None
+
+
+def choose_build() -> None:
+    st.markdown("Upload the checkpoints of a model whose architecture the app knows, pick the "
+                "data it was trained on, and open it.")
+    files = st.file_uploader("Checkpoints (.pt, .pth or .safetensors; state dicts only)",
+                             type=["pt", "pth", "safetensors"], accept_multiple_files=True, key="build_ckpts")
+    checks = [_checked_upload(f) for f in files or []]
+    for c in checks:
+        if not c["ok"]:
+            st.error(f"Cannot use **{c['name']}**: {c['error']}", icon=":material/block:")
+    good = sorted((c for c in checks if c["ok"]), key=lambda c: _natural_key(c["name"]))
+
+    keys = list(ARCHITECTURES)
+    upload_set = "|".join(c["sha256"] for c in good)
+    if good and st.session_state.get("_arch_detected_for") != upload_set:
+        # new uploads: preselect the architecture their parameter names belong to
+        st.session_state["_arch_detected_for"] = upload_set
+        detected = _detect_architecture(good[0]["shapes"])
+        if detected is not None:
+            st.session_state["build_arch"] = detected
+    col_a, col_b = st.columns(2)
+    with col_a:
+        arch_key = st.selectbox("Architecture", keys, key="build_arch",
+                                format_func=lambda k: f"{k} — {ARCHITECTURES[k].description}")
+        if good and _detect_architecture(good[0]["shapes"]) == arch_key:
+            st.caption(f"The checkpoints' parameter names match {arch_key}.")
+    arch = ARCHITECTURES[arch_key]
+    layers = _layer_names(arch_key)
+    with col_b:
+        layer = st.selectbox("Final fully connected layer (for the fast method)", layers,
+                             index=layers.index(arch.final_fc_layer) if arch.final_fc_layer in layers else 0,
+                             key=f"build_layer_{arch_key}")
+
+    lrs: list[float] = []
+    if good:
+        st.markdown("**Learning rates** (one per checkpoint; ordered by file name, the last gives predictions)")
+        df = pd.DataFrame({
+            "checkpoint": [c["name"] for c in good],
+            "epoch": [c["epoch"] if c["epoch"] is not None else "" for c in good],
+            "stored learning rate": [_fmt_lr(c["learning_rate"]) for c in good],
+            "learning rate": [float(c["learning_rate"]) if c["learning_rate"] is not None else 1.0 for c in good],
+        })
+        editor_key = "build_lrs_" + hashlib.sha256("|".join(c["sha256"] for c in good).encode()).hexdigest()[:10]
+        edited = st.data_editor(
+            df, key=editor_key, hide_index=True, width="stretch",
+            disabled=["checkpoint", "epoch", "stored learning rate"],
+            column_config={"learning rate": st.column_config.NumberColumn(min_value=0.0, format="%g", required=True)},
+        )
+        lrs = [float(x) if x is not None else float("nan") for x in edited["learning rate"].tolist()]
+    elif not checks:
+        st.info("No checkpoints uploaded yet.")
+
+    dataset, missing = _dataset_inputs(arch_key)
+    name = st.text_input("Workspace name", key="build_name", placeholder=f"custom-{arch_key}").strip() or f"custom-{arch_key}"
+
+    if st.button("Open", key="open_build", type="primary", disabled=not good):
+        bad_lr = [c["name"] for c, lr in zip(good, lrs) if not (math.isfinite(lr) and lr > 0)]
+        if missing:
+            st.error(missing)
+            return
+        if bad_lr:
+            st.error(f"Learning rates must be positive numbers (check {', '.join(bad_lr)}).")
+            return
+        problems = _check_fit(arch_key, dataset, good)
+        if problems:
+            for p in problems:
+                st.error(p, icon=":material/block:")
+            return
+        paths = _ordered_checkpoint_paths(good)
+        # keep 'stored in the checkpoint' / 'default' as the source when the value was not changed
+        rates: list[Optional[float]] = []
+        for c, lr in zip(good, lrs):
+            stored = c["learning_rate"]
+            rates.append(None if (stored is not None and lr == float(stored)) or (stored is None and lr == 1.0) else lr)
+        spec = {"kind": "custom", "architecture": arch_key, "final_fc_layer": layer, "checkpoints": paths,
+                "learning_rates": rates, "dataset": dataset, "name": name}
+        common.set_workspace(spec)
+        st.rerun()
+
+
+def _check_fit(arch_key: str, dataset: dict[str, Any], good: list[dict[str, Any]]) -> list[str]:
+    """Readable reasons why the checkpoints or data do not fit (empty list = fine)."""
+    from tracin_core.datasets import load_dataset
+
+    arch = ARCHITECTURES[arch_key]
+    with st.spinner("Checking the data and the checkpoints…"):
+        try:
+            train = load_dataset(dataset["kind"], **dataset["train"])
+            if dataset.get("test"):
+                load_dataset(dataset["kind"], **dataset["test"])
+        except (ValueError, FileNotFoundError, OSError) as exc:
+            return [f"The dataset cannot be loaded: {exc}"]
+        try:
+            model = arch.build(num_classes=train.num_classes)
+        except ValueError as exc:
+            return [f"{arch_key} does not fit this dataset: {exc}"]
+        want, got = tuple(arch.input_shape), tuple(train.input_shape)
+        problems = []
+        if want[0] != got[0]:
+            problems.append(f"{arch_key} takes {want[0]}-channel images but the dataset has {got[0]} "
+                            f"(input {' × '.join(map(str, got))}).")
+        for c in good:
+            try:
+                state, info = read_checkpoint(c["path"], name=c["name"])
+                fit_state_dict(model, state, info.source)
+            except CheckpointError as exc:
+                problems.append(f"{exc} (architecture {arch_key}, {train.num_classes} classes)")
+    return problems
+
+
+# ----------------------------------------------------------------------------- page
+common.ensure_router()
 st.title("Workspace")
+ws = common.current_workspace()
+store_slot = st.container()
+if ws is not None:
+    show_active(ws)
+
+st.divider()
+st.subheader("Open another workspace")
+tab_demo, tab_toml, tab_build = st.tabs(["Built-in demo", "Workspace file on the server", "Build one here"])
+with tab_demo:
+    choose_demo()
+with tab_toml:
+    choose_toml()
+with tab_build:
+    choose_build()
+
+if ws is not None:
+    with store_slot:
+        try:
+            common.ensure_store(ws)
+        except Exception as exc:  # noqa: BLE001 - shown to the user, never a traceback
+            st.error(f"Computing the training features failed: {type(exc).__name__}: {exc}")

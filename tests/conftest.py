@@ -37,7 +37,10 @@ class AppServer:
     def __init__(self, cache_dir: Path, log_path: Path) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        env = dict(os.environ, TRACIN_CACHE=str(cache_dir), PYTHONPATH=str(REPO))
+        self.cache_dir = cache_dir
+        self.review_db = cache_dir / "reviews.sqlite"
+        env = dict(os.environ, TRACIN_CACHE=str(cache_dir), TRACIN_REVIEW_DB=str(self.review_db),
+                   PYTHONPATH=str(REPO))
         self.log = open(log_path, "w")
         self.started = time.monotonic()
         self.proc = subprocess.Popen(

@@ -158,3 +158,13 @@ def test_cli_self_influence_and_top_k(tmp_path, demo):
     top = pd.read_csv(out2)
     assert len(top) == 8 and set(top["test_index"]) == {0, 1}
     assert main(["top-k", str(tmp_path / "none.toml"), "--test-index", "0"]) == 2
+
+
+def test_explicit_checkpoint_list_keeps_its_order(tmp_path):
+    files = sorted(DEMO.glob("checkpoint-*.pt"))
+    order = [str(files[3]), str(files[0])]  # not sorted: the caller's order wins
+    ws = Workspace(name="order", model_factory=DigitsCNN, final_fc_layer="fc2", checkpoints=order,
+                   train=load_dataset("digits", split="train"), learning_rates=[0.1, 0.2], cache_dir=tmp_path)
+    assert [c.name for c in ws.checkpoints] == order and ws.learning_rates == [0.1, 0.2]
+    final = torch.load(order[-1], weights_only=True)["model_state_dict"]
+    assert torch.equal(ws.model.state_dict()["fc2.weight"], final["fc2.weight"])

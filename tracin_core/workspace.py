@@ -145,8 +145,14 @@ class Workspace:
             isinstance(c, tuple) and len(c) == 2 and isinstance(c[1], (bytes, bytearray)) for c in checkpoints
         ):
             items = list(checkpoints)  # uploads: (name, bytes)
+        elif isinstance(checkpoints, (list, tuple)):
+            # an explicit list keeps its order (learning rates pair with it; the last is final)
+            missing = [str(p) for p in checkpoints if not os.path.isfile(p)]
+            if missing or not checkpoints:
+                raise WorkspaceError(f"checkpoints: no such file {missing[0]!r}" if missing else "checkpoints: empty list")
+            items = [(str(p), str(p)) for p in checkpoints]
         else:
-            try:
+            try:  # a folder or a glob: natural order (checkpoint-5 before checkpoint-10)
                 items = [(p, p) for p in resolve_checkpoints(checkpoints)]
             except ValueError as exc:
                 raise WorkspaceError(str(exc)) from None

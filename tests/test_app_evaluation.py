@@ -1,0 +1,143 @@
+"""The Evaluation page (AppTest, in process): rankings scored against the demo's ground
+truth, the on-demand TracInCP ranking, a workspace without ground truth, and retraining
+on corrected labels (1 epoch, via TRACIN_RETRAIN_EPOCHS)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests.conftest import REPO
+from tracin_core import rankers as rk
+
+PAGE = "pages/evaluation.py"
+
+
+@pytest.fixture(scope="module")
+def app_cache(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("apptest_eval_cache")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("TRACIN_CACHE", str(cache))
+    mp.setenv("TRACIN_REVIEW_DB", str(cache / "reviews.sqlite"))
+    mp.setenv("TRACIN_RETRAIN_EPOCHS", "1")
+    import pages.common as common
+
+    mp.setattr(common, "CACHE_DIR", cache)
+    mp.setattr(common, "UPLOAD_DIR", cache / "uploads")
+    mp.setattr(common, "REVIEW_DB", cache / "reviews.sqlite")
+    common._load_workspace.clear()
+    yield cache
+    common._load_workspace.clear()
+    mp.undo()
+
+
+def _open(app_cache, spec: dict | None = None):
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=180)
+    if spec is not None:
+        at.session_state["ws_spec"] = spec
+    at.run()
+    at.switch_page(PAGE)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def _charts(at) -> list:
+    return at.get("plotly_chart")
+
+
+def _table(at):
+    for df in at.dataframe:
+        v = df.value
+        if "AUC" in getattr(v, "columns", []):
+            return v
+    raise AssertionError("no metrics table on the page")
+
+
+def test_demo_rankings_are_scored(app_cache):
+    at = _open(app_cache)
+    assert "Evaluation" in [t.value for t in at.title]
+    assert not at.error
+    charts = _charts(at)
+    assert len(charts) == 4  # ROC, found curve, precision@k, histogram
+    table = _table(at)
+    names = {n.replace(" (default)", "") for n in table["ranking"]}
+    assert names == set(rk.available(False))  # TracInCP only after its button
+    assert table["ranking"].str.endswith("(default)").sum() == 1
+    assert table["AUC"].between(0.5, 1.0).all()
+    assert table["found@10%"].between(0.0, 1.0).all() and table["found@20%"].between(0.0, 1.0).all()
+    assert (table["found@20%"] >= table["found@10%"]).all()
+    default = table[table["ranking"] == f"{rk.DEFAULT_RANKER} (default)"].iloc[0]
+    assert default["AUC"] > 0.99 and default["found@20%"] > 0.95  # the shipped demo
+    k = at.slider(key="ev_k")
+    assert k.value == 144  # the demo's number of mislabels
+    assert f"precision@{k.value}" in table.columns
+    k.set_value(20).run()
+    assert not at.exception
+    assert "precision@20" in _table(at).columns
+
+    # all-layer TracInCP: computed behind its button, then listed
+    at.button(key="ev_cp_button").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    table = _table(at)
+    assert "self_influence_cp" in set(table["ranking"])
+    assert table["AUC"].between(0.5, 1.0).all()
+
+
+def test_retrain_on_corrected_labels(app_cache):
+    at = _open(app_cache)
+    assert at.number_input(key="ev_epochs").value == 1
+    # the review store has no decisions: corrected = given
+    at.button(key="ev_retrain").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    metrics = {m.label: m.value for m in at.metric}
+    assert set(metrics) == {"Test accuracy · noisy labels", "Test accuracy · corrected labels",
+                            "Test accuracy · true labels"}
+    for v in metrics.values():
+        assert 0.0 < float(v.rstrip("%")) <= 100.0
+    assert metrics["Test accuracy · noisy labels"] == metrics["Test accuracy · corrected labels"]
+
+    # a perfect reviewer of the default queue's first 10%: labels are fixed
+    at.radio(key="ev_source").set_value("a perfect reviewer of the queue").run()
+    assert not at.exception
+    caption = " ".join(c.value for c in at.caption)
+    assert "labels fixed" in caption
+    fixed = int(caption.split(" labels fixed")[0].split()[-1].replace(",", ""))
+    assert fixed >= 100  # most of the 144 wrong labels are in the first 10% of the queue
+    at.button(key="ev_retrain").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert len(at.metric) == 3
+
+
+def test_review_decisions_feed_the_retraining(app_cache):
+    at = _open(app_cache)
+    from pages import common
+    from tracin_core import Workspace
+
+    ws = Workspace.demo(cache_dir=app_cache / "stores")
+    store = common._review_store(str(app_cache / "reviews.sqlite"), ws.name, ws.data_hash)
+    wrong = np.flatnonzero(ws.is_mislabelled)[:3]
+    for i in wrong:
+        store.record(int(i), "tester", "relabel", new_label=int(ws.ground_truth[i]))
+    at.run()
+    assert not at.exception
+    caption = " ".join(c.value for c in at.caption)
+    assert "3 labels fixed" in caption and "141 wrong labels left" in caption
+
+
+def test_without_ground_truth_only_the_histogram(app_cache, tmp_path):
+    # the demo's workspace file without the ground truth: a copy pointing at the shipped assets
+    demo = REPO / "assets" / "demo"
+    text = (demo / "workspace.toml").read_text()
+    text = text.replace('paths = "checkpoint-*.pt"', f'paths = "{demo}/checkpoint-*.pt"')
+    text = text.replace('labels_override = "labels_override.csv"', f'labels_override = "{demo}/labels_override.csv"')
+    text = text.split("[evaluation]")[0]
+    path = tmp_path / "nogt.toml"
+    path.write_text(text)
+    at = _open(app_cache, {"kind": "toml", "path": str(path)})
+    assert not at.error, [e.value for e in at.error]
+    assert any("No ground truth" in i.value for i in at.info)
+    assert len(_charts(at)) == 1
+    assert not [df for df in at.dataframe if "AUC" in getattr(df.value, "columns", [])]
+    assert not [b for b in at.get("button") if getattr(b, "key", None) == "ev_retrain"]

@@ -1,0 +1,365 @@
+"""Review page: AppTest (in-process) and browser tests (keyboard, reload, export, two
+reviewers, conflicts and adjudication).
+
+Every decision goes to the review store at once; these tests read the store file back.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import sqlite3
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, wait_for_app
+from tracin_core import ReviewStore
+
+WORKSPACE = "digits-demo"
+N_TRAIN = 1437
+CAPTION = re.compile(r"^Item #(\d+)$")
+
+
+def _events(db: Path, reviewer: str | None = None) -> list[dict]:
+    con = sqlite3.connect(db)
+    con.row_factory = sqlite3.Row
+    try:
+        rows = [dict(r) for r in con.execute("SELECT * FROM events ORDER BY id")]
+    finally:
+        con.close()
+    return [r for r in rows if reviewer is None or r["reviewer"] == reviewer]
+
+
+def _store(db: Path) -> ReviewStore:
+    """The app's store (workspace "digits-demo", the data hash its events were made on)."""
+    hashes = {r["data_hash"] for r in _events(db) if r["workspace"] == WORKSPACE}
+    hashes.discard("other-data")
+    assert len(hashes) == 1, hashes
+    return ReviewStore(db, workspace=WORKSPACE, data_hash=hashes.pop())
+
+
+# ---------------------------------------------------------------------------- AppTest
+
+
+@pytest.fixture()
+def review_app(tmp_path, monkeypatch):
+    """AppTest of app.py on the Review page, with its own cache folder and review store.
+
+    pages/common.py reads TRACIN_CACHE / TRACIN_REVIEW_DB when first imported (maybe by
+    another test), so besides the environment its module globals are patched too: the
+    app imports that same module object.
+    """
+    from streamlit.testing.v1 import AppTest
+
+    cache, db = tmp_path / "cache", tmp_path / "reviews.sqlite"
+    monkeypatch.setenv("TRACIN_CACHE", str(cache))
+    monkeypatch.setenv("TRACIN_REVIEW_DB", str(db))
+    from pages import common
+
+    monkeypatch.setattr(common, "CACHE_DIR", cache)
+    monkeypatch.setattr(common, "UPLOAD_DIR", cache / "uploads")
+    monkeypatch.setattr(common, "REVIEW_DB", db)
+    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=120)
+    at.query_params["reviewer"] = "apptest"
+    return at, db
+
+
+def _open_review(at):
+    at.run()
+    at.switch_page("pages/review.py")
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def _apptest_item(at) -> int:
+    """The item on show (the caption "Item #N" of the first image)."""
+    for image in at.get("image"):
+        for img in image.proto.imgs:
+            m = CAPTION.match(img.caption)
+            if m:
+                return int(m.group(1))
+    raise AssertionError("no 'Item #N' image on the page")
+
+
+def test_apptest_accept_undo_and_data_warning(review_app):
+    at, db = review_app
+    # an event recorded on other training data (another data hash) must be flagged
+    ReviewStore(db, workspace=WORKSPACE, data_hash="other-data").record(
+        3, "someone", "accept", given_label=1)
+    _open_review(at)
+    assert not at.error, [e.value for e in at.error]
+    labels = {b.label for b in at.button}
+    assert {"Accept (A)", "Relabel (R)", "Exclude (E)", "Skip (S)", "Undo (U)"} <= labels
+    assert any("other training data" in w.value for w in at.warning)
+    item = _apptest_item(at)
+
+    at.button(key="rv_accept").click().run()
+    assert not at.exception and not at.error
+    mine = _events(db, "apptest")
+    assert [(e["action"], e["status"]) for e in mine] == [("accept", "accepted")]
+    from tracin_core.rankers import DEFAULT_RANKER
+
+    assert mine[0]["ranking"] == DEFAULT_RANKER and mine[0]["score"] is not None
+    assert mine[0]["item_id"] == item
+    assert _apptest_item(at) != item  # on to the next one
+    store = _store(db)
+    decided = store.decisions()
+    assert decided["reviewer"].tolist() == ["apptest"]
+    assert decided["given_label"].iloc[0] == decided["final_label"].iloc[0]
+
+    at.button(key="rv_undo_btn").click().run()
+    assert not at.exception and not at.error
+    assert [e["action"] for e in _events(db, "apptest")] == ["accept", "undo"]
+    assert store.decisions().empty
+    assert store.other_data_decisions() == 1
+    assert _apptest_item(at) == item  # the undone item is back in the queue
+
+
+def test_apptest_store_error_is_shown_not_raised(review_app):
+    at, db = review_app
+    db.write_bytes(b"this is not a SQLite database" * 100)
+    _open_review(at)
+    assert any("not a valid review store" in e.value for e in at.error), \
+        [e.value for e in at.error]
+    assert not at.button  # no actions without a store
+
+
+def test_apptest_filters_conflicts_adjudication(review_app):
+    at, db = review_app
+    from pages import common
+
+    ws = common._load_workspace(common.spec_key(common.DEMO_SPEC))
+    store = ReviewStore(db, workspace=WORKSPACE, data_hash=ws.data_hash)
+    labels = ws.train.labels.tolist()
+    disputed = 700
+    store.record(disputed, "alice", "accept", given_label=labels[disputed])
+    store.record(disputed, "bob", "exclude", given_label=labels[disputed])
+    _open_review(at)
+
+    # "All items" filtered on status "conflict": the disputed item only
+    at.segmented_control(key="rv_mode").set_value("All items").run()
+    at.multiselect(key="rv_f_status").set_value(["conflict"]).run()
+    assert not at.exception
+    assert _apptest_item(at) == disputed
+    assert any("1** of **1** matching" in m.value for m in at.markdown)
+    # a given-class filter: every item shown has that label
+    at.multiselect(key="rv_f_status").set_value([]).run()
+    at.multiselect(key="rv_f_given").set_value([7]).run()
+    shown = _apptest_item(at)
+    assert labels[shown] == 7
+    at.button(key="rv_next").click().run()
+    assert _apptest_item(at) != shown and labels[_apptest_item(at)] == 7
+
+    # Conflicts: the adjudicator excludes the item; it becomes final
+    at.segmented_control(key="rv_mode").set_value("Conflicts").run()
+    assert not at.exception
+    at.selectbox(key=f"rv_adj_choice_{disputed}").set_value("exclude").run()
+    at.button(key=f"rv_adj_{disputed}").click().run()
+    assert not at.exception and not at.error
+    final = store.final_decisions().set_index("item_id").loc[disputed]
+    assert final["status"] == "excluded" and bool(final["is_final"])
+    assert final["reviewer"] == "apptest"
+    assert store.conflicts().empty
+    assert not [b for b in at.button if b.key == f"rv_adj_{disputed}"]
+    assert any(s.value.startswith("No conflicts") for s in at.success)
+
+
+# --------------------------------------------------------------------------- browser
+
+
+def _review_db(app_server) -> Path:
+    """The server's review store: TRACIN_REVIEW_DB, else <its TRACIN_CACHE>/reviews.sqlite."""
+    if os.environ.get("TRACIN_REVIEW_DB"):
+        return Path(os.environ["TRACIN_REVIEW_DB"])
+    return Path(app_server.log.name).parent / "reviews.sqlite"
+
+
+def _settle(pg, timeout: float = 60_000) -> None:
+    """The script run is over (the app says "notRunning") and no element is stale."""
+    wait_for_app(pg, timeout)
+    pg.wait_for_function(
+        "() => { const app = document.querySelector('[data-testid=\"stApp\"]');"
+        " return app && app.getAttribute('data-test-script-state') === 'notRunning'"
+        " && !document.querySelector('[data-stale=\"true\"]'); }", timeout=timeout)
+
+
+def _current(pg) -> int:
+    cap = pg.locator(".st-key-rv_item_panel [data-testid='stImageCaption']").first
+    text = cap.inner_text(timeout=60_000).strip()
+    m = CAPTION.match(text)
+    assert m, text
+    return int(m.group(1))
+
+
+def _open(pg, app_server, reviewer: str, item: int | None = None) -> int:
+    url = f"{app_server.url}/review?reviewer={reviewer}"
+    if item is not None:
+        url += f"&item={item}"
+    pg.goto(url)
+    pg.locator(".st-key-rv_item_panel [data-testid='stImageCaption']").first.wait_for(
+        timeout=180_000)
+    _settle(pg)
+    pg.wait_for_function("() => window.__tracinRelabelKey === true")
+    pg.locator("h1").first.click()  # keyboard focus on the page, not in a text field
+    return _current(pg)
+
+
+def _press(pg, key: str, before: int) -> tuple[int, float]:
+    """Press a shortcut; wait for the next item. Returns (item, seconds)."""
+    t0 = time.perf_counter()
+    pg.keyboard.press(key)
+    pg.wait_for_function(
+        "(b) => { const c = document.querySelector("
+        "'.st-key-rv_item_panel [data-testid=\"stImageCaption\"]');"
+        " return c && c.innerText.trim() !== 'Item #' + b; }", arg=before, timeout=30_000)
+    dt = time.perf_counter() - t0
+    _settle(pg)
+    return _current(pg), dt
+
+
+def _download(pg, key: str) -> Path:
+    with pg.expect_download(timeout=30_000) as info:
+        pg.locator(f".st-key-{key} button").click()
+    path = info.value.path()
+    assert path and Path(path).stat().st_size > 0
+    return Path(path)
+
+
+def _csv(path: Path) -> list[dict]:
+    with open(path, newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+@pytest.mark.browser
+def test_browser_keyboard_undo_reload_export(page, app_server):
+    from playwright.sync_api import expect
+
+    db = _review_db(app_server)
+    reviewer = f"kb{uuid.uuid4().hex[:6]}"
+    first = _open(page, app_server, reviewer)
+    latencies = []
+    second, dt = _press(page, "a", first)
+    latencies.append(dt)
+    third, dt = _press(page, "r", second)
+    latencies.append(dt)
+    fourth, dt = _press(page, "e", third)
+    latencies.append(dt)
+    back, dt = _press(page, "u", fourth)  # undo the exclusion: that item comes back
+    latencies.append(dt)
+    assert back == third
+    assert len({first, second, third, fourth}) == 4
+    print(f"\naction -> next item (browser): {', '.join(f'{t:.2f}s' for t in latencies)}")
+    assert max(latencies) < 5.0
+
+    store = _store(db)
+    mine = store.decisions()
+    mine = mine[mine["reviewer"] == reviewer].set_index("item_id")
+    assert sorted(mine.index) == sorted([first, second])
+    assert mine.loc[first, "status"] == "accepted"
+    assert mine.loc[second, "status"] == "relabelled"
+    assert mine.loc[second, "final_label"] != mine.loc[second, "given_label"]
+    assert [e["action"] for e in _events(db, reviewer)] == ["accept", "relabel", "exclude", "undo"]
+
+    # a reload keeps everything: the counts, and the queue resumes at the undone item
+    page.reload()
+    page.locator(".st-key-rv_item_panel [data-testid='stImageCaption']").first.wait_for()
+    _settle(page)
+    assert _current(page) == third
+    expect(page.locator("[data-testid='stProgress']").first).to_contain_text("you: 2")
+    page.screenshot(path=str(_screenshot_path()), full_page=False)
+
+    # undo after the reload: no session stack left, the store's history says what to undo
+    page.wait_for_function("() => window.__tracinRelabelKey === true")
+    page.locator("h1").first.click()
+    item, _ = _press(page, "u", third)
+    assert item == second
+    mine = store.decisions()
+    assert mine[mine["reviewer"] == reviewer]["item_id"].tolist() == [first]
+
+    # exports
+    rows = _csv(_download(page, "rv_dl_decisions_csv"))
+    assert set(rows[0]) >= {"index", "given_label", "final_label", "status", "reviewer",
+                            "is_final"}
+    row = next(r for r in rows if int(r["index"]) == first)
+    assert row["status"] == "accepted" and row["final_label"] == row["given_label"]
+    assert all(int(r["index"]) != second or reviewer not in r["reviewer"] for r in rows)
+    js = json.loads(_download(page, "rv_dl_decisions_json").read_text())
+    assert sorted(int(r["index"]) for r in js) == sorted(int(r["index"]) for r in rows)
+    history = _csv(_download(page, "rv_dl_history_csv"))
+    assert [r["action"] for r in history if r["reviewer"] == reviewer] == \
+        ["accept", "relabel", "exclude", "undo", "undo"]
+    labels = _csv(_download(page, "rv_dl_corrected_csv"))
+    assert len(labels) == N_TRAIN and list(labels[0]) == ["index", "label", "excluded"]
+    assert int(labels[first]["label"]) == int(row["given_label"])
+
+
+def _screenshot_path() -> Path:
+    out = REPO / "docs" / "screenshots"
+    out.mkdir(parents=True, exist_ok=True)
+    return out / "review.png"
+
+
+@pytest.mark.browser
+def test_browser_two_reviewers_conflict_adjudication(browser, app_server):
+    from playwright.sync_api import expect
+
+    db = _review_db(app_server)
+    tag = uuid.uuid4().hex[:6]
+    alice, bob = f"alice{tag}", f"bob{tag}"
+    ctx_a = browser.new_context(viewport={"width": 1400, "height": 1000})
+    ctx_b = browser.new_context(viewport={"width": 1400, "height": 1000})
+    try:
+        pa, pb = ctx_a.new_page(), ctx_b.new_page()
+        for pg in (pa, pb):
+            pg.set_default_timeout(30_000)
+        a = _open(pa, app_server, alice)
+        b = _open(pb, app_server, bob)
+        seen_a, seen_b = [a], [b]
+        assert a != b
+        # both queues advance; neither ever shows the item the other one holds
+        for _ in range(2):
+            a, _dt = _press(pa, "a", a)
+            assert a != b
+            b, _dt = _press(pb, "a", b)
+            assert b != a
+            seen_a.append(a)
+            seen_b.append(b)
+        assert not set(seen_a) & set(seen_b)
+        claims = _store(db).claims()
+        held = dict(zip(claims["reviewer"], claims["item_id"]))
+        assert held[alice] == a and held[bob] == b
+
+        # alice opens an item bob accepted ("All items" view) and relabels it: a conflict
+        disputed = seen_b[0]
+        assert _open(pa, app_server, alice, item=disputed) == disputed
+        _press(pa, "r", disputed)
+        conflicts = _store(db).conflicts()
+        assert set(conflicts[conflicts["item_id"] == disputed]["reviewer"]) == {alice, bob}
+
+        # the Conflicts view lists it; the adjudicator keeps alice's relabel (the default)
+        pa.locator(".st-key-rv_mode button", has_text="Conflicts").click()
+        box = pa.locator(f".st-key-rv_conflict_{disputed}")
+        box.wait_for()
+        _settle(pa)
+        expect(box).to_contain_text(f"{bob}: accepted")
+        expect(box).to_contain_text(f"{alice}: relabelled")
+        box.locator(f".st-key-rv_adj_{disputed} button").click()
+        box.wait_for(state="detached")
+        _settle(pa)
+
+        final = _store(db).final_decisions().set_index("item_id").loc[disputed]
+        assert final["status"] == "relabelled" and bool(final["is_final"])
+        rows = _csv(_download(pa, "rv_dl_decisions_csv"))
+        row = next(r for r in rows if int(r["index"]) == disputed)
+        assert row["status"] == "relabelled" and row["is_final"] == "True"
+        assert row["reviewer"] == alice and row["final_label"] != row["given_label"]
+        relabel = [e for e in _events(db, alice) if e["item_id"] == disputed]
+        assert int(row["final_label"]) == relabel[0]["new_label"]
+    finally:
+        ctx_a.close()
+        ctx_b.close()

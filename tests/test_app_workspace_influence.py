@@ -1,0 +1,368 @@
+"""The Workspace and Influence pages: AppTest (in process) and headless Chromium.
+
+AppTest runs ``app.py`` with the cache under a temporary folder; the browser tests use
+the shared ``app_server`` / ``page`` fixtures and save the README's screenshots under
+``docs/screenshots/``.
+"""
+from __future__ import annotations
+
+import os
+import re
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import ARTIFACTS, REPO, wait_for_app
+
+SCREENSHOTS = REPO / "docs" / "screenshots"
+DEMO_TOML = REPO / "assets" / "demo" / "workspace.toml"
+
+
+# ----------------------------------------------------------------------------- AppTest
+@pytest.fixture(scope="module")
+def app_cache(tmp_path_factory):
+    """TRACIN_CACHE (and the module-level paths derived from it) under a temporary folder."""
+    cache = tmp_path_factory.mktemp("apptest_cache")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("TRACIN_CACHE", str(cache))
+    mp.setenv("TRACIN_REVIEW_DB", str(cache / "reviews.sqlite"))
+    import pages.common as common  # already imported modules keep their paths: patch them too
+
+    mp.setattr(common, "CACHE_DIR", cache)
+    mp.setattr(common, "UPLOAD_DIR", cache / "uploads")
+    mp.setattr(common, "REVIEW_DB", cache / "reviews.sqlite")
+    common._load_workspace.clear()
+    yield cache
+    common._load_workspace.clear()
+    mp.undo()
+
+
+def _app(app_cache, page: str | None = None, query: dict | None = None):
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=120)
+    for k, v in (query or {}).items():
+        at.query_params[k] = v
+    at.run()
+    if page:
+        at.switch_page(page)
+        at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def _texts(at) -> str:
+    parts = [e.value for kind in ("title", "subheader", "markdown", "caption", "error", "info") for e in at.get(kind)]
+    return "\n".join(str(p) for p in parts)
+
+
+def _cards(at) -> list[str]:
+    """Gallery cards: label, score (3 significant digits), index and predicted class."""
+    pat = re.compile(r"\*\*\d\*\*.* · -?\d\.\d+  \n:small\[:gray\[#\d+ · pred\. \d\]\]$")
+    return [m.value for m in at.markdown if pat.match(m.value)]
+
+
+def test_workspace_page_shows_demo_and_choosers(app_cache):
+    at = _app(app_cache)
+    text = _texts(at)
+    assert "Active workspace: `digits-demo`" in text
+    assert "**Classes:** 0, 1, 2, 3, 4, 5, 6, 7, 8, 9" in text
+    captions = [c for img in at.get("image") for c in img.captions]  # the preview grid
+    assert len(captions) == 24 and captions[23].startswith("#23 · ")
+    assert not at.error
+    for key in ("open_demo", "open_toml", "open_build"):
+        assert at.button(key=key) is not None
+    assert any(o.startswith("digits_cnn — ") for o in at.selectbox(key="build_arch").options)
+    first = at.selectbox(key="build_arch").value
+    from tracin_core.models import ARCHITECTURES
+
+    assert at.selectbox(key=f"build_layer_{first}").value == ARCHITECTURES[first].final_fc_layer
+    assert list(at.radio(key="build_dataset").options)[0] == "digits (built-in)"
+    # the checkpoints table: six checkpoints with the learning rates they store
+    df = at.dataframe[0].value
+    assert len(df) == 6 and set(df["learning rate"]) == {0.05}
+    assert set(df["learning rate from"]) == {"stored in the checkpoint"}
+
+
+def test_workspace_page_opens_toml_and_reports_missing_file(app_cache, tmp_path):
+    at = _app(app_cache)
+    at.text_input(key="toml_path").input("/no/such/workspace.toml").run()
+    at.button(key="open_toml").click().run()
+    assert any("no such file" in e.value for e in at.error)
+
+    broken = tmp_path / "broken.toml"
+    broken.write_text('name = "broken"\n[model]\nfactory = "tracin_core.models:DigitsCNN"\n')
+    at.text_input(key="toml_path").input(str(broken)).run()
+    at.button(key="open_toml").click().run()
+    assert not at.exception
+    assert any("Could not open the workspace" in e.value and "final_fc_layer" in e.value for e in at.error)
+    assert at.button(key="open_build") is not None  # the choosers stay usable
+    next(b for b in at.button if b.label == "Go back to the demo").click().run()
+    assert "Active workspace: `digits-demo`" in _texts(at) and not at.error
+    at.text_input(key="toml_path").input(str(DEMO_TOML)).run()
+    at.button(key="open_toml").click().run()
+    assert not at.exception
+    assert at.query_params["workspace"] == [str(DEMO_TOML.resolve())] or \
+        at.query_params["workspace"] == str(DEMO_TOML.resolve())
+    assert "Active workspace: `digits-demo`" in _texts(at)
+    assert str(DEMO_TOML.resolve()) in _texts(at)
+
+
+def test_influence_page_pick_filters_and_methods(app_cache):
+    at = _app(app_cache, "pages/influence.py")
+    assert "Pick a test image above" in _texts(at)
+    picks = [b for b in at.button if (b.key or "").startswith("pick_")]
+    assert len(picks) == 40
+    assert at.selectbox(key="inf_class").options[0] == "All classes"
+
+    at.button(key="pick_5").click().run()
+    assert not at.exception and not at.error
+    heads = [s.value for s in at.subheader]
+    assert "Proponents of test #5" in heads and "Opponents of test #5" in heads
+    assert at.query_params["test"] in ("5", ["5"])
+    assert len(_cards(at)) == 16  # k = 8 proponents + 8 opponents
+    assert "True label: **3**" in _texts(at) and "with probability" in _texts(at)
+
+    # k and the other methods
+    at.slider(key="inf_k").set_value(3).run()
+    assert len(_cards(at)) == 6
+    for method in ("RandProj", "TracInCP (chosen layers)"):
+        at.radio(key="inf_method").set_value(method).run()
+        assert not at.exception and not at.error, [e.value for e in at.error]
+        assert "Opponents of test #5" in [s.value for s in at.subheader]
+    assert at.multiselect(key="inf_layers").value == ["fc2"]
+
+    # filters: misclassified only, then one class
+    at.checkbox(key="inf_wrong").check().run()
+    shown = [int(b.key[5:]) for b in at.button if (b.key or "").startswith("pick_")]
+    from pages.common import _load_workspace, spec_key, DEMO_SPEC
+
+    preds = _load_workspace(spec_key(DEMO_SPEC)).predictions("test")
+    wrong = preds.loc[~preds["correct"], "index"].tolist()
+    assert shown == wrong[:40] and 0 < len(shown)
+    at.checkbox(key="inf_wrong").uncheck().run()
+    at.selectbox(key="inf_class").set_value("3").run()
+    shown = [int(b.key[5:]) for b in at.button if (b.key or "").startswith("pick_")]
+    assert shown and all(preds.loc[i, "label"] == 3 for i in shown)
+
+
+def test_influence_page_restores_test_from_url(app_cache):
+    at = _app(app_cache, "pages/influence.py", query={"test": "7"})
+    heads = [s.value for s in at.subheader]
+    assert "Proponents of test #7" in heads and "Opponents of test #7" in heads
+    at.number_input(key="inf_index_input").set_value(11).run()
+    at.button(key="inf_index_go").click().run()
+    assert "Opponents of test #11" in [s.value for s in at.subheader]
+
+
+# ----------------------------------------------------------------------------- browser
+@pytest.fixture(scope="module")
+def warm_server(browser, app_server):
+    """Load the main page once before any deep link.
+
+    Streamlit starts in its legacy "pages/ folder" mode (this repository has a ``pages/``
+    package next to ``app.py``) until a run of ``app.py`` reaches ``st.navigation``; a
+    fresh server's first request for ``/influence`` would run that page alone.
+    """
+    ctx = browser.new_context()
+    pg = ctx.new_page()
+    pg.goto(app_server.url)
+    _settle(pg, "Open another workspace", 120_000)
+    ctx.close()
+    return app_server
+
+
+def _settle(pg, text: str, timeout: float = 90_000):
+    """Wait until ``text`` is visible and the script run has finished.
+
+    On a timeout the page is saved under test-artifacts/ for a look.
+    """
+    try:
+        pg.get_by_text(text, exact=False).first.wait_for(timeout=timeout)
+        wait_for_app(pg, timeout)
+    except Exception:
+        ARTIFACTS.mkdir(exist_ok=True)
+        pg.screenshot(path=str(ARTIFACTS / f"timeout-{re.sub(r'[^A-Za-z0-9]+', '_', text)[:40]}.png"))
+        raise
+
+
+def _no_exceptions(pg) -> None:
+    assert pg.locator('[data-testid="stException"]').count() == 0
+    assert "Traceback" not in pg.inner_text("body")
+
+
+def _expect_galleries(pg, k: int) -> None:
+    """Both galleries show ``k`` training images each."""
+    from playwright.sync_api import expect
+
+    for kind in ("p", "o"):
+        expect(pg.locator(f'.st-key-gallery_{kind} [data-testid="stImage"] img')).to_have_count(k, timeout=30_000)
+
+
+def _nav(pg, title: str) -> None:
+    pg.locator('[data-testid="stSidebarNav"] a').filter(has_text=title).first.click()
+
+
+def _screenshot(pg, path: Path) -> None:
+    """The whole page (Streamlit scrolls inside its main container, so grow the viewport)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    height = pg.evaluate(
+        "() => Math.max(...['[data-testid=\"stMain\"]', '[data-testid=\"stAppViewContainer\"]',"
+        " '[data-testid=\"stMainBlockContainer\"]'].map(s => document.querySelector(s))"
+        ".filter(Boolean).map(e => e.scrollHeight), document.body.scrollHeight)")
+    size = pg.viewport_size
+    pg.set_viewport_size({"width": size["width"], "height": int(min(max(height + 40, size["height"]), 3600))})
+    pg.wait_for_timeout(600)
+    pg.screenshot(path=str(path))
+    pg.set_viewport_size(size)
+
+
+@pytest.mark.browser
+def test_browser_demo_opens_with_digits(page, warm_server):
+    page.goto(warm_server.url)
+    _settle(page, "#23 · ")
+    page.get_by_text("Open another workspace").wait_for()
+    wait_for_app(page)
+    imgs = page.locator('[data-testid="stMain"] [data-testid="stImage"] img')
+    assert imgs.count() >= 24
+    assert page.get_by_text("Active workspace:").count() == 1
+    _no_exceptions(page)
+    _screenshot(page, SCREENSHOTS / "workspace.png")
+
+
+@pytest.mark.browser
+def test_browser_every_page_via_sidebar(page, warm_server):
+    page.goto(warm_server.url)
+    _settle(page, "Open another workspace")
+    for title in ("Influence", "Review", "Evaluation", "Workspace"):
+        _nav(page, title)
+        page.locator("h1").filter(has_text=title).first.wait_for(timeout=90_000)
+        page.wait_for_timeout(300)
+        wait_for_app(page, 90_000)
+        _no_exceptions(page)
+
+
+@pytest.mark.browser
+def test_browser_influence_pick_shows_galleries(page, warm_server):
+    page.goto(warm_server.url + "/influence")
+    _settle(page, "Pick a test image above")
+    page.locator(".st-key-pick_3 button").click()
+    _settle(page, "Opponents of test #3")
+    page.get_by_text("Proponents of test #3").wait_for()
+    _expect_galleries(page, 8)
+    assert "test=3" in page.url
+    _no_exceptions(page)
+    _screenshot(page, SCREENSHOTS / "influence.png")
+
+
+    page.get_by_role("button", name="details").first.click()
+    dialog = page.locator('[data-testid="stDialog"]')
+    dialog.get_by_text("Self-influence rank").wait_for()
+    assert dialog.get_by_text(re.compile(r"Training example #\d+")).count() == 1
+    page.keyboard.press("Escape")
+
+    page.reload()  # the URL keeps the selected test image
+    _settle(page, "Opponents of test #3")
+    _no_exceptions(page)
+
+    # an uploaded picture: a dark digit on white, larger than 8x8 (inverted and resized)
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from tracin_core.datasets import load_dataset
+
+    digit = load_dataset("digits", split="test").image(3)
+    buf = io.BytesIO()
+    Image.fromarray(255 - np.kron(digit, np.ones((8, 8), dtype=np.uint8))).save(buf, format="PNG")
+    page.get_by_role("tab", name="Upload an image").click()
+    page.locator('[data-testid="stFileUploader"]').filter(has_text="Test image").locator('input[type="file"]') \
+        .set_input_files(files=[{"name": "my-digit.png", "mimeType": "image/png", "buffer": buf.getvalue()}])
+    _settle(page, "Opponents of uploaded my-digit.png")
+    _expect_galleries(page, 8)
+    assert page.get_by_role("checkbox", name="Invert colours").is_checked()
+    page.get_by_text(re.compile(r"Predicted: 7 with probability")).first.wait_for()
+    assert "test=" not in page.url
+    _no_exceptions(page)
+
+
+@pytest.mark.browser
+def test_browser_corrupt_checkpoint_is_reported(page, warm_server, tmp_path):
+    from tracin_core.models import DigitsCNN
+
+    four_classes = tmp_path / "four-classes.pt"  # right layer names, wrong shapes for 10 digits
+    torch.save(DigitsCNN(num_classes=4).state_dict(), four_classes)
+    page.goto(warm_server.url)
+    _settle(page, "Open another workspace")
+    page.get_by_role("tab", name="Build one here").click()
+    uploader = page.locator('[data-testid="stFileUploader"]').filter(has_text="Checkpoints")
+    uploader.locator('input[type="file"]').set_input_files(
+        files=[{"name": "bad.pt", "mimeType": "application/octet-stream", "buffer": os.urandom(4096)},
+               {"name": four_classes.name, "mimeType": "application/octet-stream",
+                "buffer": four_classes.read_bytes()}])
+    alert = page.locator('[data-testid="stAlert"]').filter(has_text="bad.pt")
+    alert.first.wait_for(timeout=60_000)
+    assert "Cannot use bad.pt" in alert.first.inner_text() and "not a checkpoint" in alert.first.inner_text()
+    page.get_by_text("parameter names match digits_cnn").wait_for()
+    wait_for_app(page)
+    _no_exceptions(page)
+
+    page.locator(".st-key-open_build button").click()  # the valid file does not fit 10 classes
+    fit = page.locator('[data-testid="stAlert"]').filter(has_text="four-classes.pt")
+    fit.first.wait_for(timeout=60_000)
+    assert "shape mismatch" in fit.first.inner_text() and "fc2.weight" in fit.first.inner_text()
+    wait_for_app(page)
+    assert page.get_by_text("Active workspace:").first.inner_text().endswith("digits-demo")
+    _no_exceptions(page)
+    _nav(page, "Influence")  # the app keeps working
+    _settle(page, "Pick a test image above")
+    assert page.get_by_role("button", name="Pick", exact=True).count() == 40
+    _no_exceptions(page)
+
+
+@pytest.mark.browser
+def test_browser_build_workspace_from_uploaded_checkpoints(page, warm_server, tmp_path):
+    from tracin_core.models import DigitsCNN
+
+    files = []
+    for n, seed in ((1, 1), (2, 2)):
+        torch.manual_seed(seed)
+        state = DigitsCNN(num_classes=10).state_dict()
+        obj = state if n == 1 else {"model_state_dict": state, "learning_rate": 0.5, "epoch": 2}
+        path = tmp_path / f"upload-{n}.pt"
+        torch.save(obj, path)
+        files.append(str(path))
+
+    page.goto(warm_server.url)
+    _settle(page, "Open another workspace")
+    page.get_by_role("tab", name="Build one here").click()
+    uploader = page.locator('[data-testid="stFileUploader"]').filter(has_text="Checkpoints")
+    uploader.locator('input[type="file"]').set_input_files(files)
+    page.get_by_text("Learning rates").wait_for(timeout=60_000)
+    wait_for_app(page)
+    # the architecture is preselected from the checkpoints' parameter names
+    page.get_by_text("parameter names match digits_cnn").wait_for()
+    assert page.get_by_role("combobox", name="Architecture").input_value().startswith("digits_cnn")
+    page.locator(".st-key-open_build button").click()
+    _settle(page, "Active workspace: custom-digits_cnn")
+    cells = page.locator('.st-key-active_checkpoints [role="gridcell"]')
+    deadline = time.monotonic() + 30
+    texts: list[str] = []
+    while time.monotonic() < deadline:  # the grid is a canvas: its cells are hidden, not absent
+        texts = cells.all_text_contents()
+        if "upload-2.pt" in texts:
+            break
+        page.wait_for_timeout(250)
+    assert "upload-1.pt" in texts and "upload-2.pt" in texts
+    assert "stored in the checkpoint" in texts and "default (none stored)" in texts, texts
+    _no_exceptions(page)
+
+    _nav(page, "Influence")
+    _settle(page, "Pick a test image above")
+    page.locator(".st-key-pick_0 button").click()
+    _settle(page, "Opponents of test #0")
+    _expect_galleries(page, 8)
+    _no_exceptions(page)
