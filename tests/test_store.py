@@ -64,7 +64,10 @@ def test_store_is_reused_by_a_new_instance(tmp_path, ckpts):
     assert torch.allclose(a.influence(test), b.influence(test))
 
 
-def test_interrupted_pass_resumes(tmp_path, ckpts):
+def test_interrupted_pass_resumes(tmp_path, ckpts, monkeypatch):
+    import tracin_core.tracin
+
+    monkeypatch.setattr(tracin_core.tracin, "PASS_BATCH", 4)  # several batches for 30 items
     reference = _fast(CountingDataset(), ckpts, None).self_influence()
     ds = CountingDataset(fail_at=17)
     tr = _fast(ds, ckpts, tmp_path / "cache")

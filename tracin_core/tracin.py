@@ -49,7 +49,7 @@ Batch = Union[tuple, list]
 #: above it (and with no ``cache_dir``) influence queries stream over the data.
 DEFAULT_FEATURE_MEMORY = 2 * 1024**3
 
-#: largest batch the training pass decodes at once (when given a Dataset)
+#: batch size of the training pass when given a Dataset (results do not depend on it)
 PASS_BATCH = 512
 
 #: score matrices up to this many elements are cached for the latest test batch
@@ -156,10 +156,11 @@ class _TracInBase:
             raise TypeError(
                 f"train_dataset must be a torch Dataset or DataLoader, got {type(train_dataset).__name__}"
             )
-        # The pass decodes in batches of at most PASS_BATCH examples: per-example
-        # quantities do not depend on the batching, and peak memory stays small.
+        # The pass decodes in batches of PASS_BATCH examples whatever batch_size says:
+        # per-example quantities do not depend on the batching; small batches keep peak
+        # memory low and large ones keep per-batch overhead low.
         self._pass_loader = self.train_dataloader
-        if not isinstance(train_dataset, DataLoader) and batch_size > PASS_BATCH:
+        if not isinstance(train_dataset, DataLoader) and batch_size != PASS_BATCH:
             self._pass_loader = DataLoader(train_dataset, PASS_BATCH, shuffle=False)
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.show_progress = show_progress
