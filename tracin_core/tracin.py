@@ -47,7 +47,7 @@ Batch = Union[tuple, list]
 
 #: TracInCP keeps per-example gradient features in memory up to this size (bytes);
 #: above it (and with no ``cache_dir``) influence queries stream over the data.
-DEFAULT_FEATURE_MEMORY = 2 * 1024**3
+DEFAULT_FEATURE_MEMORY = 256 * 1024**2
 
 #: batch size of the training pass when given a Dataset (results do not depend on it)
 PASS_BATCH = 512
@@ -110,6 +110,10 @@ class _TracInBase:
 
     _method = "base"
 
+    @property
+    def _pass_batch(self) -> int:
+        return PASS_BATCH
+
     def __init__(
         self,
         model: nn.Module,
@@ -160,8 +164,8 @@ class _TracInBase:
         # per-example quantities do not depend on the batching; small batches keep peak
         # memory low and large ones keep per-batch overhead low.
         self._pass_loader = self.train_dataloader
-        if not isinstance(train_dataset, DataLoader) and batch_size != PASS_BATCH:
-            self._pass_loader = DataLoader(train_dataset, PASS_BATCH, shuffle=False)
+        if not isinstance(train_dataset, DataLoader) and batch_size != self._pass_batch:
+            self._pass_loader = DataLoader(train_dataset, self._pass_batch, shuffle=False)
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.show_progress = show_progress
         self._snapshots: Optional[list[Snapshot]] = None
@@ -445,6 +449,11 @@ class TracInCP(_TracInBase):
     """
 
     _method = "cp"
+
+    @property
+    def _pass_batch(self) -> int:
+        # per-example gradients (conv patches) are large: smaller batches bound memory
+        return max(1, PASS_BATCH // 4)
 
     def __init__(
         self,
