@@ -29,12 +29,9 @@ import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--disable-dev-shm-usage",
-]
+sys.path.insert(0, str(REPO))
+from tests.conftest import CHROMIUM, CHROMIUM_ARGS, free_port  # noqa: E402  (one definition)
+
 TEST_INDICES = [3, 17, 25, 8, 36, 12, 29, 1, 33, 20]
 
 DIGITS_SHOWN = """() => {
@@ -60,12 +57,6 @@ ITEM_CAPTION = """() => {
   const m = document.body.innerText.match(/Item #(\\d+)/);
   return m ? m[1] : null;
 }"""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_idle(pg, timeout: float = 120_000) -> None:

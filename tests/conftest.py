@@ -11,7 +11,9 @@ import subprocess
 import sys
 import time
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -105,3 +107,24 @@ def wait_for_app(pg, timeout: float = 60_000) -> None:
     pg.wait_for_function(
         "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=timeout
     )
+
+
+@contextmanager
+def isolated_app_cache(cache: Path, **env: str) -> Iterator[Path]:
+    """Point the app (env vars and pages.common's module-level paths) at ``cache``."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("TRACIN_CACHE", str(cache))
+    mp.setenv("TRACIN_REVIEW_DB", str(cache / "reviews.sqlite"))
+    for key, value in env.items():
+        mp.setenv(key, value)
+    import pages.common as common  # already imported modules keep their paths: patch them too
+
+    mp.setattr(common, "CACHE_DIR", cache)
+    mp.setattr(common, "UPLOAD_DIR", cache / "uploads")
+    mp.setattr(common, "REVIEW_DB", cache / "reviews.sqlite")
+    common._load_workspace.clear()
+    try:
+        yield cache
+    finally:
+        common._load_workspace.clear()
+        mp.undo()

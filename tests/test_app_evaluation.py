@@ -6,28 +6,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, isolated_app_cache
 from tracin_core import rankers as rk
+
 
 PAGE = "pages/evaluation.py"
 
 
 @pytest.fixture(scope="module")
 def app_cache(tmp_path_factory):
-    cache = tmp_path_factory.mktemp("apptest_eval_cache")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("TRACIN_CACHE", str(cache))
-    mp.setenv("TRACIN_REVIEW_DB", str(cache / "reviews.sqlite"))
-    mp.setenv("TRACIN_RETRAIN_EPOCHS", "1")
-    import pages.common as common
-
-    mp.setattr(common, "CACHE_DIR", cache)
-    mp.setattr(common, "UPLOAD_DIR", cache / "uploads")
-    mp.setattr(common, "REVIEW_DB", cache / "reviews.sqlite")
-    common._load_workspace.clear()
-    yield cache
-    common._load_workspace.clear()
-    mp.undo()
+    with isolated_app_cache(tmp_path_factory.mktemp("apptest_eval_cache"), TRACIN_RETRAIN_EPOCHS="1") as cache:
+        yield cache
 
 
 def _open(app_cache, spec: dict | None = None):

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import ARTIFACTS, REPO, wait_for_app
+from tests.conftest import ARTIFACTS, REPO, isolated_app_cache, wait_for_app
+
 
 SCREENSHOTS = REPO / "docs" / "screenshots"
 DEMO_TOML = REPO / "assets" / "demo" / "workspace.toml"
@@ -24,19 +25,8 @@ DEMO_TOML = REPO / "assets" / "demo" / "workspace.toml"
 @pytest.fixture(scope="module")
 def app_cache(tmp_path_factory):
     """TRACIN_CACHE (and the module-level paths derived from it) under a temporary folder."""
-    cache = tmp_path_factory.mktemp("apptest_cache")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("TRACIN_CACHE", str(cache))
-    mp.setenv("TRACIN_REVIEW_DB", str(cache / "reviews.sqlite"))
-    import pages.common as common  # already imported modules keep their paths: patch them too
-
-    mp.setattr(common, "CACHE_DIR", cache)
-    mp.setattr(common, "UPLOAD_DIR", cache / "uploads")
-    mp.setattr(common, "REVIEW_DB", cache / "reviews.sqlite")
-    common._load_workspace.clear()
-    yield cache
-    common._load_workspace.clear()
-    mp.undo()
+    with isolated_app_cache(tmp_path_factory.mktemp("apptest_cache")) as cache:
+        yield cache
 
 
 def _app(app_cache, page: str | None = None, query: dict | None = None):
