@@ -82,15 +82,19 @@ def _raw_load(data: bytes, source: str) -> Any:
             return st_load(data)
         except Exception as exc:  # safetensors raises its own error types
             raise CheckpointError(f"{source}: not a valid safetensors file ({exc})") from exc
+    if not (data[:2] == b"PK" or data[:1] == b"\x80"):  # zip archive or (legacy) pickle
+        raise CheckpointError(
+            f"{source}: not a PyTorch checkpoint or safetensors file (unrecognised format)"
+        )
     try:
         return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:
         text = str(exc)
         if "Unsupported global" in text or "weights_only" in text.lower():
             reason = (
-                "it holds Python objects other than tensors (a pickled model or code); "
-                "only state dicts are accepted — save it with "
-                "torch.save(model.state_dict(), path)"
+                "it is not a plain state dict: it holds Python objects other than tensors "
+                "(a pickled model or code) or is corrupt; only state dicts are accepted — save "
+                "it with torch.save(model.state_dict(), path)"
             )
         elif "failed finding central directory" in text or "zip" in text.lower():
             reason = "it is not a complete PyTorch checkpoint (truncated or corrupt zip archive)"
