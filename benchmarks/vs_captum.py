@@ -389,9 +389,14 @@ def build_report(args, results, agree, meta) -> tuple[str, list[tuple[str, bool,
                 f"| {_fmt(ratio(c.get('seconds'), o.get('seconds')), '.1f')}× | {_fmt(c.get('peak_mb'), '.0f')} "
                 f"| {_fmt(o.get('peak_mb'), '.0f')} | {_fmt(ratio(o.get('seconds'), floor_s))} "
                 f"| {_fmt(c.get('recall'))} | {_fmt(o.get('recall'))} | {ag_rp} |")
+    def ms_cell(d):
+        if d.get("query_s") is None:
+            return "—"
+        warn = " ⚠" if d.get("others_cores", 0) > args.max_contention else ""
+        return f"{d['query_s'] * 1e3:.1f} ms{warn}"
+
     rows.append(f"| randproj query: top-{K} proponents + opponents, 4 test images (**ms**) "
-                f"| {_fmt(c.get('query_s') * 1e3 if c.get('query_s') is not None else None, '.1f')} ms "
-                f"| {_fmt(o.get('query_s') * 1e3 if o.get('query_s') is not None else None, '.1f')} ms "
+                f"| {ms_cell(c)} | {ms_cell(o)} "
                 f"| {_fmt(ratio(c.get('query_s'), o.get('query_s')), '.1f')}× | — | — | — | — | — | — |")
     c, o = R("cp_self", "captum"), R("cp_self", "ours")
     a = agree.get("cp_self")
@@ -524,6 +529,8 @@ def main(argv=None) -> int:
     ap.add_argument("--max-contention", type=float, default=0.25,
                     help="rerun a case when other processes used more cores than this during it")
     ap.add_argument("--retries", type=int, default=2, help="reruns allowed per case under contention")
+    ap.add_argument("--report-only", action="store_true",
+                    help="rebuild the markdown report from the --out .json without running anything")
     ap.add_argument("--merge", action="store_true",
                     help="start from the results in the --out .json of an earlier run with the same sizes and "
                          "replace only the cases run now (to rerun cases that were contended)")
@@ -539,6 +546,15 @@ def main(argv=None) -> int:
         res = run_case(args)
         print(RESULT_TAG + json.dumps(res), flush=True)
         return 0
+
+    if args.report_only:
+        raw = Path(args.out).with_suffix(".json")
+        old = json.loads(raw.read_text())
+        results = {tuple(k.split("/")): r for k, r in old["results"].items()}
+        report, checks = build_report(args, results, old["agreement"], old["meta"])
+        print(report)
+        Path(args.out).write_text(report)
+        return 0 if all(ok for _, ok, _ in checks) else 1
 
     import torch
     import torchvision
@@ -597,8 +613,10 @@ def main(argv=None) -> int:
     except Exception:
         model_name = platform.processor() or platform.machine()
     engine_now = engine_version()
-    if engine_now != engine_at_start:
+    if engine_now.split("sha256 ")[-1] != engine_at_start.split("sha256 ")[-1]:
         engine_now = f"CHANGED DURING THE RUN: {engine_at_start} at the start, {engine_now} at the end"
+    elif engine_now != engine_at_start:
+        engine_now = f"{engine_now} (sources unchanged during the run; at the start: {engine_at_start})"
     meta = dict(engine=engine_now, captum=captum.__version__, torch=torch.__version__, torchvision=torchvision.__version__,
                 python=platform.python_version(), threads=torch.get_num_threads(),
                 machine=f"{model_name}, {os.cpu_count()} logical CPUs", date=time.strftime("%Y-%m-%d %H:%M"),
