@@ -168,3 +168,11 @@ def test_explicit_checkpoint_list_keeps_its_order(tmp_path):
     assert [c.name for c in ws.checkpoints] == order and ws.learning_rates == [0.1, 0.2]
     final = torch.load(order[-1], weights_only=True)["model_state_dict"]
     assert torch.equal(ws.model.state_dict()["fc2.weight"], final["fc2.weight"])
+
+
+def test_train_predictions_from_the_store_equal_a_forward_pass(demo):
+    df = demo.predictions("train")
+    x = torch.stack([demo.train[i][0] for i in range(0, len(demo.train), 97)])
+    pred, prob = demo.predict(x)
+    assert np.array_equal(df["predicted"].to_numpy()[::97], pred)
+    assert np.allclose(df["probability"].to_numpy()[::97], prob[np.arange(len(pred)), pred], atol=1e-5)

@@ -325,6 +325,13 @@ class Workspace:
         if ds is None:
             raise WorkspaceError("this workspace has no test data")
         with self._lock:
+            if split == "train" and split not in self._pred_cache:
+                # the training pass already stored every checkpoint's outputs: reuse the
+                # final checkpoint's instead of another pass over the training data
+                store = self._engine("fast")._train_store()
+                logits = store.array(f"c{len(self.checkpoints) - 1}/o").float()
+                prob = torch.softmax(logits, dim=1).numpy()
+                self._pred_cache[split] = (prob.argmax(1), prob)
             if split not in self._pred_cache:
                 preds, probs = [], []
                 for start in range(0, len(ds), 512):
