@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import BatchSampler, DataLoader, Dataset, SequentialSampler
 
+from .batching import batch_decode_enabled, batch_decoder, collated
 from .checkpoints import load_into_model, resolve_checkpoints
 from .featurize import (
     Featurizer,
@@ -163,9 +164,15 @@ class _TracInBase:
         # The pass decodes in batches of PASS_BATCH examples whatever batch_size says:
         # per-example quantities do not depend on the batching; small batches keep peak
         # memory low and large ones keep per-batch overhead low.
+        # Datasets whose batches can provably be decoded in one go (torchvision's image
+        # datasets with ToTensor/Normalize, TensorDataset) are: same tensors, bitwise.
         self._pass_loader = self.train_dataloader
-        if not isinstance(train_dataset, DataLoader) and batch_size != self._pass_batch:
-            self._pass_loader = DataLoader(train_dataset, self._pass_batch, shuffle=False)
+        if not isinstance(train_dataset, DataLoader):
+            fast = batch_decoder(train_dataset) if batch_decode_enabled() else None
+            if fast is not None:
+                self._pass_loader = DataLoader(fast, self._pass_batch, shuffle=False, collate_fn=collated)
+            elif batch_size != self._pass_batch:
+                self._pass_loader = DataLoader(train_dataset, self._pass_batch, shuffle=False)
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.show_progress = show_progress
         self._snapshots: Optional[list[Snapshot]] = None
