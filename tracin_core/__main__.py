@@ -1,6 +1,7 @@
 """Command line: the same engine as the app.
 
-    python -m tracin_core precompute WORKSPACE.toml [--methods fast cp]
+    python -m tracin_core precompute WORKSPACE.toml [--methods fast cp] [--device cuda]
+    torchrun --nproc-per-node N -m tracin_core precompute WORKSPACE.toml   # N processes share the pass
     python -m tracin_core self-influence WORKSPACE.toml --out FILE.csv [--method fast|cp]
     python -m tracin_core top-k WORKSPACE.toml --test-index 0 1 -k 10 [--opponents] --out FILE.csv
     python -m tracin_core mislabels WORKSPACE.toml --out FILE.csv [--method NAME]
@@ -19,9 +20,10 @@ import pandas as pd
 def _workspace(args):
     from .workspace import Workspace
 
+    device = getattr(args, "device", None)
     if args.workspace == "demo":
-        return Workspace.demo(cache_dir=args.cache_dir)
-    return Workspace.from_toml(args.workspace, cache_dir=args.cache_dir)
+        return Workspace.demo(cache_dir=args.cache_dir, device=device)
+    return Workspace.from_toml(args.workspace, cache_dir=args.cache_dir, device=device)
 
 
 def _write(df: pd.DataFrame, out: Optional[str]) -> None:
@@ -49,6 +51,24 @@ def _progress(desc: str):
     return cb
 
 
+def _precompute(args) -> int:
+    """One pass per method; under torchrun every process computes its share of the batches."""
+    from . import distributed
+
+    args.device = distributed.init_from_env(args.device)
+    rank, world = distributed.rank_world()
+    try:
+        ws = _workspace(args)
+        for m in args.methods:
+            desc = f"{m}: training pass" + (f" (rank {rank} of {world})" if world > 1 else "")
+            ws.precompute([m], progress=_progress(desc) if rank == 0 else None)
+        if rank == 0:
+            print(f"feature store ready under {ws.store_dir}" + (f" ({world} processes)" if world > 1 else ""))
+    finally:
+        distributed.shutdown()
+    return 0
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tracin_core", description="TracIn influence from the shell")
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -61,6 +81,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     p = ws_parser("precompute", "one pass over the training data: build the feature store")
     p.add_argument("--methods", nargs="+", default=["fast"], choices=["fast", "cp", "randproj"])
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: the model's; under torchrun "
+                   "with CUDA, one GPU per process)")
     p = ws_parser("self-influence", "self-influence of every training example")
     p.add_argument("--method", default="fast", choices=["fast", "cp"])
     p.add_argument("--out", default=None)
@@ -82,12 +104,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
         return demo_main(args.rest)
     try:
-        ws = _workspace(args)
         if args.cmd == "precompute":
-            for m in args.methods:
-                ws.precompute([m], progress=_progress(f"{m}: training pass"))
-            print(f"feature store ready under {ws.store_dir}")
-        elif args.cmd == "self-influence":
+            return _precompute(args)
+        ws = _workspace(args)
+        if args.cmd == "self-influence":
             ws.precompute([args.method], progress=_progress("training pass"))
             si = ws.self_influence(args.method)
             df = pd.DataFrame({"index": range(len(si)), "label": ws.train.labels.numpy(), "self_influence": si})

@@ -4,6 +4,11 @@ On disk (``path`` given) every array is a memory-mapped ``.npy`` file beside a J
 manifest holding the store's key (what it was computed from), shapes, dtype and a
 done-mask of batches, so an interrupted run resumes where it stopped and a finished
 one is reused by any later process with the same key.
+
+Several processes can fill one store (``torchrun``: see :mod:`tracin_core.distributed`):
+each writes its own batches' rows into the shared memory-mapped files; rank 0 owns the
+manifest and the other ranks record their done batches in ``done-rank{r}.json``, which
+rank 0 folds into the manifest when every rank has finished (:meth:`FeatureStore.merge_ranks`).
 """
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ import torch
 from torch import Tensor
 
 MANIFEST = "manifest.json"
+RANK_DONE = "done-rank{rank}.json"
 FORMAT_VERSION = 1
 
 _NP_DTYPES = {torch.float32: "float32", torch.float64: "float64", torch.float16: "float16"}
@@ -46,8 +52,10 @@ class FeatureStore:
         n: Optional[int] = None,
         meta: Optional[dict[str, Any]] = None,
         keep: Optional[set[str]] = None,
+        rank: Optional[int] = None,
     ) -> None:
         self.path = Path(path) if path is not None else None
+        self.rank = rank  # a writer among several (torchrun); None: the only writer
         self.key = key
         self.n = n
         self.meta = dict(meta or {})
@@ -79,9 +87,35 @@ class FeatureStore:
 
     def _write_manifest(self) -> None:
         assert self.path is not None
-        tmp = self.path / (MANIFEST + ".tmp")
-        tmp.write_text(json.dumps(self._manifest(), indent=1))
-        os.replace(tmp, self.path / MANIFEST)
+        if self.rank:  # ranks > 0 never touch the manifest: their own done-file only
+            _write_json(self.path / RANK_DONE.format(rank=self.rank), {"key": self.key, "done": sorted(self.done)})
+            return
+        _write_json(self.path / MANIFEST, self._manifest())
+
+    def _rank_files(self) -> list[Path]:
+        assert self.path is not None
+        return sorted(self.path.glob(RANK_DONE.format(rank="*")))
+
+    def _rank_done(self) -> set[int]:
+        """Batches other ranks recorded as done (their files with this store's key)."""
+        done: set[int] = set()
+        for f in self._rank_files():
+            try:
+                info = json.loads(f.read_text())
+            except (OSError, ValueError):
+                continue  # a rank died mid-write: its batches are redone
+            if info.get("key") == self.key:
+                done.update(int(b) for b in info.get("done", []))
+        return done
+
+    def merge_ranks(self) -> None:
+        """Rank 0, after every rank has stopped: fold their done batches into the manifest."""
+        if self.path is None:
+            return
+        self.done |= self._rank_done()
+        self._write_manifest()
+        for f in self._rank_files():
+            f.unlink(missing_ok=True)
 
     def _open_existing(self) -> None:
         assert self.path is not None
@@ -100,7 +134,7 @@ class FeatureStore:
         self.n = info.get("n")
         self.dims = {k: int(v) for k, v in info.get("arrays", {}).items()}
         self.dtype = {v: k for k, v in _NP_DTYPES.items()}.get(info.get("dtype"), torch.float32)
-        self.done = set(info.get("done", []))
+        self.done = set(info.get("done", [])) | self._rank_done()
         try:
             mode = "c" if info.get("complete") else "r+"
             for name in self.dims:
@@ -166,8 +200,15 @@ class FeatureStore:
         if self._maps and not self.complete:
             self._flush()
 
-    def finish(self, n: int) -> None:
-        """Mark the pass complete (``n`` rows in all)."""
+    def finish(self, n: int, batches: Optional[int] = None) -> None:
+        """Mark the pass complete (``n`` rows in all; every one of ``batches`` done, when given)."""
+        if batches is not None and self._maps:
+            missing = sorted(set(range(batches)) - self.done)
+            if missing:
+                raise StoreMismatchError(
+                    f"{self.path}: {len(missing)} of {batches} batches were not computed (first: {missing[:5]}); "
+                    "run the pass again to fill them in"
+                )
         if self._maps:
             if self.n is not None and n != self.n:
                 raise StoreMismatchError(
@@ -214,3 +255,9 @@ class FeatureStore:
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self._arrays.values())
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)

@@ -25,6 +25,7 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, SequentialSample
 
 from .batching import batch_decode_enabled, batch_decoder, collated
 from .checkpoints import load_into_model, resolve_checkpoints
+from .distributed import barrier, rank_world
 from .featurize import (
     Featurizer,
     FinalLayerFeaturizer,
@@ -240,56 +241,102 @@ class _TracInBase:
 
     # ------------------------------------------------------------ the pass
     def _train_store(self, show_progress: bool = False, progress: Optional[Callable] = None) -> FeatureStore:
-        """The training set's feature store, computing it (one pass) on first use."""
+        """The training set's feature store, computing it (one pass) on first use.
+
+        Under ``torchrun`` (an initialised process group, see :mod:`tracin_core.distributed`)
+        every rank computes its share of the batches into the same on-disk store.
+        """
         if self._store is not None and self._store.complete:
             return self._store
-        snaps = self.snapshots
+        self.snapshots  # load every checkpoint before the pass
         n = _dataset_len(self.train_dataloader)
+        rank, world = rank_world()
         path = None
         key = ""
         if self.cache_dir is not None:
             key = self._store_key()
             path = self.cache_dir / f"{self._method}-{key[:16]}"
-        store = FeatureStore(path, key=key, n=n, meta=self._config(), keep=self._keep_names())
-        if not store.complete:
-            bar = _progress_bar(
-                show_progress or self.show_progress, n, f"{self.get_name()}: training pass", progress
+        if world > 1 and (path is None or n is None):
+            raise ValueError(
+                f"{self.get_name()}: a sharded pass (torchrun, {world} processes) needs cache_dir and a "
+                "training set with a length: every process writes its rows into the same store on disk"
             )
-            try:
-                result = run_pass(
-                    self.model,
-                    self._resumable_loader(store),
-                    snaps,
-                    self._featurizer(),
-                    self.loss_fn,
-                    store.write,
-                    self.device,
-                    skip=store.is_done if store.done else None,
-                    progress=bar,
-                )
-            except BaseException:
-                store.save_progress()  # an interrupted pass resumes from here
-                raise
-            finally:
-                bar.close()  # type: ignore[attr-defined]
-            store.finish(result.n)
+
+        def open_store() -> FeatureStore:
+            return FeatureStore(path, key=key, n=n, meta=self._config(), keep=self._keep_names(),
+                                rank=rank if world > 1 else None)
+
+        store = open_store()
+        if world == 1:
+            if not store.complete:
+                result = self._run_pass(store, store.is_done, show_progress, progress)
+                store.finish(result.n)
+        else:
+            if rank == 0 and not store.complete and not store.dims:
+                # batch 0 fixes the arrays' shapes: rank 0 allocates the files first
+                self._run_pass(store, lambda b: b != 0, False, None)
+                store.save_progress()
+            barrier()
+            store = open_store()
+            if not store.complete:
+                done = set(store.done)
+                result = self._run_pass(store, lambda b: b in done or b % world != rank, show_progress, progress)
+                store.save_progress()
+            barrier()  # every rank's rows are written
+            if rank == 0 and not store.complete:
+                store.merge_ranks()
+                store.finish(result.n, batches=result.batches)
+            barrier()
+            store = open_store()
+            if not store.complete:
+                raise RuntimeError(f"{path}: the sharded pass did not complete the store")
         self._store = store
-        self._after_store(store)
+        if rank == 0:
+            self._after_store(store)
+        barrier()  # rank 0 builds (and saves) derived indexes first; the others load them
+        if rank != 0:
+            self._after_store(store)
         return store
 
-    def _resumable_loader(self, store: FeatureStore):
-        """Resuming with a sequential loader: fetch only the batches not yet stored."""
+    def _run_pass(self, store: FeatureStore, skip: Callable[[int], bool], show_progress: bool,
+                  progress: Optional[Callable]):
+        """One pass over the batches not ``skip``-ped, written into ``store``."""
+        n = _dataset_len(self.train_dataloader)
+        bar = _progress_bar(show_progress or self.show_progress, n, f"{self.get_name()}: training pass", progress)
+        try:
+            return run_pass(
+                self.model,
+                self._batches(skip),
+                self.snapshots,
+                self._featurizer(),
+                self.loss_fn,
+                store.write,
+                self.device,
+                skip=skip,
+                progress=bar,
+            )
+        except BaseException:
+            store.save_progress()  # an interrupted pass resumes from here
+            raise
+        finally:
+            bar.close()  # type: ignore[attr-defined]
+
+    def _batches(self, skip: Callable[[int], bool]):
+        """The pass's batches; with a sequential loader, batches that ``skip`` are not even
+        decoded (they come as :class:`Skipped`, only their size counts)."""
         dl = self._pass_loader
         bs = getattr(dl, "batch_sampler", None)
-        if not store.done or not isinstance(bs, BatchSampler) or not isinstance(bs.sampler, SequentialSampler):
-            return dl
+        if not isinstance(bs, BatchSampler) or not isinstance(bs.sampler, SequentialSampler):
+            return dl  # run_pass decodes and then skips
         batches = list(bs)
-        todo = [b for i, b in enumerate(batches) if i not in store.done]
+        todo = [b for i, b in enumerate(batches) if not skip(i)]
+        if len(todo) == len(batches):
+            return dl
         rest = iter(DataLoader(dl.dataset, batch_sampler=todo, collate_fn=dl.collate_fn, num_workers=dl.num_workers))
 
         def gen():
             for i, b in enumerate(batches):
-                yield Skipped(len(b)) if i in store.done else next(rest)
+                yield Skipped(len(b)) if skip(i) else next(rest)
 
         return gen()
 
@@ -690,7 +737,7 @@ class TracInCPFastRandProj(TracInCPFast):
                 except ValueError:
                     pass
             nn_index.setup(emb)
-            tmp = index_path.with_suffix(".tmp")
+            tmp = index_path.with_suffix(f".tmp{os.getpid()}")
             nn_index.save(tmp)
             os.replace(tmp, index_path)
             return

@@ -239,9 +239,9 @@ class Workspace:
         )
 
     @classmethod
-    def demo(cls, *, cache_dir: Optional[PathLike] = None) -> "Workspace":
+    def demo(cls, *, cache_dir: Optional[PathLike] = None, device: Optional[str] = None) -> "Workspace":
         """The built-in digits demo (checkpoints and noisy labels ship in assets/demo)."""
-        return cls.from_toml(DEMO_TOML, cache_dir=cache_dir)
+        return cls.from_toml(DEMO_TOML, cache_dir=cache_dir, device=device)
 
     # ------------------------------------------------------------------ identity
     @property
