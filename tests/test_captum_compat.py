@@ -101,3 +101,17 @@ def test_randproj_embeddings_equal_captum(tutorial, projection_dim):
     assert ce.shape == oe.shape
     assert rel_err(oe, ce) <= 1e-4
     assert rel_err(o.influence(tutorial["test"]), c.influence(tutorial["test"], k=None)) <= 1e-4
+
+
+@pytest.mark.parametrize("layers", [None, ["conv2", "fc2"]])
+def test_tracincp_intermediate_quantities_equal_captum(tutorial, layers):
+    out = []
+    for lib, kw in ((captum_influence, dict(sample_wise_grads_per_batch=True)), (tracin_core, {})):
+        tr = lib.TracInCP(TutorialCifarNet(), tutorial["train"], tutorial["paths"], load_func, layers=layers,
+                          loss_fn=nn.CrossEntropyLoss(reduction="sum"), batch_size=16, **kw)
+        out.append((tr.compute_intermediate_quantities(tutorial["test"]),
+                    tr.compute_intermediate_quantities(tutorial["test"], aggregate=True)))
+    (c, c_agg), (o, o_agg) = out
+    assert o.shape == c.shape and o_agg.shape == c_agg.shape == (1, c.shape[1])
+    assert rel_err(o, c) <= 1e-4
+    assert rel_err(o_agg, c_agg) <= 1e-4

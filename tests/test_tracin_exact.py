@@ -312,3 +312,55 @@ def test_bad_arguments_say_what_to_change(cnn_setup):
         tr.influence(cnn_setup["test"][0])  # a bare tensor, no labels
     with pytest.raises(ValueError, match="projection_dim must be a positive int"):
         TracInCPFastRandProj(SmallCNN().double(), "fc2", train, paths, loss_fn=loss, projection_dim=0)
+
+
+def _reference_embeddings(model, paths, examples, loss_fn, selector):
+    """(n, C·P): η_c · per-example gradient (one example at a time), checkpoints concatenated."""
+    import copy
+
+    from tests.reference import _load, per_example_grads
+
+    m = copy.deepcopy(model)
+    parts = []
+    for path in paths:
+        lr = _load(m, path)
+        parts.append(lr * per_example_grads(m, list(selector(m)), examples, loss_fn))
+    return torch.cat(parts, dim=1)
+
+
+@pytest.mark.parametrize("layers,selector", [
+    (None, lambda m: list(m.parameters())),
+    (["fc2", "conv"], lambda m: [m.fc2.weight, m.fc2.bias, m.conv.weight, m.conv.bias]),
+    (["norm", "fc1"], lambda m: [m.norm.weight, m.norm.bias, m.fc1.weight, m.fc1.bias]),
+])
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+def test_tracincp_intermediate_quantities_match_reference(cnn_setup, layers, selector, reduction):
+    loss = nn.CrossEntropyLoss(reduction=reduction)
+    tr = TracInCP(SmallCNN().double(), cnn_setup["train"], cnn_setup["paths"], layers=layers, loss_fn=loss,
+                  batch_size=7)
+    x, y = cnn_setup["test"]
+    ref = _reference_embeddings(SmallCNN().double(), cnn_setup["paths"], examples_of([x], y),
+                                nn.CrossEntropyLoss(reduction="sum"), selector)
+    emb = tr.compute_intermediate_quantities((x, y))
+    assert emb.shape == ref.shape
+    assert rel_err(emb, ref) <= 1e-6
+    agg = tr.compute_intermediate_quantities(DataLoader(TensorDataset(x, y), batch_size=2), aggregate=True)
+    assert agg.shape == (1, ref.shape[1]) and rel_err(agg, ref.sum(0, keepdim=True)) <= 1e-6
+
+
+def test_tracincp_intermediate_quantities_every_gradient_path(tmp_path):
+    from tests.reference import OddLayersNet
+
+    def model_fn():
+        m = OddLayersNet()
+        m.bn.running_mean.uniform_(-0.5, 0.5)
+        return m.eval()
+
+    paths = make_checkpoints(model_fn, tmp_path, 2, torch.float64, [1.0, 0.5])
+    g = torch.Generator().manual_seed(9)
+    x = torch.randn(5, 1, 6, 6, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 3, (5,), generator=g)
+    loss = nn.CrossEntropyLoss(reduction="sum")
+    tr = TracInCP(model_fn().double(), TensorDataset(x, y), paths, loss_fn=loss)
+    ref = _reference_embeddings(model_fn().double(), paths, examples_of([x], y), loss, lambda m: list(m.parameters()))
+    assert rel_err(tr.compute_intermediate_quantities((x, y)), ref) <= 1e-6

@@ -387,12 +387,41 @@ class GradientFeaturizer(Featurizer):
             else:
                 dense += mod.weight.numel() + (mod.bias.numel() if has_bias else 0)
         dense += sum(snap.state[n].numel() for n in self.generic_names)
+        self.sizes = {n: snap.state[n].numel() for n in self.param_names}
         if dense:
             self.terms.append(("dense", "g"))
             self.dims["g"] = dense
         self.planned = True
 
     # -- computation ------------------------------------------------------------
+    def param_gradients(self, feats: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Per-example gradient of each selected parameter, ``{name: (n, numel)}``
+        (row-major flattening, as ``param.grad.flatten()``), from this featurizer's arrays."""
+        out: dict[str, Tensor] = {}
+        g = feats.get("g")
+        off = 0
+
+        def take(name: str) -> None:
+            nonlocal off
+            assert g is not None
+            out[name] = g[:, off:off + self.sizes[name]]
+            off += self.sizes[name]
+
+        for i, (mname, mod, kind, has_bias) in enumerate(self.hooked):
+            if kind == "factor":
+                a, d = feats[f"l{i}_a"], feats[f"l{i}_d"]
+                a_w = a[:, :mod.in_features]
+                out[f"{mname}.weight"] = (d.unsqueeze(2) * a_w.unsqueeze(1)).flatten(1)
+                if has_bias:
+                    out[f"{mname}.bias"] = d
+                continue
+            take(f"{mname}.weight")
+            if has_bias:
+                take(f"{mname}.bias")
+        for name in self.generic_names:
+            take(name)
+        return out
+
     def __call__(self, model, snap, inputs, labels, loss_fn):
         n = batch_size_of(inputs, labels)
         feats: dict[str, Tensor] = {}

@@ -593,6 +593,24 @@ class TracInCP(_TracInBase):
         total += sum(params[n].numel() for n in selected if n in params)
         return total
 
+    def compute_intermediate_quantities(self, inputs: Union[Batch, DataLoader], aggregate: bool = False) -> Tensor:
+        """Per-example gradients of every selected parameter, times each checkpoint's
+        learning rate, concatenated over checkpoints: shape ``(n, C·D)`` (``(1, C·D)``
+        summed over the examples when ``aggregate``), D = the selected parameters' size,
+        in Captum's order (parameters in model/``layers`` order, checkpoints in order).
+
+        As in Captum, the gradients of ``loss_fn`` are scaled by ``η_c`` (not ``√η_c``):
+        dot products of these rows are influence scores when every ``η_c = 1``.
+        """
+        feats = self._features(inputs, self.loss_fn, cache=False)
+        parts = []
+        for c, snap in enumerate(self.snapshots):
+            mine = {k.split("/", 1)[1]: v for k, v in feats.items() if k.startswith(f"c{c}/")}
+            grads = self._fz.param_gradients(mine)
+            parts.append(torch.cat([grads[p] for p in self.param_names], dim=1) * snap.learning_rate)
+        emb = torch.cat(parts, dim=1)
+        return (emb.sum(0, keepdim=True) if aggregate else emb).cpu()
+
     def _score(self, store, test, k, proponents, aggregate, show_progress):
         if all(store.has(f"c{c}/{name}") for c in range(len(self.checkpoints)) for name in self._fz.dims):
             return super()._score(store, test, k, proponents, aggregate, show_progress)
