@@ -33,6 +33,7 @@ Budget: a few minutes on 2 CPU cores (``--jobs 2``); ``--quick`` is a 1-seed smo
     python benchmarks/mislabel_quality.py                  # full run, 5 seeds, 1 process
     python benchmarks/mislabel_quality.py --jobs 2         # same, 2 worker processes
     python benchmarks/mislabel_quality.py --quick --out /tmp/mq.md
+    python benchmarks/mislabel_quality.py --jobs 2 --seed-start 5 --seeds 10 --out /tmp/dev.md --dump /tmp/dev
 """
 from __future__ import annotations
 
@@ -238,8 +239,7 @@ def _run_task(name: str, seed: int, noises: tuple[str, ...], rates: tuple[float,
             np.savez(Path(dump) / f"{name}_{noise}_{rate}_{seed}.npz", logits=inp.logits, labels=inp.labels,
                      weights=inp.weights, si_fast=inp.si_fast, si_cp=inp.si_cp, features=inp.features,
                      truth=data["y"].numpy())
-        # every ranker; the neighbourhood ones also without features, as Workspace.ranker_inputs
-        # builds RankerInputs today (logits only)
+        # every ranker; the neighbourhood ones also without features (their logits fallback)
         no_features = dataclasses.replace(inp, features=None)
         runs = [(r, r, inp) for r in rk.available(True, True)]
         runs += [(f"{r}{NO_FEATURES}", r, no_features) for r in rk.RANKERS if r in rk.USES_FEATURES]
@@ -286,8 +286,8 @@ def report(df, args: argparse.Namespace, seconds: float) -> str:
         "",
         "Best single ranker: the best of the rankers that are not combinations "
         f"({', '.join(sorted(rk.COMBINATIONS))} are). Rankers marked `{NO_FEATURES.strip()}` are the "
-        "neighbourhood rankers computed without `RankerInputs.features` (neighbours among the logits), which "
-        "is what `Workspace.ranker_inputs` hands them today; they are shown for reference, not compared.",
+        "neighbourhood rankers computed without `RankerInputs.features` (neighbours among the logits), their "
+        "fallback when a store holds no final-layer inputs; they are shown for reference, not compared.",
         "",
         "| setting | n (mislabelled) | test acc. noisy / clean model | default AUC | default found@10% | "
         "best single ranker (AUC) | self_influence_fast AUC | default ≥ best single − 0.005 | default > SI fast |",
@@ -357,7 +357,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)
     p.add_argument("--noise", nargs="+", default=list(NOISES), choices=NOISES)
     p.add_argument("--rates", nargs="+", type=float, default=list(RATES))
-    p.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 (default 5)")
+    p.add_argument("--seeds", type=int, default=5, help="how many seeds (default 5)")
+    p.add_argument("--seed-start", type=int, default=0,
+                   help="first seed (default 0): seeds S..S+N-1; e.g. --seed-start 5 --seeds 10 for held-out seeds")
     p.add_argument("--jobs", type=int, default=1, help="worker processes (default 1)")
     p.add_argument("--quick", action="store_true", help="1 seed, a third of the epochs: a smoke run")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"markdown report (default {DEFAULT_OUT})")
@@ -365,7 +367,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--dump", type=str, default=None, help="save every RankerInputs as .npz in this folder")
     args = p.parse_args(argv)
     args.command = "python " + " ".join([os.path.relpath(__file__, ROOT)] + (argv if argv is not None else sys.argv[1:]))
-    seeds = [0] if args.quick else list(range(args.seeds))
+    seeds = [args.seed_start] if args.quick else list(range(args.seed_start, args.seed_start + args.seeds))
     tasks = [(d, s, tuple(args.noise), tuple(args.rates), args.quick, args.dump)
              for d in args.datasets for s in seeds]
     # slow tasks (digits) first so the pool stays busy

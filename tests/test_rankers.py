@@ -233,9 +233,54 @@ def test_neighbour_rankers_direct(tiny):
                           np.lexsort((-loss_early, -knn)))  # ties broken by the early loss
 
     p = torch.softmax(_outputs(tiny), dim=2).numpy()[:2].mean(0)
-    q = (shares(y) + p) / 2
-    q = (shares(q.argmax(1)) + p) / 2
-    assert np.allclose(rk.compute("neighbour_vote", inp), 1 - q[np.arange(len(y)), y], rtol=1e-5, atol=1e-6)
+    assert np.allclose(rk.compute("neighbour_vote", inp), _neighbour_vote_naive(nbrs, y, p, 10),
+                       rtol=1e-5, atol=1e-6)
+
+
+def _neighbour_vote_naive(nbrs: list, y: np.ndarray, p: np.ndarray, max_rounds: int) -> np.ndarray:
+    """neighbour_vote item by item: votes of the neighbours' (cleaned) labels and the early
+    predictions, cleaning repeated until no label changes, then 1 − q(given) / class average."""
+    n, K = p.shape
+    labels = list(y)
+    for _ in range(max_rounds):
+        q = np.zeros((n, K))
+        for i in range(n):
+            for c in range(K):
+                votes = [np.mean([labels[j] == c for j in nb[i]]) for nb in nbrs]
+                q[i, c] = (np.mean(votes) + p[i, c]) / 2
+        cleaned = [int(np.argmax(q[i])) for i in range(n)]
+        if cleaned == labels:
+            break
+        labels = cleaned
+    own = [q[i, y[i]] for i in range(n)]
+    avg = {c: np.mean([own[i] for i in range(n) if y[i] == c]) for c in set(y.tolist())}
+    return np.array([1 - own[i] / avg[y[i]] for i in range(n)])
+
+
+def test_neighbour_vote_cleans_to_a_fixed_point_and_normalises_per_class():
+    rng = np.random.default_rng(3)
+    C, K, N = 3, 4, 80
+    true = rng.integers(0, K, N)
+    feats = np.stack([np.eye(K, 8)[true] * 3 + rng.normal(scale=0.8, size=(N, 8)) for _ in range(C)])
+    logits = np.stack([np.eye(K)[true] * (1 + c) + rng.normal(scale=1.0, size=(N, K)) for c in range(C)])
+    labels = true.copy()
+    flip = rng.choice(N, 16, replace=False)
+    labels[flip] = (labels[flip] + 1 + rng.integers(0, K - 1, 16)) % K
+    inp = rk.RankerInputs(logits, labels, np.full(C, 0.1), np.ones((C, N)), None, feats)
+    nbrs = [rk.nearest_neighbours(feats[0], 10)]  # n_early(3) = 1
+    p = np.exp(logits[0]) / np.exp(logits[0]).sum(1, keepdims=True)
+    got = rk.neighbour_vote(inp)
+    assert np.allclose(got, _neighbour_vote_naive(nbrs, labels, p, 10), atol=1e-9)
+    # stopping after one cleaning round (the ranker before issue #5's fixed point) differs here
+    one_round = rk.neighbour_vote(inp, max_rounds=2)
+    assert np.allclose(one_round, _neighbour_vote_naive(nbrs, labels, p, 2), atol=1e-9)
+    assert not np.allclose(one_round, got)
+    # per-class normalisation: the items given a label average a score of 0
+    for c in range(K):
+        assert abs(got[labels == c].mean()) < 1e-9
+    # orientation: the flipped items lead the queue
+    assert rk.roc_auc(got, labels != true) > 0.99
+    assert rk.found_at(got, labels != true, 0.1) == 0.5  # the first 8 of 80 are all flipped
 
 
 def test_rank_combo_direct(tiny):

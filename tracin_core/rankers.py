@@ -9,7 +9,10 @@ Which ranker is the default, and why: ``benchmarks/mislabel_quality.py`` measure
 ranker on three noise models (the Captum tutorial's "most probable wrong class",
 uniform flips, class-pair flips) at 10% and 20% on the digits demo and on two bundled
 tabular data sets; results in ``benchmarks/results/mislabel_quality.md``.
-:data:`DEFAULT_RANKER` is the best of them overall: ``neighbour_vote``.
+:data:`DEFAULT_RANKER` is the best of them overall: ``neighbour_vote`` (the early
+neighbourhoods' labels, cleaned to a fixed point, averaged with the early predictions and
+normalised per class). Variants of it were compared on held-out seeds
+(``--seed-start 5 --seeds 10``) before the reported seeds 0-4 were run.
 
 "Early" checkpoints are the first third (at least one) of the checkpoints, in training
 order: the model has learnt the clean majority by then but has not yet memorised the
@@ -236,20 +239,36 @@ def knn_disagreement(inp: RankerInputs, k: int = 10) -> np.ndarray:
     return 1.0 - shares[np.arange(len(y)), y] + 1e-6 * np.tanh(loss_early(inp))
 
 
-def neighbour_vote(inp: RankerInputs, k: int = 10) -> np.ndarray:
-    """Estimated probability that the given label is wrong: 1 − q(given label), where q
-    averages what the neighbours say (labels of the ``k`` nearest neighbours in the
-    final-layer inputs at the early checkpoints, each neighbour's label first corrected
-    to its own estimate) and what the early checkpoints predict."""
+def neighbour_vote(inp: RankerInputs, k: int = 10, max_rounds: int = 10) -> np.ndarray:
+    """How far the given label falls short of its class's usual support: 1 − q(given label)
+    divided by the average q of the items given that label.
+
+    ``q`` (N, K) averages two votes: the labels of the ``k`` nearest neighbours (final-layer
+    inputs at the early checkpoints; logits when the inputs are not given) and what the early
+    checkpoints predict. The neighbours' labels are cleaned first: each is replaced by its
+    own ``q``'s most likely class and ``q`` recomputed, until no label changes (a fixed
+    point; at most ``max_rounds`` votes). Dividing by the class's average ``q`` is confident
+    learning's per-class threshold (Northcutt et al. 2021): a label from a class the model
+    and the neighbourhoods find hard is not suspicious just for that.
+    """
     p = probabilities(inp)
     p_early = p[:n_early(len(p))].mean(0)
     y = _labels(inp)
-    n = len(y)
+    n, K = p_early.shape
     nbrs = early_neighbours(inp, k)
-    q = (neighbour_label_shares(inp, k, neighbours=nbrs) + p_early) / 2.0
-    corrected = q.argmax(axis=1)  # one round of cleaning the neighbours' labels
-    q = (neighbour_label_shares(inp, k, labels=corrected, neighbours=nbrs) + p_early) / 2.0
-    return 1.0 - q[np.arange(n), y]
+    labels = y
+    for _ in range(max(1, int(max_rounds))):
+        q = (neighbour_label_shares(inp, k, labels=labels, neighbours=nbrs) + p_early) / 2.0
+        cleaned = q.argmax(axis=1)
+        if np.array_equal(cleaned, labels):
+            break
+        labels = cleaned
+    own = q[np.arange(n), y]
+    thr = np.ones(K)
+    for c in range(K):
+        if (y == c).any():
+            thr[c] = max(own[y == c].mean(), 1e-12)
+    return 1.0 - own / thr[y]
 
 
 def _rank01(x: np.ndarray) -> np.ndarray:
@@ -263,7 +282,8 @@ def rank_combo(inp: RankerInputs) -> np.ndarray:
 
 
 RANKERS: dict[str, tuple[Callable[[RankerInputs], np.ndarray], str]] = {
-    "neighbour_vote": (neighbour_vote, "neighbours' labels + early predictions: estimated chance the label is wrong"),
+    "neighbour_vote": (neighbour_vote, "neighbours' cleaned labels + early predictions: support for the given "
+                                       "label relative to its class's average"),
     "knn_disagreement": (knn_disagreement, "share of the 10 nearest neighbours (early checkpoints) with another label"),
     "loss_early": (loss_early, "loss of the given label, early checkpoints"),
     "aum_early": (aum_early, "area under the margin (negated), early checkpoints"),
