@@ -41,3 +41,16 @@ def test_cuda_randproj(setup):
     rp = TracInCPFastRandProj(SmallCNN(), "fc2", train, paths, loss_fn=nn.CrossEntropyLoss(reduction="sum"),
                               batch_size=8, device="cuda")
     assert rp.influence(test, k=3).indices.shape == (8, 3)
+
+
+def test_cuda_intermediate_quantities_and_cache_dir(setup, tmp_path):
+    paths, train, test = setup
+    loss = nn.CrossEntropyLoss(reduction="sum")
+    cpu = TracInCP(SmallCNN(), train, paths, loss_fn=loss, batch_size=8)
+    gpu = TracInCP(SmallCNN(), train, paths, loss_fn=loss, batch_size=8, device="cuda", cache_dir=tmp_path)
+    emb = gpu.compute_intermediate_quantities(test)
+    assert emb.device.type == "cpu"
+    assert torch.allclose(cpu.compute_intermediate_quantities(test), emb, rtol=1e-3, atol=1e-5)
+    # the memory-mapped store written from the GPU reads back in a fresh instance
+    again = TracInCP(SmallCNN(), train, paths, loss_fn=loss, batch_size=8, device="cuda", cache_dir=tmp_path)
+    assert torch.allclose(gpu.self_influence(), again.self_influence())
