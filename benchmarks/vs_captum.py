@@ -450,7 +450,7 @@ def build_report(args, results, agree, meta) -> tuple[str, list[tuple[str, bool,
     if c.get("seconds") and o.get("seconds"):
         r = c["seconds"] / o["seconds"]
         add("fast_pair ≥ 4× faster than Captum", r >= 4,
-            f"{r:.2f}×" + contended(("fast_pair", "captum"), ("fast_pair", "ours")))
+            f"{r:.3f}×" + contended(("fast_pair", "captum"), ("fast_pair", "ours")))
     if o.get("seconds") and floor_s:
         r = o["seconds"] / floor_s
         add("fast_pair ≤ 1.25× floor", r <= 1.25,
@@ -469,14 +469,14 @@ def build_report(args, results, agree, meta) -> tuple[str, list[tuple[str, bool,
     if c.get("seconds") and o.get("seconds"):
         r = c["seconds"] / o["seconds"]
         add("randproj init ≥ 3× faster than Captum", r >= 3,
-            f"{r:.2f}×" + contended(("randproj_init", "captum"), ("randproj_init", "ours")))
+            f"{r:.3f}×" + contended(("randproj_init", "captum"), ("randproj_init", "ours")))
     if c.get("recall") is not None and o.get("recall") is not None:
         add("randproj recall ≥ Captum's", o["recall"] >= c["recall"], f"{o['recall']:.2f} vs {c['recall']:.2f}")
     c, o = R("cp_self", "captum"), R("cp_self", "ours")
     if c.get("seconds") and o.get("seconds"):
         r = c["seconds"] / o["seconds"]
         add("cp_self ≥ 3× faster than Captum", r >= 3,
-            f"{r:.2f}×" + contended(("cp_self", "captum"), ("cp_self", "ours")))
+            f"{r:.3f}×" + contended(("cp_self", "captum"), ("cp_self", "ours")))
     for case in ("fast_pair", "fast_self", "randproj_init", "cp_self"):
         c, o = R(case, "captum"), R(case, "ours")
         if c.get("peak_mb") and o.get("peak_mb"):
