@@ -56,12 +56,13 @@ def _precompute(args) -> int:
     from . import distributed
 
     args.device = distributed.init_from_env(args.device)
-    rank, world = distributed.rank_world()
     try:
-        ws = _workspace(args)
-        for m in args.methods:
-            desc = f"{m}: training pass" + (f" (rank {rank} of {world})" if world > 1 else "")
-            ws.precompute([m], progress=_progress(desc) if rank == 0 else None)
+        with distributed.sharded():
+            rank, world = distributed.rank_world()
+            ws = _workspace(args)
+            for m in args.methods:
+                desc = f"{m}: training pass" + (f" (rank {rank} of {world})" if world > 1 else "")
+                ws.precompute([m], progress=_progress(desc) if rank == 0 else None)
         if rank == 0:
             print(f"feature store ready under {ws.store_dir}" + (f" ({world} processes)" if world > 1 else ""))
     finally:

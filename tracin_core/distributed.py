@@ -2,6 +2,11 @@
 
     torchrun --nproc-per-node N -m tracin_core precompute WORKSPACE.toml
 
+or, in your own script run under ``torchrun`` (every rank must make the same calls)::
+
+    with tracin_core.distributed.sharded():
+        TracInCPFast(..., cache_dir="store/").self_influence()
+
 Every process (rank) builds the same engine and feature store folder; batch ``b`` of the
 training data is computed by rank ``b % N`` and written straight into the shared
 memory-mapped store (:class:`~tracin_core.store.FeatureStore`), so the result is the
@@ -14,15 +19,34 @@ again and rank 0 marks the store complete. Process groups use ``gloo`` on CPU an
 from __future__ import annotations
 
 import os
-from typing import Optional
+import threading
+from contextlib import contextmanager
+from typing import Iterator, Optional
 
 import torch
 import torch.distributed as dist
 
 
+_SHARDING = threading.local()
+
+
+@contextmanager
+def sharded() -> Iterator[None]:
+    """Inside this block, training passes are shared by the ranks of the initialised
+    process group (outside it, a process group is ignored: a pass is one process's own,
+    so code that calls the engine on one rank only never waits at a barrier)."""
+    before = getattr(_SHARDING, "on", False)
+    _SHARDING.on = True
+    try:
+        yield
+    finally:
+        _SHARDING.on = before
+
+
 def rank_world() -> tuple[int, int]:
-    """``(rank, world size)`` of the initialised process group; ``(0, 1)`` without one."""
-    if dist.is_available() and dist.is_initialized():
+    """``(rank, world size)`` that the training pass is shared by: the initialised process
+    group's inside :func:`sharded`, else ``(0, 1)``."""
+    if getattr(_SHARDING, "on", False) and dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
 
