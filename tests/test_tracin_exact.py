@@ -256,15 +256,18 @@ def test_model_moves_batches_to_its_device(cnn_setup):
     assert tr.influence(cnn_setup["test"]).device.type == "cpu"
 
 
-def test_every_gradient_path_matches_reference(tmp_path):
+def odd_layers_model():
+    """:class:`OddLayersNet` in eval mode with non-trivial BatchNorm statistics."""
     from tests.reference import OddLayersNet
 
-    def model_fn():
-        m = OddLayersNet()
-        m.bn.running_mean.uniform_(-0.5, 0.5)
-        m.bn.running_var.uniform_(0.5, 1.5)
-        return m.eval()
+    m = OddLayersNet()
+    m.bn.running_mean.uniform_(-0.5, 0.5)
+    m.bn.running_var.uniform_(0.5, 1.5)
+    return m.eval()
 
+
+def test_every_gradient_path_matches_reference(tmp_path):
+    model_fn = odd_layers_model
     paths = make_checkpoints(model_fn, tmp_path, 2, torch.float64, [1.0, 0.5])
     g = torch.Generator().manual_seed(4)
     x = torch.randn(14, 1, 6, 6, generator=g, dtype=torch.float64)
@@ -349,13 +352,7 @@ def test_tracincp_intermediate_quantities_match_reference(cnn_setup, layers, sel
 
 
 def test_tracincp_intermediate_quantities_every_gradient_path(tmp_path):
-    from tests.reference import OddLayersNet
-
-    def model_fn():
-        m = OddLayersNet()
-        m.bn.running_mean.uniform_(-0.5, 0.5)
-        return m.eval()
-
+    model_fn = odd_layers_model
     paths = make_checkpoints(model_fn, tmp_path, 2, torch.float64, [1.0, 0.5])
     g = torch.Generator().manual_seed(9)
     x = torch.randn(5, 1, 6, 6, generator=g, dtype=torch.float64)
