@@ -8,7 +8,7 @@ one is reused by any later process with the same key.
 Several processes can fill one store (``torchrun``: see :mod:`tracin_core.distributed`):
 each writes its own batches' rows into the shared memory-mapped files; rank 0 owns the
 manifest and the other ranks record their done batches in ``done-rank{r}.json``, which
-rank 0 folds into the manifest when every rank has finished (:meth:`FeatureStore.merge_ranks`).
+rank 0 folds into the manifest when every rank has finished (:meth:`FeatureStore.finish`).
 """
 from __future__ import annotations
 
@@ -108,14 +108,6 @@ class FeatureStore:
                 done.update(int(b) for b in info.get("done", []))
         return done
 
-    def merge_ranks(self) -> None:
-        """Rank 0, after every rank has stopped: fold their done batches into the manifest."""
-        if self.path is None:
-            return
-        self.done |= self._rank_done()
-        self._write_manifest()
-        for f in self._rank_files():
-            f.unlink(missing_ok=True)
 
     def _open_existing(self) -> None:
         assert self.path is not None
@@ -201,7 +193,13 @@ class FeatureStore:
             self._flush()
 
     def finish(self, n: int, batches: Optional[int] = None) -> None:
-        """Mark the pass complete (``n`` rows in all; every one of ``batches`` done, when given)."""
+        """Mark the pass complete (``n`` rows in all; every one of ``batches`` done, when given).
+
+        On disk, the manifest's owner first folds in the batches other ranks recorded.
+        """
+        folded = bool(self._maps) and not self.rank
+        if folded:
+            self.done |= self._rank_done()
         if batches is not None and self._maps:
             missing = sorted(set(range(batches)) - self.done)
             if missing:
@@ -216,6 +214,9 @@ class FeatureStore:
                 )
             self.complete = True
             self._flush()
+            if folded:
+                for f in self._rank_files():  # now in the manifest
+                    f.unlink(missing_ok=True)
             self._arrays = {k: torch.from_numpy(np.asarray(v)) for k, v in self._maps.items()}
             return
         if self._pre:

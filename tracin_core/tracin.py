@@ -243,12 +243,12 @@ class _TracInBase:
     def _train_store(self, show_progress: bool = False, progress: Optional[Callable] = None) -> FeatureStore:
         """The training set's feature store, computing it (one pass) on first use.
 
-        Under ``torchrun`` (an initialised process group, see :mod:`tracin_core.distributed`)
-        every rank computes its share of the batches into the same on-disk store.
+        Inside :func:`tracin_core.distributed.sharded` with an initialised process group
+        (``torchrun``), every rank computes its share of the batches into the same on-disk store.
         """
         if self._store is not None and self._store.complete:
             return self._store
-        self.snapshots  # load every checkpoint before the pass
+        _ = self.snapshots  # load every checkpoint before the pass
         n = _dataset_len(self.train_dataloader)
         rank, world = rank_world()
         path = None
@@ -284,7 +284,6 @@ class _TracInBase:
                 store.save_progress()
             barrier()  # every rank's rows are written
             if rank == 0 and not store.complete:
-                store.merge_ranks()
                 store.finish(result.n, batches=result.batches)
             barrier()
             store = open_store()
