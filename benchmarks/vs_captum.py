@@ -361,6 +361,12 @@ def build_report(args, results, agree, meta) -> tuple[str, list[tuple[str, bool,
             return f"{d['seconds']:.2f} ⚠"
         return None
 
+    def timed(c, o, vs_floor=True):
+        """The cells Captum s | ours s | ratio | peak MB Captum | peak MB ours | ours / floor."""
+        return (f"| {err(c) or _fmt(c.get('seconds'))} | {err(o) or _fmt(o.get('seconds'))} "
+                f"| {_fmt(ratio(c.get('seconds'), o.get('seconds')), '.1f')}× | {_fmt(c.get('peak_mb'), '.0f')} "
+                f"| {_fmt(o.get('peak_mb'), '.0f')} | {_fmt(ratio(o.get('seconds'), floor_s)) if vs_floor else '—'} ")
+
     # floor
     rows.append(f"| floor: decode {args.n_train:,} images (batch {FAST_BATCH}) + 6 forwards/batch, no_grad "
                 f"| — | {err(floor) or _fmt(floor_s)} | — | — | {_fmt(floor.get('peak_mb'), '.0f')} | 1.00 | — | — "
@@ -377,19 +383,14 @@ def build_report(args, results, agree, meta) -> tuple[str, list[tuple[str, bool,
     ag = (f"prop {a['prop_scores_max_rel']:.1e}, opp {a['opp_scores_max_rel']:.1e}; same idx "
           f"{a['prop_idx_same']:.0%}/{a['opp_idx_same']:.0%}") if a else "—"
     rows.append(f"| fast_pair: TracInCPFast(bs {FAST_BATCH}) init + top-{K} proponents + opponents, 4 test images "
-                f"| {err(c) or _fmt(c.get('seconds'))} | {err(o) or _fmt(o.get('seconds'))} "
-                f"| {_fmt(ratio(c.get('seconds'), o.get('seconds')), '.1f')}× | {_fmt(c.get('peak_mb'), '.0f')} "
-                f"| {_fmt(o.get('peak_mb'), '.0f')} | {_fmt(ratio(o.get('seconds'), floor_s))} | — | — | {ag} |")
+                + timed(c, o) + f"| — | — | {ag} |")
     iw = R("fast_pair", "itemwise")
     ai = agree.get("fast_pair_itemwise")
     ag_iw = ("—" if not ai else "scores and indices bitwise equal to batch decoding's" if ai["bitwise_equal"]
              else f"vs batch decoding: max rel diff {ai['max_rel']:.1e}")
     if iw:
-        rows.append(f"| fast_pair, tracin_core decoding one image at a time like Captum (TRACIN_BATCH_DECODE=0) "
-                    f"| {err(c) or _fmt(c.get('seconds'))} | {err(iw) or _fmt(iw.get('seconds'))} "
-                    f"| {_fmt(ratio(c.get('seconds'), iw.get('seconds')), '.1f')}× | {_fmt(c.get('peak_mb'), '.0f')} "
-                    f"| {_fmt(iw.get('peak_mb'), '.0f')} | {_fmt(ratio(iw.get('seconds'), floor_s))} | — | — "
-                    f"| {ag_iw} |")
+        rows.append("| fast_pair, tracin_core decoding one image at a time like Captum (TRACIN_BATCH_DECODE=0) "
+                    + timed(c, iw) + f"| — | — | {ag_iw} |")
     rows.append(f"| fast_interactive: same pair, 4 new test images, same instance (median of {INTERACTIVE_REPEATS}, **ms**) "
                 f"| — | {_fmt(o.get('interactive_ms'), '.1f')} ms | — | — | — | — | — | — "
                 f"| all: {', '.join(f'{x:.1f}' for x in o.get('interactive_all_ms', []))} |")
@@ -399,18 +400,14 @@ def build_report(args, results, agree, meta) -> tuple[str, list[tuple[str, bool,
     c, o = R("fast_self", "captum"), R("fast_self", "ours")
     a = agree.get("fast_self")
     rows.append(f"| fast_self: fresh TracInCPFast(bs {FAST_BATCH}) init + self_influence() "
-                f"| {err(c) or _fmt(c.get('seconds'))} | {err(o) or _fmt(o.get('seconds'))} "
-                f"| {_fmt(ratio(c.get('seconds'), o.get('seconds')), '.1f')}× | {_fmt(c.get('peak_mb'), '.0f')} "
-                f"| {_fmt(o.get('peak_mb'), '.0f')} | {_fmt(ratio(o.get('seconds'), floor_s))} | — | — "
+                + timed(c, o) + "| — | — "
                 f"| {('%.1e (elementwise %.1e)' % (a['max_rel'], a['max_elem_rel'])) if a else '—'} |")
     c, o = R("randproj_init", "captum"), R("randproj_init", "ours")
     a = agree.get("randproj_exact_ref")
     ag_rp = (f"exact refs (both subprocesses): same idx {a['idx_same']:.0%}, scores {a['scores_max_rel']:.1e}"
              if a else "—")
     rows.append(f"| randproj_init: TracInCPFastRandProj(bs {RANDPROJ_BATCH}, Annoy 100 trees, projection_dim 100) "
-                f"construction | {err(c) or _fmt(c.get('seconds'))} | {err(o) or _fmt(o.get('seconds'))} "
-                f"| {_fmt(ratio(c.get('seconds'), o.get('seconds')), '.1f')}× | {_fmt(c.get('peak_mb'), '.0f')} "
-                f"| {_fmt(o.get('peak_mb'), '.0f')} | {_fmt(ratio(o.get('seconds'), floor_s))} "
+                "construction " + timed(c, o) +
                 f"| {_fmt(c.get('recall'))} | {_fmt(o.get('recall'))} | {ag_rp} |")
     def ms_cell(d):
         if d.get("query_s") is None:
@@ -424,9 +421,7 @@ def build_report(args, results, agree, meta) -> tuple[str, list[tuple[str, bool,
     c, o = R("cp_self", "captum"), R("cp_self", "ours")
     a = agree.get("cp_self")
     rows.append(f"| cp_self: TracInCP(all layers, bs {CP_BATCH}, sample_wise_grads_per_batch) init + self_influence() "
-                f"of {args.cp_n:,} | {err(c) or _fmt(c.get('seconds'))} | {err(o) or _fmt(o.get('seconds'))} "
-                f"| {_fmt(ratio(c.get('seconds'), o.get('seconds')), '.1f')}× | {_fmt(c.get('peak_mb'), '.0f')} "
-                f"| {_fmt(o.get('peak_mb'), '.0f')} | — | — | — "
+                f"of {args.cp_n:,} " + timed(c, o, vs_floor=False) + "| — | — "
                 f"| {('%.1e (elementwise %.1e)' % (a['max_rel'], a['max_elem_rel'])) if a else '—'} |")
     present = {c for (c, _l) in results}
     prefix_case = [("| floor", "floor"), ("| fast_pair", "fast_pair"), ("| fast_interactive", "fast_pair"),
