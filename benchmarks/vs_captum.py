@@ -43,16 +43,21 @@ from benchmarks.common import (  # noqa: E402
 )
 
 CASES = ["floor", "fast_pair", "fast_self", "randproj_init", "cp_self"]
-LIBS = {"floor": ["ours", "nochurn"], "fast_pair": ["captum", "ours", "itemwise"], "fast_self": ["captum", "ours"],
+LIBS = {"floor": ["ours", "nochurn"], "fast_pair": ["captum", "ours", "itemwise", "nchw"], "fast_self": ["captum", "ours"],
         "randproj_init": ["captum", "ours"], "cp_self": ["captum", "ours"]}
 RESULT_TAG = "@@RESULT@@ "
 #: glibc settings for the "nochurn" floor: never return freed memory to the OS, so the
 #: 38 MB activation buffers of a 2048 batch are not unmapped and page-faulted back in on
 #: every forward (with the defaults, a 50k-image floor takes ~6 M page faults).
 NOCHURN_ENV = {"MALLOC_MMAP_THRESHOLD_": str(2**32), "MALLOC_TRIM_THRESHOLD_": str(2**32)}
-#: "itemwise": tracin_core decoding the training set one example at a time, as Captum does
-#: (its batch decoding of torchvision datasets switched off; same tensors, bitwise)
-ITEMWISE_ENV = {"TRACIN_BATCH_DECODE": "0"}
+#: tracin_core with one of its layout/decoding choices switched off (same scores), and the
+#: report row that says what: "itemwise" decodes the training set one example at a time, as
+#: Captum does (batch decoding of torchvision datasets off; same tensors, bitwise); "nchw"
+#: runs the model's convolutions in the default NCHW layout (channels-last planning off)
+VARIANTS = {
+    "itemwise": ({"TRACIN_BATCH_DECODE": "0"}, "tracin_core decoding one image at a time like Captum (TRACIN_BATCH_DECODE=0)"),
+    "nchw": ({"TRACIN_CHANNELS_LAST": "0"}, "tracin_core with the forward passes in NCHW layout (TRACIN_CHANNELS_LAST=0)"),
+}
 
 FAST_BATCH = 2048       # tutorial: TracInCPFast batch_size
 RANDPROJ_BATCH = 128    # tutorial: TracInCPFastRandProj batch_size
@@ -229,8 +234,8 @@ def _spawn_once(args, case: str, lib: str) -> dict:
     env = dict(os.environ)
     if lib == "nochurn":
         env.update(NOCHURN_ENV)
-    if lib == "itemwise":
-        env.update(ITEMWISE_ENV)
+    if lib in VARIANTS:
+        env.update(VARIANTS[lib][0])
     ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     busy0, _ = cpu_busy_seconds()
     t0 = time.perf_counter()
@@ -326,10 +331,12 @@ def agreement(args, results) -> dict:
             "prop_idx_same": float((o["prop_idx"] == c["prop_idx"]).double().mean()),
             "opp_idx_same": float((o["opp_idx"] == c["opp_idx"]).double().mean()),
         }
-    o, iw = load("fast_pair", "ours"), load("fast_pair", "itemwise")
-    if o and iw:
-        agree["fast_pair_itemwise"] = {"bitwise_equal": all(torch.equal(o[k], iw[k]) for k in o),
-                                       "max_rel": max(max_rel_diff(iw[k], o[k]) for k in ("prop_scores", "opp_scores"))}
+    o = load("fast_pair", "ours")
+    for lib in VARIANTS:
+        v = load("fast_pair", lib)
+        if o and v:
+            agree[f"fast_pair_{lib}"] = {"bitwise_equal": all(torch.equal(o[k], v[k]) for k in o),
+                                         "max_rel": max(max_rel_diff(v[k], o[k]) for k in ("prop_scores", "opp_scores"))}
     for case in ("fast_self", "cp_self"):
         c, o = load(case, "captum"), load(case, "ours")
         if c and o and "error" not in results.get((case, "captum"), {}) and "error" not in results.get((case, "ours"), {}):
@@ -384,13 +391,12 @@ def build_report(args, results, agree, meta) -> tuple[str, list[tuple[str, bool,
           f"{a['prop_idx_same']:.0%}/{a['opp_idx_same']:.0%}") if a else "—"
     rows.append(f"| fast_pair: TracInCPFast(bs {FAST_BATCH}) init + top-{K} proponents + opponents, 4 test images "
                 + timed(c, o) + f"| — | — | {ag} |")
-    iw = R("fast_pair", "itemwise")
-    ai = agree.get("fast_pair_itemwise")
-    ag_iw = ("—" if not ai else "scores and indices bitwise equal to batch decoding's" if ai["bitwise_equal"]
-             else f"vs batch decoding: max rel diff {ai['max_rel']:.1e}")
-    if iw:
-        rows.append("| fast_pair, tracin_core decoding one image at a time like Captum (TRACIN_BATCH_DECODE=0) "
-                    + timed(c, iw) + f"| — | — | {ag_iw} |")
+    for lib, (_env, what) in VARIANTS.items():
+        v, av = R("fast_pair", lib), agree.get(f"fast_pair_{lib}")
+        ag_v = ("—" if not av else "scores and indices bitwise equal to the `ours` row's" if av["bitwise_equal"]
+                else f"vs the `ours` row: max rel diff {av['max_rel']:.1e}")
+        if v:
+            rows.append(f"| fast_pair, {what} " + timed(c, v) + f"| — | — | {ag_v} |")
     rows.append(f"| fast_interactive: same pair, 4 new test images, same instance (median of {INTERACTIVE_REPEATS}, **ms**) "
                 f"| — | {_fmt(o.get('interactive_ms'), '.1f')} ms | — | — | — | — | — | — "
                 f"| all: {', '.join(f'{x:.1f}' for x in o.get('interactive_all_ms', []))} |")
@@ -494,7 +500,8 @@ def build_report(args, results, agree, meta) -> tuple[str, list[tuple[str, bool,
         f"(written by `{meta['writer']}`), read by torchvision `CIFAR10` (md5 checks off) with "
         f"ToTensor + Normalize((0.5,)*3, (0.5,)*3); tracin_core decodes it a batch at a time "
         "(`tracin_core.batching`: the same tensors, bitwise), Captum one image at a time; the `itemwise` "
-        "row is tracin_core with that switched off.  ",
+        "row is tracin_core with that switched off. tracin_core runs the convolutions in channels-last layout "
+        "(verified on the first batch, `tracin_core.featurize.ChannelsLast`); the `nchw` row switches that off.  ",
         f"Model: TutorialCifarNet (the tutorial's `Net`), 6 checkpoints, {meta['ckpt_how']}. "
         "final_fc_layer = `net.fc3` (the tutorial's `list(net.children())[-1]` is relu4 for this Net). "
         "loss_fn = CrossEntropyLoss(reduction='sum'); loader: the tutorial's "
@@ -544,8 +551,9 @@ def main(argv=None) -> int:
     ap.add_argument("--cases", default=",".join(CASES),
                     help=f"comma-separated subset of {CASES} (fast_interactive runs with fast_pair)")
     ap.add_argument("--out", default=str(HERE / "results" / "vs_captum.md"))
-    ap.add_argument("--libs", default="captum,ours,itemwise",
-                    help="subset of captum,ours,itemwise (itemwise: tracin_core with TRACIN_BATCH_DECODE=0, fast_pair only)")
+    ap.add_argument("--libs", default="captum,ours," + ",".join(VARIANTS),
+                    help="subset of captum,ours,itemwise,nchw (itemwise: tracin_core with TRACIN_BATCH_DECODE=0; "
+                         "nchw: with TRACIN_CHANNELS_LAST=0; both fast_pair only)")
     ap.add_argument("--quiet-wait", type=float, default=120.0,
                     help="before each case, wait up to this many seconds for other processes to go quiet")
     ap.add_argument("--max-contention", type=float, default=0.25,
@@ -560,7 +568,7 @@ def main(argv=None) -> int:
                          "replace only the cases run now (to rerun cases that were contended)")
     # internal: one case in this process
     ap.add_argument("--case", help=argparse.SUPPRESS)
-    ap.add_argument("--lib", choices=["captum", "ours", "nochurn", "itemwise"], help=argparse.SUPPRESS)
+    ap.add_argument("--lib", choices=["captum", "ours", "nochurn", *VARIANTS], help=argparse.SUPPRESS)
     ap.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--data-root", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
