@@ -115,3 +115,24 @@ def test_randproj_index_is_persisted_next_to_the_store(tmp_path, ckpts):
     test = (ds.x[:3], ds.y[:3])
     ra, rb = a.influence(test, k=5), b.influence(test, k=5)
     assert torch.equal(ra.indices, rb.indices) and torch.allclose(ra.influence_scores, rb.influence_scores)
+
+
+@pytest.mark.parametrize("on_disk", [False, True])
+def test_joined_arrays_read_back_side_by_side(tmp_path, on_disk):
+    """``joined`` names share one in-memory buffer (no copy on read); on disk they are concatenated."""
+    from tracin_core.store import FeatureStore
+
+    g = torch.Generator().manual_seed(0)
+    rows = {"c0/e": torch.randn(10, 3, generator=g), "c1/e": torch.randn(10, 2, generator=g),
+            "c0/self": torch.randn(10, 1, generator=g)}
+    store = FeatureStore(tmp_path / "s" if on_disk else None, key="k", n=10, joined=["c0/e", "c1/e"])
+    for b, start in enumerate(range(0, 10, 4)):
+        store.write(b, start, {k: v[start : start + 4] for k, v in rows.items()})
+    store.finish(10)
+    both = store.joined_array(["c0/e", "c1/e"])
+    torch.testing.assert_close(both, torch.cat([rows["c0/e"], rows["c1/e"]], 1), rtol=0, atol=0)
+    torch.testing.assert_close(store.array("c1/e"), rows["c1/e"], rtol=0, atol=0)
+    torch.testing.assert_close(store.array("c0/self"), rows["c0/self"], rtol=0, atol=0)
+    shares = both.data_ptr() == store.array("c0/e").data_ptr()
+    assert shares is (not on_disk)
+    assert store.joined_array(["c1/e", "c0/e"]).shape == (10, 5)  # another order: concatenated

@@ -17,7 +17,7 @@ import os
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
@@ -53,6 +53,7 @@ class FeatureStore:
         meta: Optional[dict[str, Any]] = None,
         keep: Optional[set[str]] = None,
         rank: Optional[int] = None,
+        joined: Optional[Sequence[str]] = None,
     ) -> None:
         self.path = Path(path) if path is not None else None
         self.rank = rank  # a writer among several (torchrun); None: the only writer
@@ -68,6 +69,9 @@ class FeatureStore:
         self._arrays: dict[str, Tensor] = {}
         self._maps: dict[str, np.memmap] = {}
         self._pre: dict[str, Tensor] = {}
+        # names laid side by side in one in-memory buffer (read back whole by joined_array)
+        self.joined = list(joined or [])
+        self._joined_buf: Optional[Tensor] = None
         self._last_flush = 0.0
         if self.path is not None:
             self._open_existing()
@@ -153,7 +157,17 @@ class FeatureStore:
             self._write_manifest()
         elif self.path is None and self.n is not None:
             # in memory with a known size: write in place (no concatenation copy at the end)
-            self._pre = {name: torch.empty(self.n, dim, dtype=self.dtype) for name, dim in self.dims.items()}
+            joined = self.joined if self.joined and set(self.joined) <= set(self.dims) else []
+            if joined:
+                buf = torch.empty(self.n, sum(self.dims[k] for k in joined), dtype=self.dtype)
+                off = 0
+                for name in joined:
+                    self._pre[name] = buf[:, off : off + self.dims[name]]
+                    off += self.dims[name]
+                self._joined_buf = buf
+            for name, dim in self.dims.items():
+                if name not in self._pre:
+                    self._pre[name] = torch.empty(self.n, dim, dtype=self.dtype)
 
     # ---------------------------------------------------------------- writing
     def is_done(self, batch_index: int) -> bool:
@@ -246,6 +260,15 @@ class FeatureStore:
         if not self.complete:
             raise RuntimeError("the feature store is not complete yet")
         return self._arrays[name]
+
+    def joined_array(self, names: Sequence[str]) -> Tensor:
+        """``names``' arrays side by side, ``(n, Σ dims)``: without a copy when the store
+        was opened with ``joined=names`` and holds its rows in memory."""
+        if not self.complete:
+            raise RuntimeError("the feature store is not complete yet")
+        if self._joined_buf is not None and list(names) == self.joined:
+            return self._joined_buf
+        return torch.cat([self._arrays[k] for k in names], dim=1)
 
     def rows(self, name: str, start: int, stop: int, device: Optional[torch.device] = None) -> Tensor:
         t = self._arrays[name][start:stop]

@@ -239,6 +239,10 @@ class _TracInBase:
     def _keep_names(self) -> Optional[set[str]]:
         return None
 
+    def _joined_names(self) -> Optional[list[str]]:
+        """Store arrays read back side by side (kept in one buffer when in memory)."""
+        return None
+
     # ------------------------------------------------------------ the pass
     def _train_store(self, show_progress: bool = False, progress: Optional[Callable] = None) -> FeatureStore:
         """The training set's feature store, computing it (one pass) on first use.
@@ -264,7 +268,7 @@ class _TracInBase:
 
         def open_store() -> FeatureStore:
             return FeatureStore(path, key=key, n=n, meta=self._config(), keep=self._keep_names(),
-                                rank=rank if world > 1 else None)
+                                rank=rank if world > 1 else None, joined=self._joined_names())
 
         store = open_store()
         if world == 1:
@@ -737,10 +741,17 @@ class TracInCPFastRandProj(TracInCPFast):
         return [1.0] * len(self.checkpoints)  # √η is inside the embeddings
 
     def _embedding(self, feats: dict[str, Tensor]) -> Tensor:
-        return torch.cat([feats[f"c{c}/e"] for c in range(len(self.checkpoints))], dim=1)
+        return torch.cat([feats[name] for name in self._joined_names()], dim=1)
+
+    def _joined_names(self) -> list[str]:
+        return [f"c{c}/e" for c in range(len(self.checkpoints))]
+
+    def _keep_names(self) -> set[str]:
+        return set(self._joined_names())  # no self-influence here: the embeddings only
 
     def _after_store(self, store: FeatureStore) -> None:
-        emb = torch.cat([store.array(f"c{c}/e") for c in range(len(self.checkpoints))], dim=1)
+        # one (n, C·d) array: in memory, the store's own buffer (no second copy)
+        emb = store.joined_array(self._joined_names())
         self._train_embedding = emb
         nn_index = self.nearest_neighbors
         if store.path is not None and isinstance(nn_index, AnnoyNearestNeighbors):
