@@ -403,11 +403,13 @@ def build_report(args, results, agree, meta) -> tuple[str, list[tuple[str, bool,
     rows.append(f"| self_influence() of all {args.n_train:,} after that, same instance (**ms**) | — "
                 f"| {_fmt(o.get('self_after_ms'), '.1f')} ms | — | — | {_fmt(o.get('peak_after_interactive_mb'), '.0f')} "
                 f"| — | — | — | — |")
+    def self_agree(case):
+        a = agree.get(case)
+        return f"| {('%.1e (elementwise %.1e)' % (a['max_rel'], a['max_elem_rel'])) if a else '—'} |"
+
     c, o = R("fast_self", "captum"), R("fast_self", "ours")
-    a = agree.get("fast_self")
     rows.append(f"| fast_self: fresh TracInCPFast(bs {FAST_BATCH}) init + self_influence() "
-                + timed(c, o) + "| — | — "
-                f"| {('%.1e (elementwise %.1e)' % (a['max_rel'], a['max_elem_rel'])) if a else '—'} |")
+                + timed(c, o) + "| — | — " + self_agree("fast_self"))
     c, o = R("randproj_init", "captum"), R("randproj_init", "ours")
     a = agree.get("randproj_exact_ref")
     ag_rp = (f"exact refs (both subprocesses): same idx {a['idx_same']:.0%}, scores {a['scores_max_rel']:.1e}"
@@ -425,10 +427,8 @@ def build_report(args, results, agree, meta) -> tuple[str, list[tuple[str, bool,
                 f"| {ms_cell(c)} | {ms_cell(o)} "
                 f"| {_fmt(ratio(c.get('query_s'), o.get('query_s')), '.1f')}× | — | — | — | — | — | — |")
     c, o = R("cp_self", "captum"), R("cp_self", "ours")
-    a = agree.get("cp_self")
     rows.append(f"| cp_self: TracInCP(all layers, bs {CP_BATCH}, sample_wise_grads_per_batch) init + self_influence() "
-                f"of {args.cp_n:,} " + timed(c, o, vs_floor=False) + "| — | — "
-                f"| {('%.1e (elementwise %.1e)' % (a['max_rel'], a['max_elem_rel'])) if a else '—'} |")
+                f"of {args.cp_n:,} " + timed(c, o, vs_floor=False) + "| — | — " + self_agree("cp_self"))
     present = {c for (c, _l) in results}
     prefix_case = [("| floor", "floor"), ("| fast_pair", "fast_pair"), ("| fast_interactive", "fast_pair"),
                    ("| self_influence()", "fast_pair"), ("| fast_self", "fast_self"), ("| randproj", "randproj_init"),

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import TensorDataset
 
@@ -80,11 +79,12 @@ def _setup(tmp_path, model_fn, size, seed=0):
     return paths, x, y
 
 
-def _reference(model_fn, paths, x_train, y_train, x_test, y_test, layer):
-    loss = nn.CrossEntropyLoss(reduction="sum")
+def _reference(model_fn, paths, train, test, params=lambda m: [m.fc.weight]):
+    """Brute-force float64 scores of ``params`` (Captum's Fast scores: the final layer's weight)."""
+    (x_train, y_train), (x_test, y_test) = train, test
     return reference_scores(
         model_fn().double(), paths, examples_of([x_train.double()], y_train), examples_of([x_test.double()], y_test),
-        loss, lambda m: [getattr(m, layer).weight, getattr(m, layer).bias],
+        nn.CrossEntropyLoss(reduction="sum"), params,
     )
 
 
@@ -103,11 +103,9 @@ def test_tutorial_net_runs_channels_last_with_reference_scores(tmp_path, monkeyp
     plan = tr._fz.channels_last
     assert isinstance(plan, ChannelsLast)
     assert plan.back is model.pool2  # the last 4-D output before the model's .view
-    # Captum's Fast scores cover the final layer's weight only: bias gradient = δ, weight = δ ⊗ a
-    ref, ref_self = _reference(TutorialCifarNet, paths, x[:N_TRAIN], y[:N_TRAIN], *test, "fc3")
-    w_ref, w_self = reference_scores(
-        TutorialCifarNet().double(), paths, examples_of([x[:N_TRAIN].double()], y[:N_TRAIN]),
-        examples_of([test[0].double()], test[1]), nn.CrossEntropyLoss(reduction="sum"), lambda m: [m.fc3.weight])
+    train = (x[:N_TRAIN], y[:N_TRAIN])
+    w_ref, w_self = _reference(TutorialCifarNet, paths, train, test, lambda m: [m.fc3.weight])
+    ref, _ = _reference(TutorialCifarNet, paths, train, test, lambda m: [m.fc3.weight, m.fc3.bias])
     assert rel_err(scores, w_ref) <= 1e-4
     assert rel_err(selfi, w_self) <= 1e-4
     assert not torch.allclose(w_ref, ref)  # the bias term is really left out
@@ -138,9 +136,7 @@ def test_models_that_need_nchw_keep_it(tmp_path, model_fn):
     test = (x[N_TRAIN:], y[N_TRAIN:])
     scores = tr.influence(test)
     assert tr._fz.channels_last is None
-    w_ref, _ = reference_scores(
-        model_fn().double(), paths, examples_of([x[:N_TRAIN].double()], y[:N_TRAIN]),
-        examples_of([test[0].double()], test[1]), nn.CrossEntropyLoss(reduction="sum"), lambda m: [m.fc.weight])
+    w_ref, _ = _reference(model_fn, paths, (x[:N_TRAIN], y[:N_TRAIN]), test)
     assert rel_err(scores, w_ref) <= 1e-4
 
 
@@ -163,9 +159,7 @@ def test_a_later_failure_falls_back_to_nchw(tmp_path):
     y8 = torch.randint(0, 3, (N_TEST,), generator=g)
     scores = tr.influence((x8, y8))  # the view fails on channels-last: recomputed in NCHW
     assert tr._fz.channels_last is None
-    w_ref, _ = reference_scores(
-        SizeDependentNet().double(), paths, examples_of([x16[:N_TRAIN].double()], y[:N_TRAIN]),
-        examples_of([x8.double()], y8), nn.CrossEntropyLoss(reduction="sum"), lambda m: [m.fc.weight])
+    w_ref, _ = _reference(SizeDependentNet, paths, (x16[:N_TRAIN], y[:N_TRAIN]), (x8, y8))
     assert rel_err(scores, w_ref) <= 1e-4
 
 

@@ -266,12 +266,17 @@ def odd_layers_model():
     return m.eval()
 
 
+def odd_layers_setup(tmp_path, n: int, seed: int):
+    """Two float64 :func:`odd_layers_model` checkpoints (lr 1.0, 0.5) and ``n`` random examples."""
+    paths = make_checkpoints(odd_layers_model, tmp_path, 2, torch.float64, [1.0, 0.5])
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 1, 6, 6, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 3, (n,), generator=g)
+    return odd_layers_model, paths, x, y
+
+
 def test_every_gradient_path_matches_reference(tmp_path):
-    model_fn = odd_layers_model
-    paths = make_checkpoints(model_fn, tmp_path, 2, torch.float64, [1.0, 0.5])
-    g = torch.Generator().manual_seed(4)
-    x = torch.randn(14, 1, 6, 6, generator=g, dtype=torch.float64)
-    y = torch.randint(0, 3, (14,), generator=g)
+    model_fn, paths, x, y = odd_layers_setup(tmp_path, 14, seed=4)
     loss = nn.CrossEntropyLoss(reduction="mean")
     ref, ref_self = reference_scores(model_fn().double(), paths, examples_of([x[:10]], y[:10]),
                                      examples_of([x[10:]], y[10:]), loss, lambda m: list(m.parameters()))
@@ -352,11 +357,7 @@ def test_tracincp_intermediate_quantities_match_reference(cnn_setup, layers, sel
 
 
 def test_tracincp_intermediate_quantities_every_gradient_path(tmp_path):
-    model_fn = odd_layers_model
-    paths = make_checkpoints(model_fn, tmp_path, 2, torch.float64, [1.0, 0.5])
-    g = torch.Generator().manual_seed(9)
-    x = torch.randn(5, 1, 6, 6, generator=g, dtype=torch.float64)
-    y = torch.randint(0, 3, (5,), generator=g)
+    model_fn, paths, x, y = odd_layers_setup(tmp_path, 5, seed=9)
     loss = nn.CrossEntropyLoss(reduction="sum")
     tr = TracInCP(model_fn().double(), TensorDataset(x, y), paths, loss_fn=loss)
     ref = _reference_embeddings(model_fn().double(), paths, examples_of([x], y), loss, lambda m: list(m.parameters()))
