@@ -7,10 +7,13 @@ they are keyed by content hashes (a changed checkpoint or dataset is a new key).
 from __future__ import annotations
 
 import hashlib
-import threading
-from contextlib import contextmanager
 import json
 import os
+import re
+import secrets
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
@@ -20,12 +23,155 @@ from PIL import Image
 
 from tracin_core import ReviewStore, Workspace
 from tracin_core.checkpoints import CheckpointError
+from tracin_core.server_config import (
+    AccessDenied, ConfigError, PathRefused, ServerConfig, allowed, load_server_config,
+)
 from tracin_core.workspace import WorkspaceError
 
 CACHE_DIR = Path(os.environ.get("TRACIN_CACHE", Path.home() / ".cache" / "tracin_audit"))
 UPLOAD_DIR = CACHE_DIR / "uploads"
 REVIEW_DB = Path(os.environ.get("TRACIN_REVIEW_DB", CACHE_DIR / "reviews.sqlite"))
 DEMO_SPEC = {"kind": "demo"}
+DEMO_NAME = "demo"
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()!|<>~&$:])")  # inline markdown, HTML, st directives
+_MD_BLOCK_START = re.compile(r"^(\d*)([#+=.)-])")  # a heading, list or rule at the start
+
+
+def esc(value: Any) -> str:
+    """``value`` as literal text inside Streamlit markdown (never markdown, never HTML).
+
+    Every user-supplied string (reviewer and file names, class names from folders,
+    workspace names, error messages quoting them) goes through this before it is put
+    into ``st.markdown``, ``st.error``, ``st.caption`` and the like.
+    """
+    text = " ".join(str(value).split())  # no line breaks: a name cannot start a block
+    text = _MD_SPECIAL.sub(r"\\\1", text)
+    return _MD_BLOCK_START.sub(r"\1\\\2", text)
+
+
+def hide_server_paths(text: str) -> str:
+    """``text`` with the app's own folders (cache, uploads, zip extraction) shortened."""
+    import tempfile
+
+    for folder, shown in ((UPLOAD_DIR, "<upload>"), (CACHE_DIR, "<cache>"),
+                          (Path(tempfile.gettempdir()), "<tmp>")):
+        text = text.replace(str(folder), shown)
+    return text
+
+
+def public_message(exc: BaseException) -> str:
+    """An exception's message for the page: server folders hidden, shown as plain text."""
+    return esc(hide_server_paths(str(exc)))
+
+
+# ------------------------------------------------------------------ server config, identity
+
+
+@st.cache_resource(show_spinner=False)
+def _server_config(path_key: str) -> ServerConfig:
+    cfg = load_server_config()
+    cfg.check_upload_dir(UPLOAD_DIR)
+    return cfg
+
+
+def server_config() -> ServerConfig:
+    """The server config (``tracin_audit.toml``), read once; a bad file stops every page."""
+    from tracin_core.server_config import default_config_path
+
+    try:
+        return _server_config(str(default_config_path()))
+    except ConfigError as exc:
+        st.error(f"The server config is wrong, so nothing is served: {esc(exc)}")
+        st.stop()
+        raise  # pragma: no cover - st.stop raises
+
+
+def auth_configured() -> bool:
+    """Does ``.streamlit/secrets.toml`` hold an ``[auth]`` section for ``st.login``?"""
+    try:
+        return "auth" in st.secrets
+    except Exception:  # noqa: BLE001 - no secrets file at all
+        return False
+
+
+def sign_in_mode(cfg: ServerConfig) -> str:
+    """'oidc' (everyone signs in) or 'local' (no sign-in; the server binds 127.0.0.1)."""
+    if cfg.auth_mode == "auto":
+        return "oidc" if auth_configured() else "local"
+    return cfg.auth_mode
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who this session is: ``name`` is what review events record."""
+
+    name: str
+    role: Optional[str]
+    mode: str  # "oidc" | "local"
+
+    def can(self, action: str) -> bool:
+        return allowed(self.role, action)
+
+
+LOCAL_ROLE = "admin"
+
+
+def _local_name() -> str:
+    """Local mode: a name of this browser session's own (kept in the URL across reloads)."""
+    name = st.session_state.get("_local_reviewer")
+    if name is None:
+        from_url = str(st.query_params.get("reviewer", "")).strip()
+        name = from_url[:80] if from_url else f"local-{secrets.token_hex(3)}"
+        st.session_state["_local_reviewer"] = name
+    return name
+
+
+def identity() -> Identity:
+    """The session's identity; stops the page with a sign-in screen when needed."""
+    cfg = server_config()
+    mode = sign_in_mode(cfg)
+    if mode == "oidc":
+        if not auth_configured():
+            st.error("The server config asks for sign-in ([auth] mode = \"oidc\") but "
+                     "`.streamlit/secrets.toml` has no `[auth]` section: see the README, "
+                     "\"Deploying for a team\".")
+            st.stop()
+        if not st.user.is_logged_in:
+            st.title("TracIn Audit")
+            st.markdown("Sign in to review training labels and browse influential examples.")
+            st.button("Sign in", key="sign_in", type="primary", on_click=st.login,
+                      icon=":material/login:")
+            st.stop()
+        email, sub = st.user.get("email"), st.user.get("sub")
+        name = str(email or sub or "").strip()
+        if not name:
+            st.error("The sign-in provider gave no e-mail and no subject for this account.")
+            st.stop()
+        return Identity(name=name[:200], role=cfg.role_of(email, sub), mode=mode)
+    return Identity(name=_local_name(), role=LOCAL_ROLE, mode="local")
+
+
+def require(action: str, what: str) -> Identity:
+    """Stop the page (with a message) unless the session may do ``action``."""
+    who = identity()
+    if not who.can(action):
+        st.error(f"Your role ({esc(who.role or 'no access')}) cannot {what}. "
+                 "Ask an admin of this server if you need it.", icon=":material/block:")
+        st.stop()
+    return who
+
+
+def refuse(who: Identity, action: str, what: str) -> bool:
+    """For callbacks: True (and a message for the next run) when ``who`` may not ``action``."""
+    if who.can(action):
+        return False
+    st.session_state["_refused"] = f"Your role ({who.role or 'no access'}) cannot {what}; nothing was changed."
+    return True
+
+
+def show_refusal() -> None:
+    if "_refused" in st.session_state:
+        st.error(esc(st.session_state.pop("_refused")), icon=":material/block:")
 
 
 def spec_key(spec: dict[str, Any]) -> str:
@@ -38,16 +184,16 @@ def _load_workspace(key: str) -> Workspace:
     kind = spec["kind"]
     if kind == "demo":
         return Workspace.demo(cache_dir=CACHE_DIR / "stores")
-    if kind == "toml":
-        return Workspace.from_toml(spec["path"], cache_dir=CACHE_DIR / "stores")
-    if kind == "custom":
-        from tracin_core.datasets import load_dataset
+    cfg = server_config()
+    if kind == "listed":  # a name from the server config, never a path from a browser
+        return Workspace.from_toml(cfg.workspace_path(spec["name"]), cache_dir=CACHE_DIR / "stores",
+                                   check_factory=cfg.check_factory)
+    if kind == "custom":  # built on the Workspace page from checked uploads and data roots
         from tracin_core.models import ARCHITECTURES
 
         arch = ARCHITECTURES[spec["architecture"]]
-        train = load_dataset(spec["dataset"]["kind"], **spec["dataset"].get("train", {}))
-        test_args = spec["dataset"].get("test")
-        test = load_dataset(spec["dataset"]["kind"], **test_args) if test_args else None
+        train = load_custom_dataset(spec["dataset"], "train")
+        test = load_custom_dataset(spec["dataset"], "test")
         kwargs = {"num_classes": train.num_classes} if arch.num_classes_arg else {}
         return Workspace(
             name=spec.get("name", "custom"),
@@ -64,20 +210,52 @@ def _load_workspace(key: str) -> Workspace:
     raise WorkspaceError(f"unknown workspace kind {kind!r}")
 
 
+def load_custom_dataset(dataset: dict[str, Any], split: str):
+    """A "Build one here" dataset (``split`` train/test; None when it has no such part).
+
+    Its paths were checked against the data roots (or are the app's own uploads) when the
+    spec was made; zips are extracted under the server config's caps.
+    """
+    from tracin_core.datasets import load_dataset
+
+    args = dataset.get(split)
+    if not args:
+        return None
+    cfg = server_config()
+    extra = ({"max_zip_bytes": cfg.max_zip_bytes, "max_zip_files": cfg.max_zip_files}
+             if dataset["kind"] == "image_folder" else {})
+    return load_dataset(dataset["kind"], **args, **extra)
+
+
 def set_workspace(spec: dict[str, Any]) -> None:
-    """Make ``spec`` the session's active workspace (and remember it in the URL)."""
+    """Make ``spec`` the session's active workspace (and remember its *name* in the URL)."""
     st.session_state["ws_spec"] = spec
-    if spec.get("kind") == "toml":
-        st.query_params["workspace"] = spec["path"]
+    if spec.get("kind") == "listed":
+        st.query_params["workspace"] = spec["name"]
     elif "workspace" in st.query_params:
         del st.query_params["workspace"]
 
 
 def active_spec() -> dict[str, Any]:
+    """The session's workspace: ``?workspace=NAME`` names a listed one (never a path)."""
     if "ws_spec" not in st.session_state:
-        path = st.query_params.get("workspace")
-        st.session_state["ws_spec"] = {"kind": "toml", "path": path} if path else dict(DEMO_SPEC)
+        name = str(st.query_params.get("workspace", "") or "").strip()
+        spec = dict(DEMO_SPEC)
+        if name and name != DEMO_NAME:
+            if name in server_config().workspaces:
+                spec = {"kind": "listed", "name": name}
+            else:
+                st.session_state["_ws_notice"] = (
+                    f"No workspace named “{name[:80]}” is listed on this server; the demo is open instead.")
+                del st.query_params["workspace"]
+        st.session_state["ws_spec"] = spec
     return st.session_state["ws_spec"]
+
+
+def workspace_notice() -> None:
+    """Say once why a ``?workspace=`` link did not open what it named."""
+    if "_ws_notice" in st.session_state:
+        st.warning(esc(st.session_state.pop("_ws_notice")), icon=":material/link_off:")
 
 
 def current_workspace(show_errors: bool = True) -> Optional[Workspace]:
@@ -86,9 +264,10 @@ def current_workspace(show_errors: bool = True) -> Optional[Workspace]:
     try:
         with st.spinner("Opening the workspace…"):
             return _load_workspace(spec_key(spec))
-    except (WorkspaceError, CheckpointError, ValueError, FileNotFoundError, OSError) as exc:
+    except (WorkspaceError, CheckpointError, ValueError, FileNotFoundError, OSError,
+            PermissionError) as exc:
         if show_errors:
-            st.error(f"Could not open the workspace: {exc}")
+            st.error(f"Could not open the workspace: {esc(exc)}")
             if spec != DEMO_SPEC and st.button("Go back to the demo"):
                 set_workspace(dict(DEMO_SPEC))
                 st.rerun()
@@ -122,13 +301,26 @@ def review_store(ws: Workspace) -> ReviewStore:
     return _review_store(str(REVIEW_DB), ws.name, ws.data_hash)
 
 
-def reviewer_name() -> str:
-    """The reviewer's name (sidebar), kept in the URL so a reload keeps it."""
-    default = st.query_params.get("reviewer", "annotator")
-    name = st.sidebar.text_input("Reviewer name", value=default, key="reviewer_input").strip()
-    if name and name != st.query_params.get("reviewer"):
-        st.query_params["reviewer"] = name
-    return name or "annotator"
+def reviewer_name(who: Optional[Identity] = None) -> str:
+    """The name review events record: the signed-in identity, never a text field.
+
+    In local mode (no sign-in) each browser session starts with a name of its own
+    (``local-xxxxxx``), kept in the URL so a reload keeps it, and may rename itself in
+    the sidebar. Two sessions never share a name by default, so two browsers never get
+    the same item from "my queue" nor overwrite each other's decisions.
+    """
+    who = who or identity()
+    if who.mode != "local":
+        return who.name
+    current = _local_name()
+    name = st.sidebar.text_input("Reviewer name (local mode)", value=current, key="reviewer_input",
+                                 max_chars=80).strip()
+    if name and name != current:
+        st.session_state["_local_reviewer"] = name
+        current = name
+    if st.query_params.get("reviewer") != current:
+        st.query_params["reviewer"] = current
+    return current
 
 
 def upscale(img: np.ndarray, size: int = 112) -> Image.Image:
@@ -148,8 +340,30 @@ def class_name(ws: Workspace, label: Optional[int]) -> str:
     return ws.classes[label] if 0 <= label < len(ws.classes) else str(label)
 
 
+def class_md(ws: Workspace, label: Optional[int]) -> str:
+    """:func:`class_name` as literal text for markdown (class names may come from folder names)."""
+    return esc(class_name(ws, label))
+
+
+def upload_too_large(f) -> Optional[str]:
+    """A message when an uploaded file is over the server config's limit, else None."""
+    limit = server_config().max_upload_bytes
+    if getattr(f, "size", 0) > limit:
+        return (f"**{esc(f.name)}** is {f.size / 2**20:.1f} MB, over this server's upload limit "
+                f"of {limit / 2**20:.0f} MB; it was not read.")
+    return None
+
+
 def save_upload(data: bytes, suffix: str) -> Path:
-    """Keep an uploaded file on the server under its content hash."""
+    """Keep an uploaded file on the server under its content hash (``suffix``: ``.pt``, ``.zip`` …).
+
+    The upload folder lies outside every data root and workspace folder (checked when the
+    server config is read), and no browser input is ever resolved against it.
+    """
+    if suffix not in (".pt", ".pth", ".safetensors", ".zip"):
+        raise ValueError(f"uploads are kept as .pt, .pth, .safetensors or .zip, not {suffix!r}")
+    if len(data) > server_config().max_upload_bytes:
+        raise ValueError("the upload is over this server's size limit")
     UPLOAD_DIR.mkdir(parents=True, exist_ok=True)
     path = UPLOAD_DIR / f"{hashlib.sha256(data).hexdigest()[:32]}{suffix}"
     if not path.exists():
@@ -164,7 +378,7 @@ def sidebar_summary(ws: Optional[Workspace]) -> None:
         if ws is None:
             st.caption("No workspace open")
             return
-        st.markdown(f"**Workspace:** `{ws.name}`")
+        st.markdown(f"**Workspace:** {esc(ws.name)}")
         st.caption(
             f"{len(ws.train):,} training · {len(ws.test) if ws.test is not None else 0:,} test examples · "
             f"{len(ws.checkpoints)} checkpoints · id {ws.fingerprint[:8]}"
@@ -270,15 +484,42 @@ def page_config() -> None:
     st.set_page_config(page_title="TracIn Audit", page_icon=str(FAVICON), layout="wide")
 
 
+#: page url path -> the action a role needs to see it (enforced again inside each page)
+PAGE_ACTION = {"workspace": "view_workspace", "influence": "influence", "review": "review",
+               "evaluation": "evaluation"}
+
+
 def navigation():
-    """The router (``st.navigation``) and the sidebar every page shares."""
-    pages = [
-        st.Page(_HERE / f, title=t, url_path=u, default=(i == 0)) for i, (f, t, u) in enumerate(PAGE_TABLE)
-    ]
+    """The router (``st.navigation``) and the sidebar every page shares.
+
+    Only the pages the session's role may open are registered, so another page's URL
+    leads to the first allowed page; each page checks the role again itself.
+    """
+    who = identity()
+    if who.role is None:
+        st.title("TracIn Audit")
+        st.error(f"The account {esc(who.name)} has no role on this server. Ask an admin to add it "
+                 "under [auth.users] in the server config.", icon=":material/block:")
+        st.button("Sign out", key="sign_out_norole", on_click=st.logout)
+        st.stop()
+    rows = [r for r in PAGE_TABLE if who.can(PAGE_ACTION[r[2]])]
+    pages = [st.Page(_HERE / f, title=t, url_path=u, default=(i == 0)) for i, (f, t, u) in enumerate(rows)]
     nav = st.navigation(pages)
     st.sidebar.title("TracIn Audit")
+    sidebar_identity(who)
     sidebar_summary(current_workspace(show_errors=False))
     return nav
+
+
+def sidebar_identity(who: Identity) -> None:
+    with st.sidebar:
+        if who.mode == "local":
+            st.warning("**Local mode**: no sign-in, every visitor is admin. The server listens on "
+                       "127.0.0.1 only. To share it with a team, see the README's "
+                       "\"Deploying for a team\".", icon=":material/lock_open:")
+        else:
+            st.caption(f"Signed in as **{esc(who.name)}** · {esc(who.role)}")
+            st.button("Sign out", key="sign_out", on_click=st.logout, icon=":material/logout:")
 
 
 @contextmanager

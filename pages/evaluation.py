@@ -303,6 +303,7 @@ def _clicked(key: str, pressed: bool) -> bool:
 
 def main() -> None:
     _route()
+    who = common.require("evaluation", "open the Evaluation page")
     ws = common.current_workspace()
     st.title("Evaluation")
     if ws is None:
@@ -312,7 +313,7 @@ def main() -> None:
 
     wanted = st.session_state.setdefault("ev_cp", set())  # fingerprints whose TracInCP pass was asked for
     with_cp = _cp_ready(ws) or ws.fingerprint in wanted
-    if not with_cp:
+    if not with_cp and who.can("retrain"):
         if _clicked("ev_cp_button", st.button("Add the all-layer TracInCP ranking (one pass over the training data)",
                                               key="ev_cp_button")):
             common.ensure_store(ws, "cp")
@@ -326,8 +327,10 @@ def main() -> None:
         st.caption("The workspace hands the rankers no final-layer inputs, so the neighbourhood rankings "
                    f"({', '.join(sorted(rk.USES_FEATURES))}) find neighbours among the logits.")
     section_rankings(ws, scores, truth)
-    if truth is not None:
+    if truth is not None and who.can("retrain"):
         section_retrain(ws, scores, truth)
+    elif truth is not None:
+        st.caption("Admins can retrain the model on corrected labels here.")
 
 
 main()

@@ -17,6 +17,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from pages import common
+from tracin_core.datasets import open_image
 
 PER_PAGE = 40
 GRID_COLS = 10
@@ -147,14 +148,18 @@ def upload_tab(ws) -> None:
     up = st.file_uploader("Test image", type=["png", "jpg", "jpeg"], key="inf_upload_file")
     if up is None:
         return
+    too_large = common.upload_too_large(up)
+    if too_large:
+        st.error(too_large, icon=":material/block:")
+        return
     data = up.getvalue()
     sha = hashlib.sha256(data).hexdigest()[:16]
     try:
-        with Image.open(io.BytesIO(data)) as im:
+        with open_image(io.BytesIO(data)) as im:  # PIL's decompression-bomb limit, as an error
             im.load()
             img = im.copy()
-    except (UnidentifiedImageError, OSError) as exc:
-        st.error(f"**{up.name}** is not a readable image: {exc}")
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
+        st.error(f"**{common.esc(up.name)}** is not a readable image: {common.public_message(exc)}")
         return
     grey_mean = float(np.asarray(img.convert("L"), dtype=np.float64).mean())
     light_on_dark = ws.train.image(0).mean() < 128 if len(ws.train) else False
@@ -208,7 +213,7 @@ def browse_tab(ws) -> None:
             with col:
                 st.image(common.upscale(ws.test.image(i), 64), width=64)
                 mark = "" if labels[i] == predicted[i] else " :red[:material/close:]"
-                st.caption(f"#{i} · {common.class_name(ws, labels[i])}→{common.class_name(ws, predicted[i])}{mark}")
+                st.caption(f"#{i} · {common.class_md(ws, labels[i])}→{common.class_md(ws, predicted[i])}{mark}")
                 st.button("Pick", key=f"pick_{i}", on_click=_select_index, args=(i,))
 
 
@@ -232,12 +237,12 @@ def details(ws, i: int) -> None:
     a.image(common.upscale(ws.train.image(i), 256), width=256)
     lines = [
         f"**Training example #{i}**",
-        f"- Label (in the data): **{common.class_name(ws, row['label'])}**",
-        f"- Predicted (last checkpoint): **{common.class_name(ws, row['predicted'])}** "
+        f"- Label (in the data): **{common.class_md(ws, row['label'])}**",
+        f"- Predicted (last checkpoint): **{common.class_md(ws, row['predicted'])}** "
         f"({row['probability']:.1%})",
     ]
     if ws.ground_truth is not None:
-        lines.append(f"- Ground truth: **{common.class_name(ws, ws.ground_truth[i])}**")
+        lines.append(f"- Ground truth: **{common.class_md(ws, ws.ground_truth[i])}**")
     try:
         ranks = _self_influence_rank(ws.fingerprint, ws)
         lines.append(f"- Self-influence rank: **{int(ranks[i]):,}** of {len(ranks):,} "
@@ -262,8 +267,8 @@ def gallery(ws, table, kind: str, title: str, help_text: str) -> None:
             with col:
                 st.image(common.upscale(ws.train.image(i), 96), width=96)
                 wrong = "" if r.label == r.predicted else " :orange[:material/warning:]"
-                st.markdown(f"**{common.class_name(ws, r.label)}**{wrong} · {_sig3(r.score)}  \n"
-                            f":small[:gray[#{i} · pred. {common.class_name(ws, r.predicted)}]]")
+                st.markdown(f"**{common.class_md(ws, r.label)}**{wrong} · {_sig3(r.score)}  \n"
+                            f":small[:gray[#{i} · pred. {common.class_md(ws, r.predicted)}]]")
                 if st.button("details", key=f"det_{kind}_{r.rank}", type="tertiary"):
                     details(ws, i)
 
@@ -298,7 +303,7 @@ def results(ws, sel: dict[str, Any], method_label: str, method: str, k: int, opt
     else:
         up = st.session_state["inf_upload"]
         img = up["view"]
-        title = f"uploaded {up['name']}"
+        title = f"uploaded {common.esc(up['name'])}"
         known = up["label"]
         x, test_key, label = up["x"], "upload:" + up["sha"], up["label"]
 
@@ -309,18 +314,18 @@ def results(ws, sel: dict[str, Any], method_label: str, method: str, k: int, opt
             res = _influence(ws.fingerprint, test_key, int(k), method, json.dumps(opts, sort_keys=True),
                              label, ws, x)
     except Exception as exc:  # noqa: BLE001 - shown to the user, never a traceback
-        st.error(f"Computing influence failed: {type(exc).__name__}: {exc}")
+        st.error(f"Computing influence failed: {type(exc).__name__}: {common.public_message(exc)}")
         return
 
     left, mid = st.columns([1, 3], gap="medium")
     left.image(common.upscale(img, 224), width=224,
                caption=None if sel["kind"] == "index" else "As the model sees it")
     ok = known is None or known == res.predicted
-    explained = common.class_name(ws, res.label if res.label is not None else res.predicted)
+    explained = common.class_md(ws, res.label if res.label is not None else res.predicted)
     mid.markdown(
         f"### {title[0].upper() + title[1:]}\n\n"
-        f"True label: **{common.class_name(ws, known) if known is not None else 'unknown'}**  \n"
-        f"Predicted: **{common.class_name(ws, res.predicted)}** with probability **{res.probability:.1%}** "
+        f"True label: **{common.class_md(ws, known) if known is not None else 'unknown'}**  \n"
+        f"Predicted: **{common.class_md(ws, res.predicted)}** with probability **{res.probability:.1%}** "
         f"{':green[:material/check_circle:]' if ok else ':red[:material/cancel:]'}\n\n"
         f":gray[Scores explain the label **{explained}** · method {method_label.lower()} · "
         f"{len(ws.checkpoints)} checkpoints]"
@@ -337,6 +342,7 @@ def results(ws, sel: dict[str, Any], method_label: str, method: str, k: int, opt
 
 # ----------------------------------------------------------------------------- page
 common.ensure_router()
+common.require("influence", "open the Influence page")
 st.title("Influence")
 ws = common.current_workspace()
 if ws is None:
@@ -344,7 +350,7 @@ if ws is None:
 try:
     common.ensure_store(ws)
 except Exception as exc:  # noqa: BLE001
-    st.error(f"Computing the training features failed: {type(exc).__name__}: {exc}")
+    st.error(f"Computing the training features failed: {type(exc).__name__}: {common.public_message(exc)}")
     st.stop()
 
 with _one_thread():

@@ -11,6 +11,7 @@ counts from the ReviewStore.
 """
 from __future__ import annotations
 
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -103,9 +104,11 @@ def _next_after(item: int, order: list[int]) -> Optional[int]:
 # ------------------------------------------------------------------------ callbacks
 
 
-def _decide(store, reviewer: str, action: str, item: int, given: int, score: float,
-            ranking: str, order: list[int], label_key: Optional[str] = None) -> None:
+def _decide(store, who: common.Identity, reviewer: str, action: str, item: int, given: int,
+            score: float, ranking: str, order: list[int], label_key: Optional[str] = None) -> None:
     """Record one decision now; then move on (the queue claims the next item)."""
+    if common.refuse(who, "review", "record review decisions"):
+        return
     new_label = None
     if action == "relabel":
         new_label = _state().get(label_key)
@@ -140,8 +143,10 @@ def _last_decided_item(store, reviewer: str) -> Optional[int]:
     return None if mine.empty else int(mine["item_id"].iloc[-1])
 
 
-def _undo(store, reviewer: str) -> None:
+def _undo(store, who: common.Identity, reviewer: str) -> None:
     """Revert this reviewer's last decision: this session's stack, else the store's history."""
+    if common.refuse(who, "review", "undo review decisions"):
+        return
     stack = _undo_stack(reviewer)
     try:
         item = None
@@ -163,8 +168,10 @@ def _undo(store, reviewer: str) -> None:
     _state()["rv_current"] = item  # "My queue" claims it first
 
 
-def _adjudicate(store, reviewer: str, item: int, given: int, ranking: str,
+def _adjudicate(store, who: common.Identity, reviewer: str, item: int, given: int, ranking: str,
                 score: Optional[float]) -> None:
+    if common.refuse(who, "adjudicate", "adjudicate conflicts"):
+        return
     choice = _state().get(f"rv_adj_choice_{item}", "accept")
     new_label, exclude = None, False
     if choice == "exclude":
@@ -179,6 +186,11 @@ def _adjudicate(store, reviewer: str, item: int, given: int, ranking: str,
         return
     _undo_stack(reviewer).append(item)
     _flash(f"Final decision recorded for #{item}")
+
+
+def _cls(ws, label) -> str:
+    """A class name as markdown-safe text (class names can come from folder names)."""
+    return common.esc(common.class_name(ws, label))
 
 
 def _go_to(order: list[int], step: int) -> None:
@@ -210,12 +222,25 @@ def _exporter(make: Callable[[Path], Any], suffix: str) -> Callable[[], bytes]:
     return build
 
 
-def render_export(ws, store) -> None:
+def render_export(ws, store, who: common.Identity, reviewer: str) -> None:
     st.subheader("Export")
+    base = re.sub(r"[^A-Za-z0-9._-]+", "_", ws.name).strip("._") or "workspace"
+    if not who.can("export_all"):
+        st.caption(f"Your own decisions and events (as {common.esc(reviewer)}); admins export "
+                   "everyone's and the corrected labels.")
+        row = st.container(horizontal=True)
+        row.download_button(
+            "My decisions (CSV)", _exporter(lambda p: store.export(p, "decisions", reviewer=reviewer), ".csv"),
+            file_name=f"{base}-my-decisions.csv", mime="text/csv", key="rv_dl_mine_csv",
+            on_click="ignore", icon=":material/download:")
+        row.download_button(
+            "My history (CSV)", _exporter(lambda p: store.export(p, "history", reviewer=reviewer), ".csv"),
+            file_name=f"{base}-my-history.csv", mime="text/csv", key="rv_dl_mine_history",
+            on_click="ignore", icon=":material/download:")
+        return
     st.caption("Final decisions (adjudications win, otherwise the reviewers' consensus), "
                "every event, or corrected labels for the whole training set — load the "
                "last one in a workspace file as `[train] labels_override = \"file.csv\"`.")
-    base = ws.name
     row = st.container(horizontal=True)
     row.download_button(
         "Decisions (CSV)", _exporter(lambda p: store.export(p, "decisions"), ".csv"),
@@ -257,7 +282,7 @@ def render_progress(store, reviewer: str, total: int) -> None:
     st.markdown(" &nbsp; ".join(counts), unsafe_allow_html=True)
     by = overall.get("by_reviewer") or {}
     if by:
-        st.caption("By reviewer: " + " · ".join(f"**{name}** {n:,}" for name, n in by.items()))
+        st.caption("By reviewer: " + " · ".join(f"**{common.esc(name)}** {n:,}" for name, n in by.items()))
 
 
 def render_proponents(ws, item: int, given: int) -> None:
@@ -265,7 +290,7 @@ def render_proponents(ws, item: int, given: int) -> None:
     try:
         props = common.train_proponents(ws, item, given, k=5)
     except (WorkspaceError, CheckpointError, ValueError, RuntimeError, OSError) as exc:
-        st.caption(f"Proponents unavailable: {exc}")
+        st.caption(f"Proponents unavailable: {common.public_message(exc)}")
         return
     if props.empty:
         st.caption("No proponents.")
@@ -273,11 +298,11 @@ def render_proponents(ws, item: int, given: int) -> None:
     cols = st.columns(len(props))
     for col, row in zip(cols, props.itertuples(index=False)):
         col.image(common.upscale(ws.train.image(int(row.index)), 72),
-                  caption=f"#{int(row.index)} · {common.class_name(ws, int(row.label))} · "
+                  caption=f"#{int(row.index)} · {common.class_md(ws, int(row.label))} · "
                           f"{float(row.score):.3g}")
 
 
-def render_item(ws, store, reviewer: str, item: int, table: pd.DataFrame, ranking: str,
+def render_item(ws, store, who, reviewer: str, item: int, table: pd.DataFrame, ranking: str,
                 order: list[int], decisions: pd.DataFrame) -> None:
     row = table.loc[item]
     given = int(row["label"])
@@ -293,21 +318,21 @@ def render_item(ws, store, reviewer: str, item: int, table: pd.DataFrame, rankin
             others = decisions[(decisions["item_id"] == item) & (decisions["reviewer"] != reviewer)]
             mine_text = "—" if mine.empty else str(mine["status"].iloc[0])
             lines = [
-                f"**Given label:** {common.class_name(ws, given)}",
-                f"**Model predicts:** {common.class_name(ws, predicted)} "
+                f"**Given label:** {_cls(ws, given)}",
+                f"**Model predicts:** {_cls(ws, predicted)} "
                 f"({float(row['probability']):.1%})"
                 + ("" if predicted != given else " — agrees with the given label"),
-                f"**Suggested label:** {common.class_name(ws, suggested)} "
+                f"**Suggested label:** {_cls(ws, suggested)} "
                 f"({float(row['suggested_probability']):.1%})",
                 f"**Score:** {score:.4g} · **Rank:** {int(row['rank']):,} of {len(table):,}",
                 f"**Status:** {STATUS_BADGE.get(status, status)}"
-                + (f" (final, adjudicated by {row['final_by']})" if row["final_by"] else "")
+                + (f" (final, adjudicated by {common.esc(row['final_by'])})" if row["final_by"] else "")
                 + f" · your decision: {mine_text}",
             ]
             if not others.empty:
                 lines.append("**Other reviewers:** " + ", ".join(
-                    f"{r.reviewer}: {r.status}"
-                    + (f" → {common.class_name(ws, int(r.final_label))}"
+                    f"{common.esc(r.reviewer)}: {r.status}"
+                    + (f" → {_cls(ws, int(r.final_label))}"
                        if r.status == "relabelled" and not pd.isna(r.final_label) else "")
                     for r in others.itertuples(index=False)))
             st.markdown("  \n".join(lines))
@@ -321,27 +346,27 @@ def render_item(ws, store, reviewer: str, item: int, table: pd.DataFrame, rankin
         actions = st.container(horizontal=True, gap="small", vertical_alignment="bottom",
                                key="rv_actions")
         actions.button("Accept (A)", key="rv_accept", shortcut="a", type="primary",
-                       on_click=_decide, args=(store, reviewer, "accept"),
+                       on_click=_decide, args=(store, who, reviewer, "accept"),
                        kwargs=common_args, help="Keep the given label")
         actions.selectbox("Relabel to", classes, key=label_key, width=150,
                           format_func=lambda k: common.class_name(ws, k),
                           help="Defaults to the suggested label")
         actions.button("Relabel (R)", key="rv_relabel", on_click=_decide,
-                       args=(store, reviewer, "relabel"),
+                       args=(store, who, reviewer, "relabel"),
                        kwargs=dict(common_args, label_key=label_key),
                        help="Change the label to the one chosen on the left (key R)")
         actions.button("Exclude (E)", key="rv_exclude", shortcut="e", on_click=_decide,
-                       args=(store, reviewer, "exclude"), kwargs=common_args,
+                       args=(store, who, reviewer, "exclude"), kwargs=common_args,
                        help="Drop the example from the training data")
         actions.button("Skip (S)", key="rv_skip", shortcut="s", on_click=_decide,
-                       args=(store, reviewer, "skip"), kwargs=common_args,
+                       args=(store, who, reviewer, "skip"), kwargs=common_args,
                        help="Leave it for now (other reviewers still get it)")
         actions.button("Undo (U)", key="rv_undo_btn", shortcut="u", on_click=_undo,
-                       args=(store, reviewer), help="Revert your last decision")
+                       args=(store, who, reviewer), help="Revert your last decision")
     st.html(RELABEL_KEY_JS, unsafe_allow_javascript=True)
 
 
-def render_queue(ws, store, reviewer, table, order, ranking, decisions) -> None:
+def render_queue(ws, store, who, reviewer, table, order, ranking, decisions) -> None:
     current = _state().get("rv_current")
     candidates = order
     if current is not None and current in table.index and current in set(order):
@@ -349,7 +374,7 @@ def render_queue(ws, store, reviewer, table, order, ranking, decisions) -> None:
     try:
         item = store.claim_next(reviewer, candidates, lease_seconds=LEASE_SECONDS)
     except STORE_ERRORS as exc:
-        st.error(f"Could not claim the next item: {exc}")
+        st.error(f"Could not claim the next item: {common.public_message(exc)}")
         return
     _state()["rv_claimed"] = True
     if item is None:
@@ -363,7 +388,7 @@ def render_queue(ws, store, reviewer, table, order, ranking, decisions) -> None:
     st.caption(f"Your queue: {len(order):,} items match the filters; you get the best-ranked "
                f"one that nobody decided and no other reviewer holds, and hold it while this "
                f"page is open.")
-    render_item(ws, store, reviewer, item, table, ranking, order, decisions)
+    render_item(ws, store, who, reviewer, item, table, ranking, order, decisions)
 
     @st.fragment(run_every=RENEW_SECONDS)
     def keep_claim() -> None:
@@ -381,7 +406,7 @@ def render_queue(ws, store, reviewer, table, order, ranking, decisions) -> None:
     keep_claim()
 
 
-def render_browse(ws, store, reviewer, table, order, ranking, decisions) -> None:
+def render_browse(ws, store, who, reviewer, table, order, ranking, decisions) -> None:
     if not order:
         st.info("No item matches the filters.")
         return
@@ -411,23 +436,27 @@ def render_browse(ws, store, reviewer, table, order, ranking, decisions) -> None
                      step=1, key="rv_jump", on_change=_jump, placeholder="index",
                      width=160)
     nav.markdown(f"Position **{pos + 1:,}** of **{len(order):,}** matching items")
-    render_item(ws, store, reviewer, cur, table, ranking, order, decisions)
+    render_item(ws, store, who, reviewer, cur, table, ranking, order, decisions)
 
 
-def render_conflicts(ws, store, reviewer, table, ranking) -> None:
+def render_conflicts(ws, store, who, reviewer, table, ranking) -> None:
     try:
         conflicts = store.conflicts()
         finals = store.final_decisions()
     except STORE_ERRORS as exc:
-        st.error(f"Could not read the conflicts: {exc}")
+        st.error(f"Could not read the conflicts: {common.public_message(exc)}")
         return
     if conflicts.empty:
         st.success("No conflicts: wherever several reviewers decided an item, they agree.")
     else:
         items = sorted(conflicts["item_id"].unique().tolist(),
                        key=lambda i: int(table.loc[i, "rank"]) if i in table.index else 0)
-        st.markdown(f"**{len(items)}** item(s) where reviewers disagree. Record a final "
-                    f"decision as **{reviewer}** (an adjudication overrides every reviewer).")
+        if who.can("adjudicate"):
+            st.markdown(f"**{len(items)}** item(s) where reviewers disagree. Record a final "
+                        f"decision as **{common.esc(reviewer)}** (an adjudication overrides every reviewer).")
+        else:
+            st.markdown(f"**{len(items)}** item(s) where reviewers disagree. An admin records "
+                        "the final decision.")
         for item in items[:25]:
             item = int(item)
             rows = conflicts[conflicts["item_id"] == item]
@@ -437,20 +466,23 @@ def render_conflicts(ws, store, reviewer, table, ranking) -> None:
                 c1, c2, c3 = st.columns([0.8, 2.2, 1.6], gap="medium")
                 c1.image(common.upscale(ws.train.image(item), 112), caption=f"Item #{item}")
                 with c2:
-                    head = f"**Given label:** {common.class_name(ws, given)}"
+                    head = f"**Given label:** {_cls(ws, given)}"
                     if info is not None:
-                        head += (f" · **model:** {common.class_name(ws, int(info['predicted']))} "
+                        head += (f" · **model:** {_cls(ws, int(info['predicted']))} "
                                  f"({float(info['probability']):.1%}) · **rank** {int(info['rank']):,}")
                     st.markdown(head)
                     lines = []
                     for r in rows.itertuples(index=False):
                         label = "" if pd.isna(r.final_label) or r.status != "relabelled" \
-                            else f" → {common.class_name(ws, int(r.final_label))}"
+                            else f" → {_cls(ws, int(r.final_label))}"
                         when = str(r.decided_at)[:19].replace("T", " ")
-                        lines.append(f"- **{r.reviewer}**: {STATUS_BADGE.get(r.status, r.status)}"
+                        lines.append(f"- **{common.esc(r.reviewer)}**: {STATUS_BADGE.get(r.status, r.status)}"
                                      f"{label} <small>({when} UTC)</small>")
                     st.markdown("\n".join(lines), unsafe_allow_html=True)
                 with c3:
+                    if not who.can("adjudicate"):
+                        st.caption("Only admins record final decisions.")
+                        continue
                     options = ["accept"] + [f"relabel:{k}" for k in range(len(ws.classes))
                                             if k != given] + ["exclude"]
                     relabels = [f"relabel:{int(v)}" for s, v in zip(rows["status"], rows["final_label"])
@@ -470,7 +502,7 @@ def render_conflicts(ws, store, reviewer, table, ranking) -> None:
                     st.selectbox("Final decision", options, key=key, format_func=fmt)
                     st.button("Record final decision", key=f"rv_adj_{item}", type="primary",
                               on_click=_adjudicate,
-                              args=(store, reviewer, item, given, ranking,
+                              args=(store, who, reviewer, item, given, ranking,
                                     float(info["score"]) if info is not None else None))
         if len(items) > 25:
             st.caption(f"… and {len(items) - 25} more; settle these first.")
@@ -527,19 +559,34 @@ def score_filter(ranking_table: pd.DataFrame, method_key: str) -> Optional[tuple
     return float(value[0]), float(value[1])
 
 
+def follow_identity(store, reviewer: str) -> None:
+    """Claims follow the identity: a renamed session's old name lets go of its item."""
+    before = _state().get("rv_identity")
+    if before is not None and before != reviewer:
+        try:
+            store.release(before)
+        except STORE_ERRORS:
+            pass
+        _state().pop("rv_current", None)
+    _state()["rv_identity"] = reviewer
+
+
 def main() -> None:
     common.ensure_router()
+    who = common.require("review", "review training labels")
     ws = common.current_workspace()
     st.title("Review")
+    common.show_refusal()
     if ws is None:
         st.info("Open a workspace on the **Workspace** page first.")
         st.stop()
-    reviewer = common.reviewer_name()
+    reviewer = common.reviewer_name(who)
     try:
         store = common.review_store(ws)
     except STORE_ERRORS as exc:
-        st.error(f"Could not open the review store: {exc}")
+        st.error(f"Could not open the review store: {common.public_message(exc)}")
         st.stop()
+    follow_identity(store, reviewer)
 
     # first visit with ?item=N: browse from that item
     if "rv_mode" not in _state():
@@ -561,7 +608,7 @@ def main() -> None:
         ranking_table = common.mislabel_table(ws, method)
         preds = common.train_predictions(ws)
     except (WorkspaceError, CheckpointError, ValueError, RuntimeError, OSError) as exc:
-        st.error(f"Could not rank the training examples: {exc}")
+        st.error(f"Could not rank the training examples: {common.public_message(exc)}")
         st.stop()
     filters = sidebar_queue(ws, ranking_table)
     score_range = score_filter(ranking_table, method or "default")
@@ -571,11 +618,11 @@ def main() -> None:
         finals = store.final_decisions()
         decisions = store.decisions()
     except STORE_ERRORS as exc:
-        st.error(f"Could not read the review store: {exc}")
+        st.error(f"Could not read the review store: {common.public_message(exc)}")
         st.stop()
     if other:
         st.warning(
-            f"{other:,} earlier review event(s) for workspace **{ws.name}** were recorded on "
+            f"{other:,} earlier review event(s) for workspace **{common.esc(ws.name)}** were recorded on "
             f"other training data (a different data hash: the images or labels have changed "
             f"since). They are kept in the store but not shown or counted here.",
             icon="⚠️")
@@ -613,7 +660,7 @@ def main() -> None:
 
     render_progress(store, reviewer, len(ws.train))
     if "rv_error" in _state():
-        st.error(_state().pop("rv_error"))
+        st.error(common.esc(_state().pop("rv_error")))
     if "rv_flash" in _state():
         st.caption(f"✓ {_state().pop('rv_flash')} · press **U** to undo")
 
@@ -628,14 +675,14 @@ def main() -> None:
         del st.query_params["item"]
 
     if mode == "My queue":
-        render_queue(ws, store, reviewer, table, order, ranking_name, decisions)
+        render_queue(ws, store, who, reviewer, table, order, ranking_name, decisions)
     elif mode == "All items":
-        render_browse(ws, store, reviewer, table, order, ranking_name, decisions)
+        render_browse(ws, store, who, reviewer, table, order, ranking_name, decisions)
     else:
-        render_conflicts(ws, store, reviewer, table, ranking_name)
+        render_conflicts(ws, store, who, reviewer, table, ranking_name)
 
     st.divider()
-    render_export(ws, store)
+    render_export(ws, store, who, reviewer)
 
 
 main()

@@ -1,8 +1,12 @@
 """Workspace page: what is open now, and three ways to open another workspace.
 
 * the built-in digits demo;
-* a workspace file (TOML, design.md §4) on the server;
-* "build one here": uploaded checkpoints for a registered architecture plus a dataset.
+* a workspace file (TOML, design.md §4) that the server config lists, picked by name;
+* "build one here": uploaded checkpoints for a registered architecture plus a dataset
+  (the built-in digits, a folder inside a data root the server config names, or a zip).
+
+Only admins open or build workspaces (checked here, where it happens); a browser never
+sends a path: it picks names, and relative folders are resolved inside their data root.
 
 UI only: checkpoints are validated with ``tracin_core.checkpoints`` and every score comes
 from the ``Workspace`` API (the store is built by :func:`pages.common.ensure_store`).
@@ -23,13 +27,14 @@ import streamlit as st
 from pages import common
 from tracin_core.checkpoints import CheckpointError, fit_state_dict, read_checkpoint
 from tracin_core.models import ARCHITECTURES, linear_layer_names
+from tracin_core.server_config import PathRefused
 
 PREVIEW_N = 24
 PREVIEW_COLS = 12
 DATASET_CHOICES = (
     "digits (built-in)",
-    "CIFAR-10 folder on the server",
-    "Image folder on the server",
+    "CIFAR-10 folder in a data root",
+    "Image folder in a data root",
     "Upload a zip of class folders",
 )
 LR_SOURCES = {
@@ -78,6 +83,10 @@ def _checked_upload(f) -> dict[str, Any]:
     cache = st.session_state.setdefault("_ckpt_checks", {})
     key = f"{f.file_id}:{f.name}:{f.size}"
     if key not in cache:
+        too_large = common.upload_too_large(f)
+        if too_large:
+            cache[key] = {"name": f.name, "ok": False, "error": too_large, "md": True}
+            return cache[key]
         data = f.getvalue()
         try:
             state, info = read_checkpoint(data, name=f.name)
@@ -139,9 +148,11 @@ def _fmt_lr(x: Optional[float]) -> str:
 
 # ----------------------------------------------------------------------------- active workspace
 def show_active(ws) -> None:
-    st.subheader(f"Active workspace: `{ws.name}`")
-    if ws.source:
-        st.caption(f"From `{ws.source}` · id `{ws.fingerprint[:12]}`")
+    st.subheader(f"Active workspace: {common.esc(ws.name)}")
+    spec = common.active_spec()
+    if spec.get("kind") in ("listed", "demo"):
+        listed = spec.get("name", common.DEMO_NAME)
+        st.caption(f"Listed on this server as “{common.esc(listed)}” · id `{ws.fingerprint[:12]}`")
     else:
         st.caption(f"Built in the app · id `{ws.fingerprint[:12]}`")
     n_test = len(ws.test) if ws.test is not None else 0
@@ -151,10 +162,10 @@ def show_active(ws) -> None:
     c3.metric("Classes", len(ws.classes))
     c4.metric("Checkpoints", len(ws.checkpoints))
     classes = ws.classes
-    shown = ", ".join(classes[:30]) + (f", … ({len(classes) - 30} more)" if len(classes) > 30 else "")
+    shown = ", ".join(common.esc(c) for c in classes[:30]) + (f", … ({len(classes) - 30} more)" if len(classes) > 30 else "")
     st.markdown(f"**Classes:** {shown}")
     st.markdown(f"**Model input:** {' × '.join(map(str, ws.train.input_shape))} · "
-                f"**final layer:** `{ws.final_fc_layer}` · **loss:** {ws.loss_name} ({ws.reduction})")
+                f"**final layer:** {common.esc(ws.final_fc_layer)} · **loss:** {ws.loss_name} ({ws.reduction})")
 
     st.markdown("**Checkpoints** (in order; the last one gives the predictions)")
     table = pd.DataFrame({
@@ -175,7 +186,7 @@ def show_active(ws) -> None:
         cols = st.columns(PREVIEW_COLS)
         for col, i in zip(cols, range(start, min(n, start + PREVIEW_COLS))):
             col.image(common.upscale(ws.train.image(i), 72), width=72,
-                      caption=f"#{i} · {common.class_name(ws, labels[i])}")
+                      caption=f"#{i} · {common.class_md(ws, labels[i])}")
 
 
 # ----------------------------------------------------------------------------- choosers
@@ -187,20 +198,47 @@ def choose_demo() -> None:
         st.rerun()
 
 
-def choose_toml() -> None:
-    st.markdown("A workspace file (TOML) on the server: model factory, checkpoints, data "
-                "(see the README). Relative paths in it are relative to its folder.")
-    path = st.text_input("Path of the workspace file on the server", key="toml_path",
-                         placeholder="/data/audits/cifar10/workspace.toml")
-    if st.button("Open workspace file", key="open_toml", disabled=not path.strip()):
-        p = Path(path.strip()).expanduser()
-        if not p.is_file():
-            st.error(f"`{p}`: no such file on the server.")
-        elif p.suffix.lower() != ".toml":
-            st.error(f"`{p}` is not a .toml workspace file.")
-        else:
-            common.set_workspace({"kind": "toml", "path": str(p.resolve())})
-            st.rerun()
+def _open_listed(who: common.Identity) -> None:
+    name = st.session_state.get("listed_name")
+    if common.refuse(who, "open_workspace", "open workspaces"):
+        return
+    if name not in common.server_config().workspaces:
+        st.session_state["_refused"] = "That workspace is not listed on this server."
+        return
+    common.set_workspace({"kind": "listed", "name": name})
+
+
+def choose_listed(who: common.Identity) -> None:
+    cfg = common.server_config()
+    names = sorted(cfg.workspaces, key=_natural_key)
+    if not names:
+        st.info("The server config lists no workspace files. An admin adds them under "
+                "`[workspaces]` in `tracin_audit.toml` (see the README, \"Deploying for a team\").")
+        return
+    st.markdown("Workspace files (TOML: model factory, checkpoints, data) that this server's "
+                "config lists. A link with `?workspace=NAME` opens one directly.")
+    st.selectbox("Workspace", names, key="listed_name")
+    st.button("Open workspace", key="open_listed", type="primary", on_click=_open_listed, args=(who,))
+
+
+def _data_folder(label: str, key: str, required: bool = True) -> tuple[Optional[str], Optional[str]]:
+    """A folder inside one of the server config's data roots: (absolute path, or None; problem)."""
+    cfg = common.server_config()
+    roots = list(cfg.data_roots)
+    if not roots:
+        return None, ("The server config names no data roots: an admin adds folders under "
+                      "`[data_roots]` in `tracin_audit.toml`.")
+    c1, c2 = st.columns([1, 2])
+    root = c1.selectbox(f"{label}: data root", roots, key=f"{key}_root")
+    rel = c2.text_input(f"{label}: folder inside it (empty: the root itself)", key=f"{key}_rel",
+                        max_chars=500).strip()
+    if not rel and not required:
+        return None, None
+    try:
+        path = cfg.data_path(root, rel)
+    except PathRefused as exc:
+        return None, common.esc(exc)
+    return str(path), None
 
 
 def _dataset_inputs(arch_key: str) -> tuple[Optional[dict[str, Any]], Optional[str]]:
@@ -211,30 +249,35 @@ def _dataset_inputs(arch_key: str) -> tuple[Optional[dict[str, Any]], Optional[s
         st.caption("scikit-learn's 8x8 digits with the demo's fixed train/test split (1,437 / 360).")
         return {"kind": "digits", "train": {"split": "train"}, "test": {"split": "test"}}, None
     if choice == DATASET_CHOICES[1]:
-        root = st.text_input("CIFAR-10 root (holds cifar-10-batches-py)", key="build_cifar_root").strip()
-        if not root:
-            return None, "Enter the CIFAR-10 folder."
+        root, problem = _data_folder("CIFAR-10 (holds cifar-10-batches-py)", "build_cifar")
+        if problem:
+            return None, problem
         return {"kind": "cifar10", "train": {"root": root, "split": "train"},
                 "test": {"root": root, "split": "test"}}, None
     size = int(st.number_input("Image size (pixels, square)", 1, 4096, 32 if default_size == 224 else default_size,
                                key="build_image_size",
                                help="Images are converted to RGB and resized to this size."))
     if choice == DATASET_CHOICES[2]:
-        root = st.text_input("Training images: folder with one subfolder per class", key="build_folder_root").strip()
-        test_root = st.text_input("Test images (optional): folder with the same class subfolders",
-                                  key="build_folder_test").strip()
-        if not root:
-            return None, "Enter the image folder."
+        root, problem = _data_folder("Training images (one subfolder per class)", "build_folder")
+        if problem:
+            return None, problem
+        test_root, problem = _data_folder("Test images (optional, same class subfolders)",
+                                          "build_folder_test", required=False)
+        if problem:
+            return None, problem
         return {"kind": "image_folder", "train": {"root": root, "image_size": size},
                 "test": {"root": test_root, "image_size": size} if test_root else None}, None
     up = st.file_uploader("Zip of class folders (class_a/*.png, class_b/*.png, …)", type=["zip"], key="build_zip")
     if up is None:
         return None, "Upload a zip of class folders."
+    too_large = common.upload_too_large(up)
+    if too_large:
+        return None, too_large
     path = common.save_upload(up.getvalue(), ".zip")
     return {"kind": "image_folder", "train": {"root": str(path), "image_size": size}, "test": None}, None
 
 
-def choose_build() -> None:
+def choose_build(who: common.Identity) -> None:
     st.markdown("Upload the checkpoints of a model whose architecture the app knows, pick the "
                 "data it was trained on, and open it.")
     files = st.file_uploader("Checkpoints (.pt, .pth or .safetensors; state dicts only)",
@@ -242,7 +285,8 @@ def choose_build() -> None:
     checks = [_checked_upload(f) for f in files or []]
     for c in checks:
         if not c["ok"]:
-            st.error(f"Cannot use **{c['name']}**: {c['error']}", icon=":material/block:")
+            reason = c["error"] if c.get("md") else common.esc(c["error"])
+            st.error(f"Cannot use **{common.esc(c['name'])}**: {reason}", icon=":material/block:")
     good = sorted((c for c in checks if c["ok"]), key=lambda c: _natural_key(c["name"]))
 
     keys = list(ARCHITECTURES)
@@ -289,6 +333,8 @@ def choose_build() -> None:
     name = st.text_input("Workspace name", key="build_name", placeholder=f"custom-{arch_key}").strip() or f"custom-{arch_key}"
 
     if st.button("Open", key="open_build", type="primary", disabled=not good):
+        if common.refuse(who, "open_workspace", "build workspaces"):
+            st.rerun()
         bad_lr = [c["name"] for c, lr in zip(good, lrs) if not (math.isfinite(lr) and lr > 0)]
         if missing:
             st.error(missing)
@@ -315,16 +361,23 @@ def choose_build() -> None:
 
 def _check_fit(arch_key: str, dataset: dict[str, Any], good: list[dict[str, Any]]) -> list[str]:
     """Readable reasons why the checkpoints or data do not fit (empty list = fine)."""
-    from tracin_core.datasets import load_dataset
+    from tracin_core.datasets import check_image_files
 
     arch = ARCHITECTURES[arch_key]
     with st.spinner("Checking the data and the checkpoints…"):
         try:
-            train = load_dataset(dataset["kind"], **dataset["train"])
-            if dataset.get("test"):
-                load_dataset(dataset["kind"], **dataset["test"])
+            train = common.load_custom_dataset(dataset, "train")
+            test = common.load_custom_dataset(dataset, "test")
+            if test is not None:
+                bad = check_image_files(test)
+                if bad:
+                    return ["Some test images cannot be read: " + "; ".join(common.esc(p) for p in bad)]
         except (ValueError, FileNotFoundError, OSError) as exc:
-            return [f"The dataset cannot be loaded: {exc}"]
+            return [f"The dataset cannot be loaded: {common.public_message(exc)}"]
+        bad_images = check_image_files(train)
+        if bad_images:
+            return [f"Some images cannot be read, so the dataset is refused (fix or remove them): "
+                    + "; ".join(common.esc(p) for p in bad_images)]
         try:
             model = arch.build(num_classes=train.num_classes)
         except ValueError as exc:
@@ -339,31 +392,38 @@ def _check_fit(arch_key: str, dataset: dict[str, Any], good: list[dict[str, Any]
                 state, info = read_checkpoint(c["path"], name=c["name"])
                 fit_state_dict(model, state, info.source)
             except CheckpointError as exc:
-                problems.append(f"{exc} (architecture {arch_key}, {train.num_classes} classes)")
+                problems.append(f"{common.esc(exc)} (architecture {arch_key}, {train.num_classes} classes)")
     return problems
 
 
 # ----------------------------------------------------------------------------- page
 common.ensure_router()
+who = common.require("view_workspace", "open the Workspace page")
 st.title("Workspace")
+common.workspace_notice()
+common.show_refusal()
 ws = common.current_workspace()
 store_slot = st.container()
 if ws is not None:
     show_active(ws)
 
-st.divider()
-st.subheader("Open another workspace")
-tab_demo, tab_toml, tab_build = st.tabs(["Built-in demo", "Workspace file on the server", "Build one here"])
-with tab_demo:
-    choose_demo()
-with tab_toml:
-    choose_toml()
-with tab_build:
-    choose_build()
+if who.can("open_workspace"):
+    st.divider()
+    st.subheader("Open another workspace")
+    tab_demo, tab_toml, tab_build = st.tabs(["Built-in demo", "Listed workspaces", "Build one here"])
+    with tab_demo:
+        choose_demo()
+    with tab_toml:
+        choose_listed(who)
+    with tab_build:
+        choose_build(who)
+else:
+    st.caption("Only admins open or build workspaces; a link with `?workspace=NAME` from an admin "
+               "opens a listed one.")
 
 if ws is not None:
     with store_slot:
         try:
             common.ensure_store(ws)
         except Exception as exc:  # noqa: BLE001 - shown to the user, never a traceback
-            st.error(f"Computing the training features failed: {type(exc).__name__}: {exc}")
+            st.error(f"Computing the training features failed: {type(exc).__name__}: {common.public_message(exc)}")

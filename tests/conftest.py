@@ -36,18 +36,26 @@ def free_port() -> int:
 class AppServer:
     """``streamlit run app.py`` on a free loopback port with its own cache folder."""
 
-    def __init__(self, cache_dir: Path, log_path: Path) -> None:
-        self.port = free_port()
+    def __init__(self, cache_dir: Path, log_path: Path, config: Path | None = None,
+                 secrets: str | None = None, port: int | None = None) -> None:
+        """``config``: the server config (default: an empty one, local mode); ``secrets``:
+        the text of a secrets file (e.g. an ``[auth]`` section for sign-in)."""
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.cache_dir = cache_dir
         self.review_db = cache_dir / "reviews.sqlite"
+        if config is None:
+            config = write_server_config(cache_dir / "tracin_audit.toml")
+        secrets_file = cache_dir / "secrets.toml"  # never the repo's .streamlit/secrets.toml
+        secrets_file.write_text(secrets or "")
         env = dict(os.environ, TRACIN_CACHE=str(cache_dir), TRACIN_REVIEW_DB=str(self.review_db),
-                   PYTHONPATH=str(REPO))
+                   PYTHONPATH=str(REPO), TRACIN_AUDIT_CONFIG=str(config))
         self.log = open(log_path, "w")
         self.started = time.monotonic()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(self.port),
-             "--server.address", "127.0.0.1", "--server.headless", "true"],
+             "--server.address", "127.0.0.1", "--server.headless", "true",
+             "--secrets.files", str(secrets_file)],
             cwd=REPO, env=env, stdout=self.log, stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + 90
@@ -109,10 +117,35 @@ def wait_for_app(pg, timeout: float = 60_000) -> None:
     )
 
 
+def write_server_config(path: Path, *, workspaces: dict | None = None, data_roots: dict | None = None,
+                        users: dict | None = None, mode: str = "auto", default_role: str = "none",
+                        limits: dict | None = None, factory_modules: list | None = None) -> Path:
+    """A ``tracin_audit.toml`` for a test server (values are written as TOML strings/numbers)."""
+    import json
+
+    def table(name: str, values: dict | None) -> list[str]:
+        return [f"[{name}]"] + [f"{json.dumps(str(k))} = {json.dumps(v if isinstance(v, (int, float)) else str(v))}"
+                                for k, v in (values or {}).items()]
+
+    lines = table("workspaces", workspaces) + table("data_roots", data_roots) + table("limits", limits)
+    lines += ["[factories]", f"modules = {json.dumps(factory_modules or [])}"]
+    lines += ["[auth]", f"mode = {json.dumps(mode)}", f"default_role = {json.dumps(default_role)}"]
+    lines += table("auth.users", users)
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
 @contextmanager
-def isolated_app_cache(cache: Path, **env: str) -> Iterator[Path]:
-    """Point the app (env vars and pages.common's module-level paths) at ``cache``."""
+def isolated_app_cache(cache: Path, config: Path | None = None, **env: str) -> Iterator[Path]:
+    """Point the app (env vars and pages.common's module-level paths) at ``cache``.
+
+    ``config``: the server config file the app reads (``TRACIN_AUDIT_CONFIG``); default:
+    an empty one (the demo only, local mode), so a developer's own file never leaks in.
+    """
     mp = pytest.MonkeyPatch()
+    if config is None:
+        config = write_server_config(cache / "tracin_audit.toml")
+    mp.setenv("TRACIN_AUDIT_CONFIG", str(config))
     mp.setenv("TRACIN_CACHE", str(cache))
     mp.setenv("TRACIN_REVIEW_DB", str(cache / "reviews.sqlite"))
     for key, value in env.items():
@@ -123,8 +156,10 @@ def isolated_app_cache(cache: Path, **env: str) -> Iterator[Path]:
     mp.setattr(common, "UPLOAD_DIR", cache / "uploads")
     mp.setattr(common, "REVIEW_DB", cache / "reviews.sqlite")
     common._load_workspace.clear()
+    common._server_config.clear()
     try:
         yield cache
     finally:
         common._load_workspace.clear()
+        common._server_config.clear()
         mp.undo()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.conftest import REPO, isolated_app_cache
+from tests.conftest import REPO, isolated_app_cache, write_server_config
 from tracin_core import rankers as rk
 
 
@@ -15,7 +15,17 @@ PAGE = "pages/evaluation.py"
 
 @pytest.fixture(scope="module")
 def app_cache(tmp_path_factory):
-    with isolated_app_cache(tmp_path_factory.mktemp("apptest_eval_cache"), TRACIN_RETRAIN_EPOCHS="1") as cache:
+    # the demo's workspace file without the ground truth: a copy pointing at the shipped assets
+    demo = REPO / "assets" / "demo"
+    text = (demo / "workspace.toml").read_text()
+    text = text.replace('paths = "checkpoint-*.pt"', f'paths = "{demo}/checkpoint-*.pt"')
+    text = text.replace('labels_override = "labels_override.csv"', f'labels_override = "{demo}/labels_override.csv"')
+    text = text.split("[evaluation]")[0]
+    listed = tmp_path_factory.mktemp("listed")
+    (listed / "nogt.toml").write_text(text)
+    config = write_server_config(listed / "tracin_audit.toml", workspaces={"nogt": listed / "nogt.toml"})
+    with isolated_app_cache(tmp_path_factory.mktemp("apptest_eval_cache"), config=config,
+                            TRACIN_RETRAIN_EPOCHS="1") as cache:
         yield cache
 
 
@@ -115,16 +125,8 @@ def test_review_decisions_feed_the_retraining(app_cache):
     assert "3 labels fixed" in caption and "141 wrong labels left" in caption
 
 
-def test_without_ground_truth_only_the_histogram(app_cache, tmp_path):
-    # the demo's workspace file without the ground truth: a copy pointing at the shipped assets
-    demo = REPO / "assets" / "demo"
-    text = (demo / "workspace.toml").read_text()
-    text = text.replace('paths = "checkpoint-*.pt"', f'paths = "{demo}/checkpoint-*.pt"')
-    text = text.replace('labels_override = "labels_override.csv"', f'labels_override = "{demo}/labels_override.csv"')
-    text = text.split("[evaluation]")[0]
-    path = tmp_path / "nogt.toml"
-    path.write_text(text)
-    at = _open(app_cache, {"kind": "toml", "path": str(path)})
+def test_without_ground_truth_only_the_histogram(app_cache):
+    at = _open(app_cache, {"kind": "listed", "name": "nogt"})
     assert not at.error, [e.value for e in at.error]
     assert any("No ground truth" in i.value for i in at.info)
     assert len(_charts(at)) == 1

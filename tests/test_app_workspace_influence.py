@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import ARTIFACTS, REPO, isolated_app_cache, wait_for_app
+from tests.conftest import ARTIFACTS, REPO, isolated_app_cache, wait_for_app, write_server_config
 
 
 SCREENSHOTS = REPO / "docs" / "screenshots"
@@ -24,8 +24,13 @@ DEMO_TOML = REPO / "assets" / "demo" / "workspace.toml"
 # ----------------------------------------------------------------------------- AppTest
 @pytest.fixture(scope="module")
 def app_cache(tmp_path_factory):
-    """TRACIN_CACHE (and the module-level paths derived from it) under a temporary folder."""
-    with isolated_app_cache(tmp_path_factory.mktemp("apptest_cache")) as cache:
+    """TRACIN_CACHE (and the module-level paths derived from it) under a temporary folder;
+    a server config listing the demo's workspace file and a broken one."""
+    listed = tmp_path_factory.mktemp("listed")
+    (listed / "broken.toml").write_text('name = "broken"\n[model]\nfactory = "tracin_core.models:DigitsCNN"\n')
+    config = write_server_config(listed / "tracin_audit.toml",
+                                 workspaces={"digits-file": DEMO_TOML, "broken": listed / "broken.toml"})
+    with isolated_app_cache(tmp_path_factory.mktemp("apptest_cache"), config=config) as cache:
         yield cache
 
 
@@ -57,12 +62,12 @@ def _cards(at) -> list[str]:
 def test_workspace_page_shows_demo_and_choosers(app_cache):
     at = _app(app_cache)
     text = _texts(at)
-    assert "Active workspace: `digits-demo`" in text
+    assert "Active workspace: digits-demo" in text
     assert "**Classes:** 0, 1, 2, 3, 4, 5, 6, 7, 8, 9" in text
     captions = [c for img in at.get("image") for c in img.captions]  # the preview grid
     assert len(captions) == 24 and captions[23].startswith("#23 · ")
     assert not at.error
-    for key in ("open_demo", "open_toml", "open_build"):
+    for key in ("open_demo", "open_listed", "open_build"):
         assert at.button(key=key) is not None
     assert any(o.startswith("digits_cnn — ") for o in at.selectbox(key="build_arch").options)
     first = at.selectbox(key="build_arch").value
@@ -76,28 +81,24 @@ def test_workspace_page_shows_demo_and_choosers(app_cache):
     assert set(df["learning rate from"]) == {"stored in the checkpoint"}
 
 
-def test_workspace_page_opens_toml_and_reports_missing_file(app_cache, tmp_path):
+def test_workspace_page_opens_listed_and_reports_broken(app_cache):
     at = _app(app_cache)
-    at.text_input(key="toml_path").input("/no/such/workspace.toml").run()
-    at.button(key="open_toml").click().run()
-    assert any("no such file" in e.value for e in at.error)
-
-    broken = tmp_path / "broken.toml"
-    broken.write_text('name = "broken"\n[model]\nfactory = "tracin_core.models:DigitsCNN"\n')
-    at.text_input(key="toml_path").input(str(broken)).run()
-    at.button(key="open_toml").click().run()
+    assert at.selectbox(key="listed_name").options == ["broken", "digits-file"]
+    at.selectbox(key="listed_name").set_value("broken").run()
+    at.button(key="open_listed").click().run()
     assert not at.exception
-    assert any("Could not open the workspace" in e.value and "final_fc_layer" in e.value for e in at.error)
+    assert any("Could not open the workspace" in e.value and "final\\_fc\\_layer" in e.value for e in at.error)
     assert at.button(key="open_build") is not None  # the choosers stay usable
     next(b for b in at.button if b.label == "Go back to the demo").click().run()
-    assert "Active workspace: `digits-demo`" in _texts(at) and not at.error
-    at.text_input(key="toml_path").input(str(DEMO_TOML)).run()
-    at.button(key="open_toml").click().run()
-    assert not at.exception
-    assert at.query_params["workspace"] == [str(DEMO_TOML.resolve())] or \
-        at.query_params["workspace"] == str(DEMO_TOML.resolve())
-    assert "Active workspace: `digits-demo`" in _texts(at)
-    assert str(DEMO_TOML.resolve()) in _texts(at)
+    assert "Active workspace: digits-demo" in _texts(at) and not at.error
+    at.selectbox(key="listed_name").set_value("digits-file").run()
+    at.button(key="open_listed").click().run()
+    assert not at.exception and not at.error
+    # the URL carries the listed name, never a path
+    assert at.query_params["workspace"] in ("digits-file", ["digits-file"])
+    text = _texts(at)
+    assert "Active workspace: digits-demo" in text and "digits-file" in text
+    assert str(DEMO_TOML.parent) not in text
 
 
 def test_influence_page_pick_filters_and_methods(app_cache):

@@ -20,6 +20,7 @@ import stat
 import tempfile
 import threading
 import uuid
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -40,6 +41,8 @@ __all__ = [
     "digits_split_indices",
     "make_cifar10_folder",
     "extract_zip_safely",
+    "check_image_files",
+    "open_image",
 ]
 
 DATASET_KINDS = ("cifar10", "mnist", "image_folder", "digits", "tensors")
@@ -725,12 +728,13 @@ def _check_member_name(zpath: Path, name: str) -> None:
 
 
 def extract_zip_safely(
-    zip_path: PathLike, dest: PathLike | None = None, *, max_bytes: int | None = None
+    zip_path: PathLike, dest: PathLike | None = None, *, max_bytes: int | None = None,
+    max_members: int | None = None,
 ) -> Path:
     """Extract a zip of images into a cache folder and return that folder.
 
     Rejects absolute member paths, ``..`` components, symlinks, more than
-    ``MAX_ZIP_MEMBERS`` members and more than ``max_bytes`` (default :data:`MAX_ZIP_UNCOMPRESSED_BYTES`, 1 GiB) uncompressed, declared
+    ``max_members`` (default ``MAX_ZIP_MEMBERS``) members and more than ``max_bytes`` (default :data:`MAX_ZIP_UNCOMPRESSED_BYTES`, 1 GiB) uncompressed, declared
     or actually read. Without ``dest`` the folder is ``<tmp>/tracin_audit_zip_cache_<uid>/<sha256>``
     and is reused when it already exists; extraction goes to a temporary sibling that is
     renamed into place, so concurrent callers are safe.
@@ -738,6 +742,8 @@ def extract_zip_safely(
     zpath = Path(zip_path)
     if max_bytes is None:
         max_bytes = MAX_ZIP_UNCOMPRESSED_BYTES
+    if max_members is None:
+        max_members = MAX_ZIP_MEMBERS
     if not zpath.is_file():
         raise FileNotFoundError(f"zip file {str(zpath)!r} does not exist")
     if dest is None:
@@ -751,8 +757,8 @@ def extract_zip_safely(
         raise ValueError(f"zip file {str(zpath)!r} is not a valid zip archive: {exc}") from exc
     with zf:
         infos = zf.infolist()
-        if len(infos) > MAX_ZIP_MEMBERS:
-            raise ValueError(f"zip file {str(zpath)!r} has {len(infos)} members (limit {MAX_ZIP_MEMBERS})")
+        if len(infos) > max_members:
+            raise ValueError(f"zip file {str(zpath)!r} has {len(infos)} members (limit {max_members})")
         declared = 0
         for info in infos:
             _check_member_name(zpath, info.filename)
@@ -835,7 +841,49 @@ def _image_folder_root(root: Path) -> Path:
     return root
 
 
-def _load_image_folder(root: Path, image_size: int) -> dict[str, Any]:
+def open_image(path: PathLike):
+    """``PIL.Image.open`` with PIL's decompression-bomb limit as a hard error.
+
+    PIL only warns between ``Image.MAX_IMAGE_PIXELS`` and twice that; here an image over
+    the limit always raises (``PIL.Image.DecompressionBombError``), before any pixel is
+    decoded. The caller closes the image.
+    """
+    from PIL import Image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            return Image.open(path)
+        except Image.DecompressionBombWarning as exc:
+            raise Image.DecompressionBombError(str(exc)) from None
+
+
+def check_image_files(dataset: "LabeledDataset", max_problems: int = 10) -> list[str]:
+    """Open every image file's header (no decoding); the problems found, file by file.
+
+    For ``image_folder`` datasets (others have no files and give ``[]``): a file that is
+    not an image, is truncated before its header ends, or is over PIL's
+    decompression-bomb limit is named with the reason. Stops after ``max_problems``.
+    """
+    problems: list[str] = []
+    for f in getattr(dataset, "files", None) or []:
+        try:
+            with open_image(f) as im:
+                im.size  # noqa: B018 - the header is read by open
+        except Exception as exc:  # noqa: BLE001 - every reason is reported by name
+            problems.append(f"{_display_path(dataset, f)}: {type(exc).__name__}: {exc}")
+            if len(problems) >= max_problems:
+                break
+    return problems
+
+
+def _display_path(dataset: "LabeledDataset", f: Path) -> str:
+    """A file's path relative to its class folders' parent (never the server's cache path)."""
+    return "/".join(Path(f).parts[-2:])
+
+
+def _load_image_folder(root: Path, image_size: int, max_zip_bytes: int | None = None,
+                       max_zip_files: int | None = None) -> dict[str, Any]:
     from PIL import Image
     from torchvision import transforms
 
@@ -852,7 +900,8 @@ def _load_image_folder(root: Path, image_size: int) -> dict[str, Any]:
         if root.suffix.lower() != ".zip" and not zipfile.is_zipfile(root):
             raise ValueError(f"image folder {str(root)!r} is a file but not a .zip archive")
         zip_digest = _file_sha256(root)
-        folder = _image_folder_root(extract_zip_safely(root))
+        folder = _image_folder_root(extract_zip_safely(root, max_bytes=max_zip_bytes,
+                                                       max_members=max_zip_files))
         params["zip_sha256"] = zip_digest
     else:
         folder = _image_folder_root(root)
@@ -876,7 +925,7 @@ def _load_image_folder(root: Path, image_size: int) -> dict[str, Any]:
 
     def load_pil(i: int):
         try:
-            with Image.open(files[i]) as im:
+            with open_image(files[i]) as im:
                 return resize(im.convert("RGB"))
         except Exception as exc:  # noqa: BLE001
             raise ValueError(f"image {str(files[i])!r} could not be read: {type(exc).__name__}: {exc}") from exc
@@ -914,6 +963,8 @@ def load_dataset(
     labels_override: PathLike | None = None,
     base_dir: PathLike | None = None,
     image_size: int = 32,
+    max_zip_bytes: int | None = None,
+    max_zip_files: int | None = None,
 ) -> LabeledDataset:
     """Load a dataset of one of :data:`DATASET_KINDS`.
 
@@ -929,6 +980,8 @@ def load_dataset(
     * ``tensors``: ``path`` to a ``.pt`` (``weights_only=True``) with ``{"x", "y"}`` (and
       optionally ``"classes"``) or an ``.npz`` with arrays ``x``, ``y`` (``allow_pickle=False``).
 
+    ``max_zip_bytes`` / ``max_zip_files`` cap the extraction of a zipped image folder
+    (defaults :data:`MAX_ZIP_UNCOMPRESSED_BYTES` / :data:`MAX_ZIP_MEMBERS`).
     ``labels_override``: a CSV ``index,label[,excluded]`` (see :func:`read_labels_override`).
     Relative paths are resolved against ``base_dir``.
     """
@@ -946,7 +999,7 @@ def load_dataset(
     elif kind == "mnist":
         spec = _load_mnist(root_p, split)
     elif kind == "image_folder":
-        spec = _load_image_folder(root_p, image_size)
+        spec = _load_image_folder(root_p, image_size, max_zip_bytes, max_zip_files)
     elif kind == "digits":
         spec = _load_digits(split)
     else:

@@ -992,21 +992,28 @@ class ReviewStore:
 
     # -- export --------------------------------------------------------------------
 
-    def export(self, path: str | os.PathLike[str], kind: str = "decisions") -> Path:
+    def export(self, path: str | os.PathLike[str], kind: str = "decisions", *,
+               reviewer: str | None = None) -> Path:
         """Write final decisions (``kind="decisions"``) or every event (``"history"``).
 
         CSV or JSON (a list of records) by the suffix of ``path``. Decisions have the
         columns index, given_label, final_label, status, reviewer, decided_at, is_final.
-        The file is replaced atomically. Returns the path.
+        With ``reviewer``: only that reviewer's own current decisions (or events), what an
+        annotator may export. The file is replaced atomically. Returns the path.
         """
         path = Path(path)
         _export_format(path)
+        if reviewer is not None:
+            reviewer = _check_reviewer(reviewer)
         if kind == "decisions":
-            df = self.final_decisions().rename(columns={"item_id": "index"})
+            df = self.decisions()[FINAL_COLUMNS] if reviewer is not None else self.final_decisions()
+            df = df.rename(columns={"item_id": "index"})
         elif kind == "history":
             df = self.history()
         else:
             raise ValueError(f"kind must be 'decisions' or 'history', got {kind!r}")
+        if reviewer is not None:
+            df = df[df["reviewer"] == reviewer].reset_index(drop=True)
         _write_frame(df, path)
         return path
 

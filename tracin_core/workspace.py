@@ -179,8 +179,14 @@ class Workspace:
             self.checkpoints.append(CheckpointEntry(str(name), rate, info.sha256, info.epoch, src))
 
     @classmethod
-    def from_toml(cls, path: PathLike, *, cache_dir: Optional[PathLike] = None, device: Optional[str] = None) -> "Workspace":
-        """Read a workspace file (design.md §4); relative paths are relative to its folder."""
+    def from_toml(cls, path: PathLike, *, cache_dir: Optional[PathLike] = None, device: Optional[str] = None,
+                  check_factory: Optional[Callable[[str], None]] = None) -> "Workspace":
+        """Read a workspace file (design.md §4); relative paths are relative to its folder.
+
+        ``check_factory(factory_string)`` runs right after the file is parsed, before any
+        module is imported or any data read; it raises to refuse the factory (the app
+        passes :meth:`tracin_core.server_config.ServerConfig.check_factory`).
+        """
         path = Path(path)
         try:
             cfg = tomllib.loads(path.read_text())
@@ -201,6 +207,13 @@ class Workspace:
         model = table("model")
         if "factory" not in model or "final_fc_layer" not in model:
             raise WorkspaceError(f"{path}: [model] needs 'factory' and 'final_fc_layer'")
+        if not isinstance(model["factory"], str):
+            raise WorkspaceError(f"{path}: [model] factory must be a string 'package.module:callable'")
+        if check_factory is not None:
+            try:
+                check_factory(model["factory"])
+            except (PermissionError, ValueError) as exc:
+                raise WorkspaceError(f"{path}: {exc}") from None
         ck = table("checkpoints")
         if "paths" not in ck:
             raise WorkspaceError(f"{path}: [checkpoints] needs 'paths' (a folder, a glob or a list)")
