@@ -126,29 +126,40 @@ def _local_name() -> str:
     return name
 
 
+def current_identity() -> Identity | str:
+    """The session's identity now, or why there is none (renders nothing; safe in callbacks)."""
+    cfg = server_config()
+    if sign_in_mode(cfg) == "local":
+        return Identity(name=_local_name(), role=LOCAL_ROLE, mode="local")
+    if not auth_configured():
+        return "no-auth"
+    if not st.user.is_logged_in:
+        return "signed-out"
+    email, sub = st.user.get("email"), st.user.get("sub")
+    name = str(email or sub or "").strip()
+    if not name:
+        return "no-name"
+    return Identity(name=name[:200], role=cfg.role_of(email, sub), mode="oidc")
+
+
 def identity() -> Identity:
     """The session's identity; stops the page with a sign-in screen when needed."""
-    cfg = server_config()
-    mode = sign_in_mode(cfg)
-    if mode == "oidc":
-        if not auth_configured():
-            st.error("The server config asks for sign-in ([auth] mode = \"oidc\") but "
-                     "`.streamlit/secrets.toml` has no `[auth]` section: see the README, "
-                     "\"Deploying for a team\".")
-            st.stop()
-        if not st.user.is_logged_in:
-            st.title("TracIn Audit")
-            st.markdown("Sign in to review training labels and browse influential examples.")
-            st.button("Sign in", key="sign_in", type="primary", on_click=st.login,
-                      icon=":material/login:")
-            st.stop()
-        email, sub = st.user.get("email"), st.user.get("sub")
-        name = str(email or sub or "").strip()
-        if not name:
-            st.error("The sign-in provider gave no e-mail and no subject for this account.")
-            st.stop()
-        return Identity(name=name[:200], role=cfg.role_of(email, sub), mode=mode)
-    return Identity(name=_local_name(), role=LOCAL_ROLE, mode="local")
+    who = current_identity()
+    if who == "no-auth":
+        st.error("The server config asks for sign-in ([auth] mode = \"oidc\") but "
+                 "`.streamlit/secrets.toml` has no `[auth]` section: see the README, "
+                 "\"Deploying for a team\".")
+        st.stop()
+    if who == "signed-out":
+        st.title("TracIn Audit")
+        st.markdown("Sign in to review training labels and browse influential examples.")
+        st.button("Sign in", key="sign_in", type="primary", on_click=st.login, icon=":material/login:")
+        st.stop()
+    if who == "no-name":
+        st.error("The sign-in provider gave no e-mail and no subject for this account.")
+        st.stop()
+    assert isinstance(who, Identity)
+    return who
 
 
 def require(action: str, what: str) -> Identity:
@@ -161,11 +172,23 @@ def require(action: str, what: str) -> Identity:
     return who
 
 
-def refuse(who: Identity, action: str, what: str) -> bool:
-    """For callbacks: True (and a message for the next run) when ``who`` may not ``action``."""
-    if who.can(action):
+def refuse(action: str, what: str, reviewer: Optional[str] = None) -> bool:
+    """For widget callbacks: True (and a message for the next run) unless the session, as
+    it is *now*, may do ``action`` (and, signed in, is ``reviewer``, when given).
+
+    The identity is read again here rather than taken from the widget's arguments, so a
+    widget rendered for another role or account changes nothing when replayed.
+    """
+    who = current_identity()
+    if not isinstance(who, Identity):
+        message = "You are not signed in"
+    elif not who.can(action):
+        message = f"Your role ({who.role or 'no access'}) cannot {what}"
+    elif reviewer is not None and who.mode != "local" and reviewer != who.name:
+        message = f"This page was shown to {reviewer}, not to {who.name}: reload it"
+    else:
         return False
-    st.session_state["_refused"] = f"Your role ({who.role or 'no access'}) cannot {what}; nothing was changed."
+    st.session_state["_refused"] = message + "; nothing was changed."
     return True
 
 

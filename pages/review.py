@@ -104,10 +104,10 @@ def _next_after(item: int, order: list[int]) -> Optional[int]:
 # ------------------------------------------------------------------------ callbacks
 
 
-def _decide(store, who: common.Identity, reviewer: str, action: str, item: int, given: int,
+def _decide(store, reviewer: str, action: str, item: int, given: int,
             score: float, ranking: str, order: list[int], label_key: Optional[str] = None) -> None:
     """Record one decision now; then move on (the queue claims the next item)."""
-    if common.refuse(who, "review", "record review decisions"):
+    if common.refuse("review", "record review decisions", reviewer):
         return
     new_label = None
     if action == "relabel":
@@ -143,9 +143,9 @@ def _last_decided_item(store, reviewer: str) -> Optional[int]:
     return None if mine.empty else int(mine["item_id"].iloc[-1])
 
 
-def _undo(store, who: common.Identity, reviewer: str) -> None:
+def _undo(store, reviewer: str) -> None:
     """Revert this reviewer's last decision: this session's stack, else the store's history."""
-    if common.refuse(who, "review", "undo review decisions"):
+    if common.refuse("review", "undo review decisions", reviewer):
         return
     stack = _undo_stack(reviewer)
     try:
@@ -168,9 +168,9 @@ def _undo(store, who: common.Identity, reviewer: str) -> None:
     _state()["rv_current"] = item  # "My queue" claims it first
 
 
-def _adjudicate(store, who: common.Identity, reviewer: str, item: int, given: int, ranking: str,
+def _adjudicate(store, reviewer: str, item: int, given: int, ranking: str,
                 score: Optional[float]) -> None:
-    if common.refuse(who, "adjudicate", "adjudicate conflicts"):
+    if common.refuse("adjudicate", "adjudicate conflicts", reviewer):
         return
     choice = _state().get(f"rv_adj_choice_{item}", "accept")
     new_label, exclude = None, False
@@ -346,23 +346,23 @@ def render_item(ws, store, who, reviewer: str, item: int, table: pd.DataFrame, r
         actions = st.container(horizontal=True, gap="small", vertical_alignment="bottom",
                                key="rv_actions")
         actions.button("Accept (A)", key="rv_accept", shortcut="a", type="primary",
-                       on_click=_decide, args=(store, who, reviewer, "accept"),
+                       on_click=_decide, args=(store, reviewer, "accept"),
                        kwargs=common_args, help="Keep the given label")
         actions.selectbox("Relabel to", classes, key=label_key, width=150,
                           format_func=lambda k: common.class_name(ws, k),
                           help="Defaults to the suggested label")
         actions.button("Relabel (R)", key="rv_relabel", on_click=_decide,
-                       args=(store, who, reviewer, "relabel"),
+                       args=(store, reviewer, "relabel"),
                        kwargs=dict(common_args, label_key=label_key),
                        help="Change the label to the one chosen on the left (key R)")
         actions.button("Exclude (E)", key="rv_exclude", shortcut="e", on_click=_decide,
-                       args=(store, who, reviewer, "exclude"), kwargs=common_args,
+                       args=(store, reviewer, "exclude"), kwargs=common_args,
                        help="Drop the example from the training data")
         actions.button("Skip (S)", key="rv_skip", shortcut="s", on_click=_decide,
-                       args=(store, who, reviewer, "skip"), kwargs=common_args,
+                       args=(store, reviewer, "skip"), kwargs=common_args,
                        help="Leave it for now (other reviewers still get it)")
         actions.button("Undo (U)", key="rv_undo_btn", shortcut="u", on_click=_undo,
-                       args=(store, who, reviewer), help="Revert your last decision")
+                       args=(store, reviewer), help="Revert your last decision")
     st.html(RELABEL_KEY_JS, unsafe_allow_javascript=True)
 
 
@@ -502,7 +502,7 @@ def render_conflicts(ws, store, who, reviewer, table, ranking) -> None:
                     st.selectbox("Final decision", options, key=key, format_func=fmt)
                     st.button("Record final decision", key=f"rv_adj_{item}", type="primary",
                               on_click=_adjudicate,
-                              args=(store, who, reviewer, item, given, ranking,
+                              args=(store, reviewer, item, given, ranking,
                                     float(info["score"]) if info is not None else None))
         if len(items) > 25:
             st.caption(f"… and {len(items) - 25} more; settle these first.")

@@ -198,9 +198,9 @@ def choose_demo() -> None:
         st.rerun()
 
 
-def _open_listed(who: common.Identity) -> None:
+def _open_listed() -> None:
     name = st.session_state.get("listed_name")
-    if common.refuse(who, "open_workspace", "open workspaces"):
+    if common.refuse("open_workspace", "open workspaces"):
         return
     if name not in common.server_config().workspaces:
         st.session_state["_refused"] = "That workspace is not listed on this server."
@@ -218,7 +218,7 @@ def choose_listed(who: common.Identity) -> None:
     st.markdown("Workspace files (TOML: model factory, checkpoints, data) that this server's "
                 "config lists. A link with `?workspace=NAME` opens one directly.")
     st.selectbox("Workspace", names, key="listed_name")
-    st.button("Open workspace", key="open_listed", type="primary", on_click=_open_listed, args=(who,))
+    st.button("Open workspace", key="open_listed", type="primary", on_click=_open_listed)
 
 
 def _data_folder(label: str, key: str, required: bool = True) -> tuple[Optional[str], Optional[str]]:
@@ -333,7 +333,7 @@ def choose_build(who: common.Identity) -> None:
     name = st.text_input("Workspace name", key="build_name", placeholder=f"custom-{arch_key}").strip() or f"custom-{arch_key}"
 
     if st.button("Open", key="open_build", type="primary", disabled=not good):
-        if common.refuse(who, "open_workspace", "build workspaces"):
+        if common.refuse("open_workspace", "build workspaces"):
             st.rerun()
         bad_lr = [c["name"] for c, lr in zip(good, lrs) if not (math.isfinite(lr) and lr > 0)]
         if missing:
