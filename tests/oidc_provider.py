@@ -168,14 +168,17 @@ def running_oidc_provider(
 ) -> Iterator[OIDCProvider]:
     """Start ``tests/oidc/server.js`` on a free 127.0.0.1 port; stop it on exit.
 
-    Skips (``pytest.skip``) when ``node`` is not installed; fails when node is older
+    Skips (``pytest.skip``) when ``node`` is not installed, except under CI (``$CI``); fails when node is older
     than 20.19, or with the install command when ``tests/oidc/node_modules`` is missing. The provider
     rejects other client credentials at /token. Its stderr goes to ``log_path``
     (default: a temporary file).
     """
     node = shutil.which("node")
     if node is None:
-        pytest.skip("node is not installed: the OIDC test provider (tests/oidc/server.js) needs Node.js >= 20.19")
+        message = "node is not installed: the OIDC test provider (tests/oidc/server.js) needs Node.js >= 20.19"
+        if os.environ.get("CI"):  # CI has node: its absence there is a failure, never a skip
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
     version = subprocess.run([node, "--version"], capture_output=True, text=True, timeout=20).stdout.strip()
     parts = tuple(int(x) for x in version.lstrip("v").split(".")[:2] if x.isdigit())
     if parts < MIN_NODE:
