@@ -80,6 +80,17 @@ class AppServer:
         self.log.close()
 
 
+@pytest.fixture(autouse=True)
+def _keep_main_module():
+    """AppTest installs the script it runs as ``sys.modules["__main__"]`` and leaves it there;
+    a later ``multiprocessing`` spawn would then re-run that script in the child. Put the
+    real ``__main__`` back after every test."""
+    main = sys.modules.get("__main__")
+    yield
+    if main is not None:
+        sys.modules["__main__"] = main
+
+
 @pytest.fixture(scope="session")
 def app_server(tmp_path_factory):
     cache = tmp_path_factory.mktemp("app_cache")

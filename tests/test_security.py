@@ -427,10 +427,11 @@ def test_class_and_workspace_names_from_users_are_text(env, local_app, tmp_path)
 
 def test_checkpoint_carrying_a_pickle_payload_runs_nothing(env, local_app):
     at = _app()
-    at.file_uploader(key="build_ckpts").set_value(("evil.pt", pickle_payload(env["marker"]), "application/octet-stream"))
+    name = "<img src=x onerror=alert(1)>.pt"
+    at.file_uploader(key="build_ckpts").set_value((name, pickle_payload(env["marker"]), "application/octet-stream"))
     _run(at)
     errors = " ".join(e.value for e in at.error)
-    assert "Cannot use **evil.pt**" in errors.replace("\\", "")
+    assert "Cannot use **\\<img src=x onerror=alert\\(1\\)\\>.pt**" in errors  # the file name as text
     assert at.button(key="open_build").disabled
     assert not env["marker"].exists()
 
@@ -545,6 +546,19 @@ def test_annotator_reviews_but_cannot_adjudicate_open_or_export_all(env, oidc_ap
     assert not [b for b in at.button if (b.key or "").startswith("rv_adj_")]
     labels = {b.label for b in at.get("download_button")}
     assert labels == {"My decisions (CSV)", "My history (CSV)"}
+
+
+def test_annotator_hostile_cases(env, oidc_app):
+    """What an anonymous visitor tried, as a signed-in annotator: no path, no upload, no code."""
+    bob = _signed_in("bob@example.com")
+    for value in ["/etc/passwd", str(env["base"] / "listed" / "evil.toml"), "../../etc/passwd"]:
+        at = _app(query={"workspace": value}, user=bob)
+        assert "is listed on this server; the demo is open instead" in _texts(at)
+        assert "workspace" not in at.query_params
+    at = _app(user=bob)  # the Workspace page: nothing to type a path into, nothing to upload
+    assert not at.get("file_uploader") and not [t for t in at.text_input if "build" in (t.key or "")]
+    assert not [r for r in at.radio if r.key == "build_dataset"]
+    assert not env["marker"].exists()
 
 
 def test_replayed_admin_widget_changes_nothing(env, oidc_app):
