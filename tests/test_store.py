@@ -117,6 +117,45 @@ def test_randproj_index_is_persisted_next_to_the_store(tmp_path, ckpts):
     assert torch.equal(ra.indices, rb.indices) and torch.allclose(ra.influence_scores, rb.influence_scores)
 
 
+def test_randproj_reuses_the_saved_index(tmp_path, ckpts, monkeypatch):
+    """Counters on AnnoyNearestNeighbors: the second instance loads the saved index and
+    never builds one; other settings (more trees) build and save their own."""
+    from tracin_core import AnnoyNearestNeighbors, TracInCPFastRandProj
+
+    counts = {"setup": 0, "load": 0}
+    real_setup, real_load = AnnoyNearestNeighbors.setup, AnnoyNearestNeighbors.load
+
+    def setup(self, data):
+        counts["setup"] += 1
+        return real_setup(self, data)
+
+    def load(self, path, dim):
+        counts["load"] += 1
+        return real_load(self, path, dim)
+
+    monkeypatch.setattr(AnnoyNearestNeighbors, "setup", setup)
+    monkeypatch.setattr(AnnoyNearestNeighbors, "load", load)
+    ds = CountingDataset()
+    kw = dict(loss_fn=nn.CrossEntropyLoss(reduction="sum"), batch_size=4, projection_dim=4,
+              cache_dir=tmp_path / "rp")
+    test = (ds.x[:3], ds.y[:3])
+    a = TracInCPFastRandProj(SmallCNN(), "fc2", ds, ckpts, **kw)
+    ra = a.influence(test, k=5)
+    assert counts == {"setup": 1, "load": 0}
+    b = TracInCPFastRandProj(SmallCNN(), "fc2", ds, ckpts, **kw)
+    rb = b.influence(test, k=5)
+    assert counts == {"setup": 1, "load": 1}  # reused: loaded, not built
+    assert b.nearest_neighbors.size == len(ds)
+    assert torch.equal(ra.indices, rb.indices)
+    c = TracInCPFastRandProj(SmallCNN(), "fc2", ds, ckpts,
+                             nearest_neighbors=AnnoyNearestNeighbors(num_trees=3), **kw)
+    c.influence(test, k=5)
+    assert counts == {"setup": 2, "load": 1}  # another index file: built once
+    folder = next((tmp_path / "rp").iterdir())
+    assert sorted(p.name for p in folder.glob("annoy-*.idx")) == ["annoy-10-0.idx",
+                                                                  "annoy-3-0.idx"]
+
+
 @pytest.mark.parametrize("on_disk", [False, True])
 def test_joined_arrays_read_back_side_by_side(tmp_path, on_disk):
     """``joined`` names share one in-memory buffer (no copy on read); on disk they are concatenated."""

@@ -293,6 +293,48 @@ def test_randproj_without_projection_equals_fast(cnn_setup):
         rp.self_influence()
 
 
+@pytest.mark.parametrize("proponents", [True, False])
+def test_randproj_reranks_four_k_candidates_where_annoy_is_approximate(tmp_path, proponents):
+    """One annoy tree over 2,000 low-dimensional embeddings (small leaves): annoy's own
+    top-k misses part of the exact top-k, and asking it for 4·k candidates finds better
+    ones. The result must be the exact best k of those 4·k candidates."""
+    from tracin_core import AnnoyNearestNeighbors
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 2))
+    path = tmp_path / "c.pt"
+    torch.save({"model_state_dict": model.state_dict(), "learning_rate": 1.0}, path)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(2000, 4, generator=g), torch.randint(0, 2, (2000,), generator=g)
+    test = (torch.randn(6, 4, generator=g), torch.randint(0, 2, (6,), generator=g))
+    rp = TracInCPFastRandProj(model, model[0], TensorDataset(x, y), [str(path)],
+                              loss_fn=nn.CrossEntropyLoss(reduction="sum"), batch_size=64,
+                              nearest_neighbors=AnnoyNearestNeighbors(num_trees=1))
+    k, sign = 10, 1.0 if proponents else -1.0
+    scores = rp.influence(test)
+    top = rp.influence(test, k=k, proponents=proponents)
+    emb = rp.compute_intermediate_quantities(test)
+
+    def best_of(n_candidates):
+        cand, _ = rp.nearest_neighbors.get_nearest_neighbors(emb * sign, n_candidates)
+        rows = []
+        for i in range(len(emb)):
+            c = torch.unique(cand[i])
+            rows.append(c[torch.topk(scores[i, c] * sign, k).indices])
+        return torch.stack(rows)
+
+    exact = torch.topk(scores * sign, k, dim=1).indices
+    from_k = best_of(k)
+    # the precondition: annoy is approximate here (its k best miss part of the exact k)
+    assert not torch.equal(torch.sort(from_k, 1).values, torch.sort(exact, 1).values)
+    assert torch.equal(top.indices, best_of(4 * k))
+    assert torch.allclose(top.influence_scores, torch.gather(scores, 1, top.indices))
+    # more candidates re-ranked: never worse than annoy's own k, better somewhere
+    got = (torch.gather(scores, 1, top.indices) * sign).sum(1)
+    from_k_sum = (torch.gather(scores, 1, from_k) * sign).sum(1)
+    assert torch.all(got >= from_k_sum - 1e-5) and torch.any(got > from_k_sum + 1e-5)
+
+
 def test_randproj_projection_is_seeded_and_shaped(cnn_setup):
     loss = nn.CrossEntropyLoss(reduction="sum")
     kw = dict(loss_fn=loss, batch_size=5, projection_dim=4)
