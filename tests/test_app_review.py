@@ -169,6 +169,27 @@ def test_apptest_filters_conflicts_adjudication(review_app):
     assert any(s.value.startswith("No conflicts") for s in at.success)
 
 
+def test_apptest_queue_shows_the_demos_mislabels_first(review_app):
+    """The Review queue follows the default ranking, most likely mislabelled first: the
+    items it hands out are the ranking's first ones, and against the demo's ground truth
+    nearly all of them are mislabelled."""
+    at, db = review_app
+    from pages import common
+
+    ws = common._load_workspace(common.spec_key(common.DEMO_SPEC))
+    truth = ws.is_mislabelled
+    ranking = ws.mislabel_scores()["index"].tolist()
+    _open_review(at)
+    shown = [_apptest_item(at)]
+    for _ in range(9):
+        at.button(key="rv_skip").click().run()
+        assert not at.exception and not at.error
+        shown.append(_apptest_item(at))
+    assert shown == ranking[:10]
+    assert sum(bool(truth[i]) for i in shown) >= 9
+    assert [e["item_id"] for e in _events(db, "apptest")] == ranking[:9]
+
+
 # --------------------------------------------------------------------------- browser
 
 
