@@ -162,8 +162,10 @@ def run_case(args) -> dict:
         from tracin_core.batching import batch_decoder, collated
 
         fast = batch_decoder(train_ds)
-        loader = (DataLoader(fast, FAST_BATCH, shuffle=False, collate_fn=collated) if fast is not None
-                  else DataLoader(train_ds, batch_size=FAST_BATCH, shuffle=False))
+        from tracin_core.tracin import PASS_BATCH  # the batch size tracin_core's pass runs
+
+        loader = (DataLoader(fast, PASS_BATCH, shuffle=False, collate_fn=collated) if fast is not None
+                  else DataLoader(train_ds, batch_size=PASS_BATCH, shuffle=False))
         with Timer() as t_dec:
             batches = [x for x, _y in loader]
         assert sum(len(x) for x in batches) == len(train_ds)
@@ -193,7 +195,7 @@ def run_case(args) -> dict:
                 h.remove()
             del xs
         best = min(times, key=lambda k: times[k][0])
-        res.update(seconds=times[best][0], cpu_s=times[best][1], layout=best,
+        res.update(seconds=times[best][0], cpu_s=times[best][1], layout=best, batch=PASS_BATCH,
                    nchw_s=times["nchw"][0], channels_last_s=times["channels_last"][0],
                    decode_s=t_dec.s, peak_mb=peak_rss_mb())
         return res
@@ -448,7 +450,8 @@ def build_report(args, results, agree, meta) -> tuple[str, list[tuple[str, bool,
                     f"| {_fmt(ratio(nc_s, fwd_s))} | — | — "
                     f"| decode alone {_fmt(nc.get('decode_s'))} s; {_fmt(nc.get('minflt'), ',')} page faults |")
     if fwd:
-        rows.append(f"| forward floor (bounds tracin_core): 6 no_grad forwards per batch of {FAST_BATCH} over "
+        rows.append(f"| forward floor (bounds tracin_core): 6 no_grad forwards per batch of "
+                    f"{fwd.get('batch', FAST_BATCH)} over "
                     f"{args.n_train:,} images decoded before timing ({fwd.get('layout', '?')} layout, the faster) "
                     f"| — | {err(fwd) or _fmt(fwd_s)} | — | — | {_fmt(fwd.get('peak_mb'), '.0f')} | 1.00 | — | — "
                     f"| NCHW {_fmt(fwd.get('nchw_s'))} s, channels-last {_fmt(fwd.get('channels_last_s'))} s; "
