@@ -1,6 +1,6 @@
 """Latency of the app as a user sees it, in headless Chromium.
 
-    python benchmarks/app_latency.py [--repeats 5] [--json results/app_latency.json]
+    python benchmarks/app_latency.py [--repeats 5] [--out benchmarks/results/app_latency.md]
 
 Starts ``streamlit run app.py`` with a fresh cache (TRACIN_CACHE in a temporary folder, so
 nothing is precomputed), drives Debian's /usr/bin/chromium with Playwright and prints:
@@ -9,7 +9,12 @@ nothing is precomputed), drives Debian's /usr/bin/chromium with Playwright and p
 * a click on "Pick" on the Influence page -> both galleries shown with every image loaded
   (target <= 1 s; the first pick of a fresh server is reported separately as "cold");
 * pressing "a" (Accept) on the Review page -> the next item's "Item #" caption
-  (target <= 0.5 s; "n/a" while the Review page has no such buttons).
+  (target <= 0.5 s; "n/a" while the Review page has no such buttons);
+* then each of the keys r (relabel), e (exclude), u (undo) once -> the item changes
+  (bound 5 s: the check the browser test used to make; tests never assert on time).
+
+The table goes to stdout and, with the date, the machine and the command, to ``--out``
+(Markdown) and the same name with ``.json`` (every number), under benchmarks/results/.
 
 Chromium is started before the server, so its own start-up is not counted.
 """
@@ -18,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import shutil
 import socket
 import statistics
@@ -75,7 +81,8 @@ def fmt(seconds: list[float]) -> tuple[str, str]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=5, help="picks and review actions to time (default 5)")
-    ap.add_argument("--json", type=Path, help="also write the numbers to this JSON file")
+    ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "app_latency.md",
+                    help="Markdown results file (the numbers also go to the same name with .json)")
     ap.add_argument("--keep-cache", action="store_true", help="keep the temporary cache folder")
     args = ap.parse_args()
     repeats = max(1, min(args.repeats, len(TEST_INDICES) - 1))
@@ -165,7 +172,26 @@ def main() -> int:
                     review.append(time.monotonic() - t)
                     wait_idle(pg)
                     pg.wait_for_timeout(300)  # let the run finish before the next key press
-            results.update(review_next_s=review, review_note=review_note)
+            # -------- Review: r, e, u once each -> the item changes
+            keys: dict[str, float] = {}
+            if not review_note:
+                pg.wait_for_function("() => window.__tracinRelabelKey === true", timeout=30_000)
+                for key in ("r", "e", "u"):
+                    pg.locator("h1").first.click()
+                    before = pg.evaluate(ITEM_CAPTION)
+                    t = time.monotonic()
+                    pg.keyboard.press(key)
+                    try:
+                        pg.wait_for_function(
+                            "(b) => { const m = document.body.innerText.match(/Item #(\\d+)/);"
+                            " return m && m[1] !== b; }", arg=before, polling="raf", timeout=30_000)
+                    except Exception:  # noqa: BLE001
+                        review_note = f"n/a (the item did not change after {key!r})"
+                        break
+                    keys[key] = time.monotonic() - t
+                    wait_idle(pg)
+                    pg.wait_for_timeout(300)
+            results.update(review_next_s=review, review_note=review_note, review_keys_s=keys)
         finally:
             browser.close()
             if proc is not None:
@@ -192,18 +218,40 @@ def main() -> int:
                      "yes" if max(review) <= 0.5 else "NO"))
     else:
         rows.append(("review 'a' -> next item", review_note, "", "<= 0.5 s", ""))
+    keys = results.get("review_keys_s") or {}
+    if keys:
+        every = [review[0]] + list(keys.values()) if review else list(keys.values())
+        rows.append(("review keys a, r, e, u -> item changes (%s)" % ", ".join(
+            f"{k} {v:.2f} s" for k, v in ([("a", review[0])] if review else []) + list(keys.items())),
+            *fmt(every), "<= 5 s", "yes" if max(every) <= 5 else "NO"))
     w = max(len(r[0]) for r in rows)
-    print(f"Chromium headless, {os.cpu_count()} CPU cores, load average at start "
-          f"{results['load_average_at_start']:.1f}")
-    print(f"| {'measurement'.ljust(w)} | median    | max    | target   | met |")
-    print(f"|{'-' * (w + 2)}|-----------|--------|----------|-----|")
+    try:
+        cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
+    except Exception:  # noqa: BLE001
+        cpu = platform.processor() or platform.machine()
+    command = "python benchmarks/app_latency.py " + " ".join(sys.argv[1:])
+    date = time.strftime("%Y-%m-%d %H:%M")
+    machine = f"{cpu}, {os.cpu_count()} logical CPUs"
+    lines = [f"Chromium headless, {os.cpu_count()} CPU cores, load average at start "
+             f"{results['load_average_at_start']:.1f}",
+             f"| {'measurement'.ljust(w)} | median    | max    | target   | met |",
+             f"|{'-' * (w + 2)}|-----------|--------|----------|-----|"]
     for name, med, mx, target, ok in rows:
-        print(f"| {name.ljust(w)} | {med:<9} | {mx:<6} | {target:<8} | {ok:<3} |")
-    if review and review_note:
-        print(f"note: review stopped early: {review_note}")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2, default=float))
+        lines.append(f"| {name.ljust(w)} | {med:<9} | {mx:<6} | {target:<8} | {ok:<3} |")
+    if review_note:
+        lines.append(f"note: review stopped early: {review_note}")
+    print("\n".join(lines))
+    results.update(date=date, machine=machine, command=command.strip(), python=platform.python_version())
+    out = args.out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join([
+        "# App latency (headless Chromium)", "",
+        f"Command: `{command.strip()}`  ",
+        f"Date: {date}; machine: {machine}; Python {platform.python_version()}; Debian chromium "
+        f"({CHROMIUM}) through Playwright. A fresh cache: nothing precomputed before the server starts. "
+        "The machine may be shared: see the load average below.", "", *lines, ""]))
+    out.with_suffix(".json").write_text(json.dumps(results, indent=2, default=float) + "\n")
+    print(f"wrote {out} and {out.with_suffix('.json')}")
     return 0
 
 

@@ -25,6 +25,13 @@ CHROMIUM_ARGS = [
     "--disable-dev-shm-usage",
 ]
 ARTIFACTS = REPO / "test-artifacts"
+SCREENSHOTS = REPO / "docs" / "screenshots"
+
+
+def screenshots_wanted() -> bool:
+    """The README's screenshots (tracked files under docs/screenshots/) are rewritten by
+    the browser tests only when asked for: ``TRACIN_SCREENSHOTS=1 python -m pytest -m browser``."""
+    return os.environ.get("TRACIN_SCREENSHOTS") == "1"
 
 
 def free_port() -> int:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, wait_for_app
+from tests.conftest import REPO, SCREENSHOTS, screenshots_wanted, wait_for_app
 from tracin_core import ReviewStore
 
 WORKSPACE = "digits-demo"
@@ -169,6 +169,27 @@ def test_apptest_filters_conflicts_adjudication(review_app):
     assert any(s.value.startswith("No conflicts") for s in at.success)
 
 
+def test_apptest_queue_shows_the_demos_mislabels_first(review_app):
+    """The Review queue follows the default ranking, most likely mislabelled first: the
+    items it hands out are the ranking's first ones, and against the demo's ground truth
+    nearly all of them are mislabelled."""
+    at, db = review_app
+    from pages import common
+
+    ws = common._load_workspace(common.spec_key(common.DEMO_SPEC))
+    truth = ws.is_mislabelled
+    ranking = ws.mislabel_scores()["index"].tolist()
+    _open_review(at)
+    shown = [_apptest_item(at)]
+    for _ in range(9):
+        at.button(key="rv_skip").click().run()
+        assert not at.exception and not at.error
+        shown.append(_apptest_item(at))
+    assert shown == ranking[:10]
+    assert sum(bool(truth[i]) for i in shown) >= 9
+    assert [e["item_id"] for e in _events(db, "apptest")] == ranking[:9]
+
+
 # --------------------------------------------------------------------------- browser
 
 
@@ -242,19 +263,13 @@ def test_browser_keyboard_undo_reload_export(page, app_server):
     db = _review_db(app_server)
     reviewer = f"kb{uuid.uuid4().hex[:6]}"
     first = _open(page, app_server, reviewer)
-    latencies = []
-    second, dt = _press(page, "a", first)
-    latencies.append(dt)
-    third, dt = _press(page, "r", second)
-    latencies.append(dt)
-    fourth, dt = _press(page, "e", third)
-    latencies.append(dt)
-    back, dt = _press(page, "u", fourth)  # undo the exclusion: that item comes back
-    latencies.append(dt)
+    # (how long each key takes is measured by benchmarks/app_latency.py, not asserted here)
+    second, _ = _press(page, "a", first)
+    third, _ = _press(page, "r", second)
+    fourth, _ = _press(page, "e", third)
+    back, _ = _press(page, "u", fourth)  # undo the exclusion: that item comes back
     assert back == third
     assert len({first, second, third, fourth}) == 4
-    print(f"\naction -> next item (browser): {', '.join(f'{t:.2f}s' for t in latencies)}")
-    assert max(latencies) < 5.0
 
     store = _store(db)
     mine = store.decisions()
@@ -271,7 +286,8 @@ def test_browser_keyboard_undo_reload_export(page, app_server):
     _settle(page)
     assert _current(page) == third
     expect(page.locator("[data-testid='stProgress']").first).to_contain_text("you: 2")
-    page.screenshot(path=str(_screenshot_path()), full_page=False)
+    if screenshots_wanted():  # the README's screenshot, only when asked for
+        page.screenshot(path=str(_screenshot_path()), full_page=False)
 
     # undo after the reload: no session stack left, the store's history says what to undo
     page.wait_for_function("() => window.__tracinRelabelKey === true")
@@ -299,9 +315,8 @@ def test_browser_keyboard_undo_reload_export(page, app_server):
 
 
 def _screenshot_path() -> Path:
-    out = REPO / "docs" / "screenshots"
-    out.mkdir(parents=True, exist_ok=True)
-    return out / "review.png"
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    return SCREENSHOTS / "review.png"
 
 
 @pytest.mark.browser

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import ARTIFACTS, REPO, isolated_app_cache, wait_for_app, write_server_config
+from tests.conftest import (ARTIFACTS, REPO, SCREENSHOTS, isolated_app_cache, screenshots_wanted,
+                            wait_for_app, write_server_config)
 
 
-SCREENSHOTS = REPO / "docs" / "screenshots"
 DEMO_TOML = REPO / "assets" / "demo" / "workspace.toml"
 
 
@@ -197,7 +197,10 @@ def _nav(pg, title: str) -> None:
 
 
 def _screenshot(pg, path: Path) -> None:
-    """The whole page (Streamlit scrolls inside its main container, so grow the viewport)."""
+    """The whole page (Streamlit scrolls inside its main container, so grow the viewport);
+    only with TRACIN_SCREENSHOTS=1 (a plain test run changes no tracked file)."""
+    if not screenshots_wanted():
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     height = pg.evaluate(
         "() => Math.max(...['[data-testid=\"stMain\"]', '[data-testid=\"stAppViewContainer\"]',"

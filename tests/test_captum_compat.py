@@ -11,7 +11,11 @@ from torch.utils.data import TensorDataset
 import tracin_core
 from tracin_core.models import TutorialCifarNet
 
-captum_influence = pytest.importorskip("captum.influence")
+if os.environ.get("TRACIN_REQUIRE_CAPTUM") == "1":
+    # CI (.ci/run) installs captum from requirements-bench.txt: missing, these tests fail
+    import captum.influence as captum_influence
+else:  # a plain `pip install -r requirements.txt` checkout: skipped, and -ra says why
+    captum_influence = pytest.importorskip("captum.influence")
 
 
 def rel_err(a, b) -> float:

@@ -71,25 +71,46 @@ def test_neighbour_rankers_without_features_use_logits(name):
     inp, bad = constructed(features=False)
     assert inp.features is None
     assert int(np.argmax(rk.compute(name, inp))) == bad
-    # the Workspace builds RankerInputs positionally, without features
-    ws_like = rk.RankerInputs(inp.logits, inp.labels, inp.weights, inp.si_fast, None)
-    assert np.allclose(rk.compute(name, ws_like), rk.compute(name, inp))
+    without = rk.compute(name, inp)
+    # without features, neighbourhoods are measured in the logits: passing the logits as
+    # the features gives the same scores ...
+    as_features = rk.RankerInputs(inp.logits, inp.labels, inp.weights, inp.si_fast, inp.si_cp,
+                                  np.asarray(inp.logits))
+    assert np.allclose(rk.compute(name, as_features), without)
+    # ... and features with other neighbourhoods (random points) give other scores
+    noise = np.random.default_rng(1).normal(size=(*np.shape(inp.logits)[:2], 6))
+    random_features = rk.RankerInputs(inp.logits, inp.labels, inp.weights, inp.si_fast,
+                                      inp.si_cp, noise)
+    assert not np.allclose(rk.compute(name, random_features), without)
 
 
 def test_registry_and_errors():
     assert rk.DEFAULT_RANKER in rk.RANKERS
     assert rk.COMBINATIONS <= set(rk.RANKERS) and rk.USES_FEATURES <= set(rk.RANKERS)
     assert all(isinstance(d, str) and d for _, d in rk.RANKERS.values())
-    assert "self_influence_cp" not in rk.available(False)
-    assert rk.available(True) == ALL
     inp, _ = constructed()
+    no_cp = rk.RankerInputs(inp.logits, inp.labels, inp.weights, inp.si_fast)
+    # available() tells the truth: each listed ranking computes from such inputs, the
+    # others refuse them; with the all-layer terms every ranking is available
+    assert "self_influence_cp" not in rk.available(False)
+    assert set(rk.available(True)) == set(rk.RANKERS) and len(rk.available(True)) == len(ALL)
+    for has_cp, source in ((True, inp), (False, no_cp)):
+        listed = rk.available(has_cp)
+        for name in rk.RANKERS:
+            if name in listed:
+                scores = rk.compute(name, source)
+                assert scores.shape == (len(inp.labels),) and np.all(np.isfinite(scores)), name
+            else:
+                with pytest.raises(ValueError):
+                    rk.compute(name, source)
     assert np.array_equal(rk.compute(None, inp), rk.compute(rk.DEFAULT_RANKER, inp))
     with pytest.raises(ValueError, match="unknown ranking"):
         rk.compute("nope", inp)
-    no_cp = rk.RankerInputs(inp.logits, inp.labels, inp.weights, inp.si_fast)
     with pytest.raises(ValueError, match="all-layer"):
         rk.compute("self_influence_cp", no_cp)
-    assert rk.n_early(6) == 2 and rk.n_early(1) == 1 and rk.n_early(3) == 1 and rk.n_early(9) == 3
+    # the first third rounded to the nearest count, at least one: 4/3 -> 1 (not up to 2),
+    # 5/3 -> 2 (not down to 1), 7/3 -> 2, 8/3 -> 3
+    assert [rk.n_early(n) for n in range(1, 10)] == [1, 1, 1, 1, 2, 2, 2, 3, 3]
 
 
 # ----------------------------------------------------------------------------- a tiny real model
@@ -319,6 +340,12 @@ def test_metrics():
     assert x[0] == 0 and y[0] == 0 and x[-1] == 1 and y[-1] == 1 and np.all(np.diff(y) >= 0)
     q = rk.quality(perfect, truth)
     assert q == {"auc": 1.0, "found@10%": pytest.approx(min(1.0, 20 / truth.sum())), "found@20%": 1.0}
+    # the first share of the queue is rounded to the nearest count: 10% of 17 is 2 items,
+    # 10% of 13 is 1 item (one mislabel at each of the first three places)
+    for n, expected in ((17, 2 / 3), (13, 1 / 3)):
+        truth_n = np.zeros(n, bool)
+        truth_n[:3] = True
+        assert rk.found_at(-np.arange(n, dtype=float), truth_n, 0.10) == pytest.approx(expected)
     t = rk.score_table(np.array([0.1, 3.0, 2.0]))
     assert list(t["index"]) == [1, 2, 0] and list(t["rank"]) == [1, 2, 3]
 

@@ -328,6 +328,59 @@ def test_undo_reverts_latest_decision_one_at_a_time(store: ReviewStore) -> None:
     assert_replay_agrees(store)
 
 
+def test_undo_never_restores_a_decision_already_undone(store: ReviewStore,
+                                                       tmp_path: Path) -> None:
+    """relabel -> exclude -> undo -> skip -> undo: the last undo restores the relabel.
+
+    Every history row is checked, in the store and in both history exports: the second
+    undo must restore the relabel (label 7, relabelled), not the exclude that the first
+    undo already reverted.
+    """
+    r = store.record(4, "ann", "relabel", 7, given_label=2)
+    x = store.record(4, "ann", "exclude")
+    u1 = store.undo(4, "ann")
+    s = store.record(4, "ann", "skip")
+    u2 = store.undo(4, "ann")
+    columns = ["id", "item_id", "reviewer", "action", "given_label", "old_label",
+               "new_label", "is_final", "status", "undoes"]
+    expected = [
+        # id  item reviewer action     given old   new   final  status        undoes
+        (r,   4, "ann", "relabel", 2,    2,    7,    False, "relabelled", None),
+        (x,   4, "ann", "exclude", 2,    7,    None, False, "excluded",   None),
+        (u1,  4, "ann", "undo",    2,    2,    7,    False, "relabelled", x),
+        (s,   4, "ann", "skip",    2,    7,    None, False, "skipped",    None),
+        (u2,  4, "ann", "undo",    2,    2,    7,    False, "relabelled", s),
+    ]
+
+    def rows(records):
+        out = []
+        for rec in records:
+            row = []
+            for col in columns:
+                value = rec[col]
+                if value is None or (not isinstance(value, str) and pd.isna(value)):
+                    value = None
+                elif col == "is_final":
+                    value = value in (True, 1, "True", "true", "1")
+                elif col != "reviewer" and col != "action" and col != "status":
+                    value = int(value)
+                row.append(value)
+            out.append(tuple(row))
+        return out
+
+    assert rows(store.history().to_dict("records")) == expected
+    store.export(tmp_path / "history.csv", kind="history")
+    store.export(tmp_path / "history.json", kind="history")
+    assert rows(pd.read_csv(tmp_path / "history.csv", dtype=str,
+                            keep_default_na=False, na_values=[""]).to_dict("records")) \
+        == expected
+    assert rows(json.loads((tmp_path / "history.json").read_text())) == expected
+    d = store.decisions()
+    assert list(d[["item_id", "status", "final_label", "event_id"]].itertuples(
+        index=False, name=None)) == [(4, "relabelled", 7, r)]
+    assert_replay_agrees(store)
+
+
 def test_decision_columns_and_labels(store: ReviewStore) -> None:
     store.record(0, "ann", "accept", given_label=3, ranking="self_influence", score=1.5)
     store.record(1, "ann", "relabel", 4, given_label=1)
@@ -662,6 +715,20 @@ def test_wal_and_pickling(tmp_path: Path) -> None:
     path = tmp_path / "review.db"
     store = ReviewStore(path, workspace="w", data_hash="d", timeout=5)
     assert store._conn().execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    # synchronous=FULL (2) on every connection: one per thread, each set when opened
+    assert store._conn().execute("PRAGMA synchronous").fetchone()[0] == 2
+    seen = []
+    worker = threading.Thread(
+        target=lambda: seen.append(store._conn().execute("PRAGMA synchronous").fetchone()[0]))
+    worker.start()
+    worker.join()
+    assert seen == [2]
+    # the WAL journal is a property of the file: a plain connection sees it too
+    other = sqlite3.connect(path)
+    try:
+        assert other.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    finally:
+        other.close()
     store.record(0, "ann", "accept")
     clone = pickle.loads(pickle.dumps(store))
     assert (clone.workspace, clone.data_hash, clone.timeout) == ("w", "d", 5.0)

@@ -2,7 +2,14 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -117,6 +124,45 @@ def test_randproj_index_is_persisted_next_to_the_store(tmp_path, ckpts):
     assert torch.equal(ra.indices, rb.indices) and torch.allclose(ra.influence_scores, rb.influence_scores)
 
 
+def test_randproj_reuses_the_saved_index(tmp_path, ckpts, monkeypatch):
+    """Counters on AnnoyNearestNeighbors: the second instance loads the saved index and
+    never builds one; other settings (more trees) build and save their own."""
+    from tracin_core import AnnoyNearestNeighbors, TracInCPFastRandProj
+
+    counts = {"setup": 0, "load": 0}
+    real_setup, real_load = AnnoyNearestNeighbors.setup, AnnoyNearestNeighbors.load
+
+    def setup(self, data):
+        counts["setup"] += 1
+        return real_setup(self, data)
+
+    def load(self, path, dim):
+        counts["load"] += 1
+        return real_load(self, path, dim)
+
+    monkeypatch.setattr(AnnoyNearestNeighbors, "setup", setup)
+    monkeypatch.setattr(AnnoyNearestNeighbors, "load", load)
+    ds = CountingDataset()
+    kw = dict(loss_fn=nn.CrossEntropyLoss(reduction="sum"), batch_size=4, projection_dim=4,
+              cache_dir=tmp_path / "rp")
+    test = (ds.x[:3], ds.y[:3])
+    a = TracInCPFastRandProj(SmallCNN(), "fc2", ds, ckpts, **kw)
+    ra = a.influence(test, k=5)
+    assert counts == {"setup": 1, "load": 0}
+    b = TracInCPFastRandProj(SmallCNN(), "fc2", ds, ckpts, **kw)
+    rb = b.influence(test, k=5)
+    assert counts == {"setup": 1, "load": 1}  # reused: loaded, not built
+    assert b.nearest_neighbors.size == len(ds)
+    assert torch.equal(ra.indices, rb.indices)
+    c = TracInCPFastRandProj(SmallCNN(), "fc2", ds, ckpts,
+                             nearest_neighbors=AnnoyNearestNeighbors(num_trees=3), **kw)
+    c.influence(test, k=5)
+    assert counts == {"setup": 2, "load": 1}  # another index file: built once
+    folder = next((tmp_path / "rp").iterdir())
+    assert sorted(p.name for p in folder.glob("annoy-*.idx")) == ["annoy-10-0.idx",
+                                                                  "annoy-3-0.idx"]
+
+
 @pytest.mark.parametrize("on_disk", [False, True])
 def test_joined_arrays_read_back_side_by_side(tmp_path, on_disk):
     """``joined`` names share one in-memory buffer (no copy on read); on disk they are concatenated."""
@@ -136,3 +182,109 @@ def test_joined_arrays_read_back_side_by_side(tmp_path, on_disk):
     shares = both.data_ptr() == store.array("c0/e").data_ptr()
     assert shares is (not on_disk)
     assert store.joined_array(["c1/e", "c0/e"]).shape == (10, 5)  # another order: concatenated
+
+
+# ----------------------------------------------------------------- hard kill mid-pass
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class SlowLinear(nn.Module):
+    """A workspace model for the SIGKILL test (factory ``tests.test_store:SlowLinear``):
+    each forward sleeps ``$SLOW_FORWARD_S`` seconds and, with ``$FORWARD_LOG``, appends
+    its batch size to that file."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(5, 3)
+
+    def forward(self, x):
+        delay = float(os.environ.get("SLOW_FORWARD_S", "0"))
+        if delay:
+            time.sleep(delay)
+        log = os.environ.get("FORWARD_LOG")
+        if log:
+            with open(log, "a") as fh:
+                fh.write(f"{x.shape[0]}\n")
+        return self.fc(x)
+
+
+def _precompute(workspace, cache, **env):
+    return subprocess.Popen(
+        [sys.executable, "-m", "tracin_core", "precompute", str(workspace), "--cache-dir", str(cache),
+         "--methods", "fast"],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), **env},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _store_folder(cache: Path) -> Path:
+    (ws,) = [p for p in cache.iterdir() if p.is_dir()]
+    (store,) = [p for p in ws.iterdir() if p.is_dir() and p.name.startswith("fast")]
+    return store
+
+
+def test_precompute_killed_with_sigkill_resumes_to_the_same_store(tmp_path):
+    """``precompute`` SIGKILLed mid-pass (no Python cleanup runs), then run again: it
+    computes only the batches the manifest does not list, and the store equals one made
+    by an uninterrupted run."""
+    n_batches, batch = 12, 512  # the pass decodes PASS_BATCH = 512 examples at a time
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n_batches * batch, 5, generator=g)
+    y = torch.randint(0, 3, (n_batches * batch,), generator=g)
+    torch.save({"x": x, "y": y}, tmp_path / "train.pt")
+    for i in range(2):
+        torch.manual_seed(i)
+        torch.save({"model_state_dict": SlowLinear().state_dict(), "learning_rate": 0.5 + i},
+                   tmp_path / f"ck{i}.pt")
+    ws = tmp_path / "ws.toml"
+    ws.write_text(
+        'name = "killed"\n[model]\nfactory = "tests.test_store:SlowLinear"\nfinal_fc_layer = "fc"\n'
+        '[checkpoints]\npaths = "ck*.pt"\n[train]\nkind = "tensors"\npath = "train.pt"\n'
+        '[loss]\nname = "cross_entropy"\nreduction = "sum"\n')
+
+    killed = tmp_path / "killed"
+    proc = _precompute(ws, killed, SLOW_FORWARD_S="0.4")
+    done_before: list[int] = []
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and proc.poll() is None:
+            manifests = list(killed.glob("*/fast*/manifest.json"))
+            if manifests:
+                try:
+                    manifest = json.loads(manifests[0].read_text())
+                except (OSError, ValueError):
+                    manifest = {}
+                if manifest.get("done") and not manifest.get("complete"):
+                    done_before = sorted(manifest["done"])
+                    break
+            time.sleep(0.05)
+        assert proc.poll() is None, "the pass ended before it could be killed:\n" + proc.stderr.read()
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    assert done_before and len(done_before) < n_batches
+    manifest = json.loads((_store_folder(killed) / "manifest.json").read_text())
+    assert not manifest["complete"] and set(done_before) <= set(manifest["done"])
+    done_at_kill = set(manifest["done"])
+
+    log = tmp_path / "forwards.log"
+    resumed = _precompute(ws, killed, FORWARD_LOG=str(log))
+    out, err = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, err[-3000:]
+    clean = _precompute(ws, tmp_path / "clean")
+    out, err = clean.communicate(timeout=600)
+    assert clean.returncode == 0, err[-3000:]
+
+    # the resumed run forwarded only the batches the manifest did not list
+    forwarded = sum(int(line) for line in log.read_text().split())
+    assert forwarded == 2 * batch * (n_batches - len(done_at_kill))  # 2 checkpoints
+    a, b = _store_folder(killed), _store_folder(tmp_path / "clean")
+    ma, mb = json.loads((a / "manifest.json").read_text()), json.loads((b / "manifest.json").read_text())
+    assert ma["complete"] and mb["complete"] and ma["key"] == mb["key"]
+    assert sorted(ma["done"]) == sorted(mb["done"]) == list(range(n_batches))
+    names = sorted(p.name for p in a.glob("*.npy"))
+    assert names and names == sorted(p.name for p in b.glob("*.npy"))
+    for name in names:
+        np.testing.assert_array_equal(np.load(a / name), np.load(b / name), err_msg=name)

@@ -66,6 +66,41 @@ def test_mislabel_scores_orientation(demo):
         assert sorted(df["index"]) == list(range(len(demo.train)))
 
 
+def _queue_found(queue, truth):
+    """(share of all mislabels in the first 10% of the queue, mislabels among its first 20)."""
+    order = np.asarray(queue)
+    first = order[: round(0.1 * len(truth))]
+    return truth[first].sum() / truth.sum(), int(truth[order[:20]].sum())
+
+
+def test_mislabel_queue_finds_the_demos_mislabels_first(demo):
+    """The demo knows which 10% of its labels it corrupted: the default queue must put
+    most of them in its first 10% (a reversed queue would put almost none there)."""
+    truth = demo.is_mislabelled
+    assert truth is not None and truth.sum() == 144
+    found, top20 = _queue_found(demo.mislabel_scores()["index"], truth)
+    assert found >= 0.9 and top20 >= 18
+    for method in ("self_influence_fast", "loss_mean"):
+        found, _ = _queue_found(demo.mislabel_scores(method)["index"], truth)
+        assert found >= 0.75, method
+
+
+def test_cli_mislabels_queue_against_ground_truth(tmp_path, demo):
+    from tracin_core.__main__ import main
+
+    out = tmp_path / "queue.csv"
+    assert main(["mislabels", "demo", "--cache-dir", str(tmp_path / "c"), "--out", str(out)]) == 0
+    import pandas as pd
+
+    queue = pd.read_csv(out)
+    assert list(queue.columns) == ["index", "score", "rank"]
+    assert list(queue["rank"]) == list(range(1, len(queue) + 1))
+    assert queue["score"].is_monotonic_decreasing
+    found, top20 = _queue_found(queue["index"], demo.is_mislabelled)
+    assert found >= 0.9 and top20 >= 18
+    assert list(queue["index"]) == list(demo.mislabel_scores()["index"])
+
+
 def test_concurrent_queries_agree(demo):
     expected = demo.influence(5, k=4).proponents["index"].tolist()
     results, errors = [], []
