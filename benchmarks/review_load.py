@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--annotators", type=int, default=10)
     ap.add_argument("--items", type=int, default=20)
     ap.add_argument("--timeout", type=int, default=60, help="seconds any one wait may take")
-    ap.add_argument("--think", type=float, default=0.0,
+    ap.add_argument("--think", type=float, default=2.0,
                     help="mean seconds an annotator looks at an item before the key (uniform 0.5x-1.5x); "
                          "0 = press at once (a stress test: ten browsers on the same cores)")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "review_load.md")

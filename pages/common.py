@@ -24,7 +24,7 @@ from PIL import Image
 from tracin_core import ReviewStore, Workspace
 from tracin_core.checkpoints import CheckpointError
 from tracin_core.server_config import (
-    AccessDenied, ConfigError, PathRefused, ServerConfig, allowed, load_server_config,
+    ConfigError, ServerConfig, allowed, load_server_config,
 )
 from tracin_core.workspace import WorkspaceError
 

@@ -363,7 +363,6 @@ def render_item(ws, store, who, reviewer: str, item: int, table: pd.DataFrame, r
                        help="Leave it for now (other reviewers still get it)")
         actions.button("Undo (U)", key="rv_undo_btn", shortcut="u", on_click=_undo,
                        args=(store, reviewer), help="Revert your last decision")
-    st.html(RELABEL_KEY_JS, unsafe_allow_javascript=True)
 
 
 def render_queue(ws, store, who, reviewer, table, order, ranking, decisions) -> None:
@@ -380,7 +379,7 @@ def render_queue(ws, store, who, reviewer, table, order, ranking, decisions) -> 
     if item is None:
         held = store.claims()
         held = held[held["reviewer"] != reviewer]
-        st.success(f"Your queue is empty: every item that matches the filters is decided"
+        st.success("Your queue is empty: every item that matches the filters is decided"
                    + (f" or held by another reviewer ({len(held)} held now)." if len(held) else ".")
                    + " Change the filters, switch to **All items**, or check **Conflicts**.")
         return
@@ -389,21 +388,6 @@ def render_queue(ws, store, who, reviewer, table, order, ranking, decisions) -> 
                f"one that nobody decided and no other reviewer holds, and hold it while this "
                f"page is open.")
     render_item(ws, store, who, reviewer, item, table, ranking, order, decisions)
-
-    @st.fragment(run_every=RENEW_SECONDS)
-    def keep_claim() -> None:
-        """Renew the claim while the page stays open; move on if the item was taken."""
-        if _state().get("rv_mode", "My queue") != "My queue" or _state().get("rv_current") != item:
-            return
-        try:
-            got = store.claim_next(reviewer, [item], lease_seconds=LEASE_SECONDS)
-        except STORE_ERRORS:
-            return
-        if got != item:
-            _state().pop("rv_current", None)
-            st.rerun(scope="app")
-
-    keep_claim()
 
 
 def render_browse(ws, store, who, reviewer, table, order, ranking, decisions) -> None:
@@ -571,6 +555,73 @@ def follow_identity(store, reviewer: str) -> None:
     _state()["rv_identity"] = reviewer
 
 
+def with_status(table: pd.DataFrame, finals: pd.DataFrame, n: int) -> pd.DataFrame:
+    """``table`` with the columns ``status`` (final status per item) and ``final_by``
+    (the adjudicator, or "") from ``ReviewStore.final_decisions()``."""
+    status = np.full(n, "undecided", dtype=object)
+    final_by = np.full(n, "", dtype=object)
+    if not finals.empty:
+        ids = finals["item_id"].to_numpy()
+        ok = ids < n
+        status[ids[ok]] = finals["status"].to_numpy()[ok]
+        adj = finals[finals["is_final"]]
+        ids = adj["item_id"].to_numpy()
+        ok = ids < n
+        final_by[ids[ok]] = adj["reviewer"].to_numpy()[ok]
+    table = table.copy()
+    table["status"] = status[table["index"].to_numpy()]
+    table["final_by"] = final_by[table["index"].to_numpy()]
+    return table
+
+
+def render_status(store, reviewer: str, total: int) -> None:
+    """Progress, then the last action's message or error."""
+    render_progress(store, reviewer, total)
+    if "rv_error" in _state():
+        st.error(common.esc(_state().pop("rv_error")))
+    if "rv_flash" in _state():
+        st.caption(f"✓ {_state().pop('rv_flash')} · press **U** to undo")
+
+
+@st.fragment
+def review_view(ws, store, who, reviewer: str, table: pd.DataFrame, order: list[int],
+                ranking: str, mode: str) -> None:
+    """The item under review, its actions and the progress: a fragment.
+
+    A decision (a click or a key) reruns only this part of the page, not the sidebar,
+    the filters or the export (Streamlit's ``st.fragment``): less work for the server and
+    for the browser per key. Decisions and statuses are read from the store again here;
+    the ranking, the filters and ``order`` come from the last full run.
+    """
+    try:
+        finals = store.final_decisions()
+        decisions = store.decisions()
+    except STORE_ERRORS as exc:
+        st.error(f"Could not read the review store: {common.public_message(exc)}")
+        return
+    table = with_status(table, finals, len(ws.train)).set_index("index", drop=False)
+    render_status(store, reviewer, len(ws.train))
+    if mode == "My queue":
+        render_queue(ws, store, who, reviewer, table, order, ranking, decisions)
+    else:
+        render_browse(ws, store, who, reviewer, table, order, ranking, decisions)
+
+
+@st.fragment(run_every=RENEW_SECONDS)
+def keep_claim(store, reviewer: str) -> None:
+    """Renew the claim while the page stays open; move on if the item was taken."""
+    item = _state().get("rv_current")
+    if _state().get("rv_mode", "My queue") != "My queue" or item is None:
+        return
+    try:
+        got = store.claim_next(reviewer, [item], lease_seconds=LEASE_SECONDS)
+    except STORE_ERRORS:
+        return
+    if got != item:
+        _state().pop("rv_current", None)
+        st.rerun(scope="app")
+
+
 def main() -> None:
     common.ensure_router()
     who = common.require("review", "review training labels")
@@ -616,7 +667,6 @@ def main() -> None:
     try:
         other = store.other_data_decisions()
         finals = store.final_decisions()
-        decisions = store.decisions()
     except STORE_ERRORS as exc:
         st.error(f"Could not read the review store: {common.public_message(exc)}")
         st.stop()
@@ -631,19 +681,7 @@ def main() -> None:
     table = ranking_table.join(
         preds[["label", "predicted", "probability", "suggested", "suggested_probability"]],
         on="index")
-    status = np.full(len(ws.train), "undecided", dtype=object)
-    if not finals.empty:
-        ids = finals["item_id"].to_numpy()
-        ok = ids < len(status)
-        status[ids[ok]] = finals["status"].to_numpy()[ok]
-    table["status"] = status[table["index"].to_numpy()]
-    final_by = np.full(len(ws.train), "", dtype=object)
-    if not finals.empty:
-        adj = finals[finals["is_final"]]
-        ids = adj["item_id"].to_numpy()
-        ok = ids < len(final_by)
-        final_by[ids[ok]] = adj["reviewer"].to_numpy()[ok]
-    table["final_by"] = final_by[table["index"].to_numpy()]
+    table = with_status(table, finals, len(ws.train))
     mask = np.ones(len(table), dtype=bool)
     if filters["given"]:
         mask &= table["label"].isin(filters["given"]).to_numpy()
@@ -658,12 +696,6 @@ def main() -> None:
     order = [int(i) for i in table["index"].to_numpy()[mask]]
     table = table.set_index("index", drop=False)
 
-    render_progress(store, reviewer, len(ws.train))
-    if "rv_error" in _state():
-        st.error(common.esc(_state().pop("rv_error")))
-    if "rv_flash" in _state():
-        st.caption(f"✓ {_state().pop('rv_flash')} · press **U** to undo")
-
     mode = st.segmented_control("View", MODES, key="rv_mode", required=True,
                                 label_visibility="collapsed") or "My queue"
     if mode != "My queue" and _state().pop("rv_claimed", False):
@@ -674,11 +706,13 @@ def main() -> None:
     if mode != "All items" and "item" in st.query_params:
         del st.query_params["item"]
 
-    if mode == "My queue":
-        render_queue(ws, store, who, reviewer, table, order, ranking_name, decisions)
-    elif mode == "All items":
-        render_browse(ws, store, who, reviewer, table, order, ranking_name, decisions)
+    if mode in ("My queue", "All items"):
+        review_view(ws, store, who, reviewer, table, order, ranking_name, mode)
+        if mode == "My queue":
+            keep_claim(store, reviewer)
+        st.html(RELABEL_KEY_JS, unsafe_allow_javascript=True)
     else:
+        render_status(store, reviewer, len(ws.train))
         render_conflicts(ws, store, who, reviewer, table, ranking_name)
 
     st.divider()

@@ -376,7 +376,7 @@ def _check_fit(arch_key: str, dataset: dict[str, Any], good: list[dict[str, Any]
             return [f"The dataset cannot be loaded: {common.public_message(exc)}"]
         bad_images = check_image_files(train)
         if bad_images:
-            return [f"Some images cannot be read, so the dataset is refused (fix or remove them): "
+            return ["Some images cannot be read, so the dataset is refused (fix or remove them): "
                     + "; ".join(common.esc(p) for p in bad_images)]
         try:
             model = arch.build(num_classes=train.num_classes)

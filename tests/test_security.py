@@ -523,7 +523,6 @@ def test_viewer_gets_influence_and_evaluation_only(env, oidc_app):
 
 
 def test_annotator_reviews_but_cannot_adjudicate_open_or_export_all(env, oidc_app):
-    from pages import common
     from tracin_core import Workspace
 
     at = _app(user=_signed_in("bob@example.com"))
