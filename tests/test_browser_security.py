@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
-import textwrap
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import ARTIFACTS, AppServer, free_port, wait_for_app, write_server_config
 from tests.oidc_provider import oidc_provider  # noqa: F401 (fixture)
+from tests.test_security import evil_toml
 
 pytestmark = pytest.mark.browser
 WAIT = 60_000
@@ -121,17 +121,7 @@ def test_three_roles_sign_in_through_a_real_provider(browser, oidc_provider, sig
 def test_uploaded_file_never_opens_as_a_workspace(page, app_server, tmp_path):
     """The two steps of the reported attack, as an anonymous visitor in local mode."""
     marker = tmp_path / "marker"
-    evil = textwrap.dedent(f"""
-        name = "evil"
-        [model]
-        factory = "subprocess:run"
-        final_fc_layer = "fc2"
-        kwargs = {{args = ["touch", "{marker}"]}}
-        [checkpoints]
-        paths = "*.pt"
-        [train]
-        kind = "digits"
-    """).encode()
+    evil = evil_toml(marker).encode()
     page.goto(app_server.url)
     _settle(page)
     page.get_by_role("tab", name="Build one here").click()
