@@ -97,6 +97,9 @@ def _vision_decoder(ds: Any) -> Optional[BatchFn]:
 
 
 def _decoder(ds: Any) -> Optional[BatchFn]:
+    own = getattr(ds, "decode_batch", None)  # tracin_core's LabeledDataset kinds that can
+    if callable(own):
+        return own
     if isinstance(ds, TensorDataset):
         tensors = ds.tensors
         return lambda idx: tuple(t[torch.as_tensor(idx, dtype=torch.int64)] for t in tensors)

@@ -45,7 +45,13 @@ __all__ = [
     "open_image",
 ]
 
-DATASET_KINDS = ("cifar10", "mnist", "image_folder", "digits", "tensors")
+DATASET_KINDS = ("cifar10", "mnist", "fashion_mnist", "image_folder", "digits", "tensors", "npy")
+#: where Debian's ``dataset-fashion-mnist`` package puts the four IDX files
+FASHION_MNIST_ROOT = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                         "Sneaker", "Bag", "Ankle boot")
+#: the training set's pixel mean and standard deviation (on the 0-1 scale)
+FASHION_MNIST_NORMALIZE = (0.2860, 0.3530)
 CIFAR10_CLASSES = (
     "airplane", "automobile", "bird", "cat", "deer",
     "dog", "frog", "horse", "ship", "truck",
@@ -98,11 +104,13 @@ class LabeledDataset(Dataset):
         content_hash: Callable[[], str],
         params: dict[str, Any] | None = None,
         labels_override: PathLike | None = None,
+        get_batch: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
         self.kind = kind
         self.source = source
         self._length = int(length)
         self._get_input = get_input
+        self._get_batch = get_batch
         self._get_image = get_image
         self._original_labels = torch.as_tensor(original_labels, dtype=torch.long).reshape(-1).clone()
         if len(self._original_labels) != self._length:
@@ -139,6 +147,20 @@ class LabeledDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         index = self._check_index(index)
         return self._get_input(index), int(self._labels[index])
+
+    @property
+    def decode_batch(self) -> Callable[[Sequence[int]], tuple[torch.Tensor, torch.Tensor]] | None:
+        """``decode_batch(indices) -> (inputs, labels)``, bitwise what stacking
+        ``self[i]`` gives (the training pass uses it, :mod:`tracin_core.batching`);
+        None for kinds that decode one example at a time."""
+        if self._get_batch is None:
+            return None
+
+        def decode(indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+            idx = torch.as_tensor([self._check_index(i) for i in indices], dtype=torch.int64)
+            return self._get_batch(idx), self._labels[idx]
+
+        return decode
 
     # -- labels ---------------------------------------------------------------------
     @property
@@ -552,6 +574,136 @@ def _load_mnist(root: Path, split: str) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------
+# fashion_mnist (IDX files) and npy (memory-mapped arrays)
+# ---------------------------------------------------------------------------------------
+_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
+               0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
+
+
+def read_idx(path: PathLike) -> np.ndarray:
+    """An IDX file (the MNIST family's format), gzipped (``.gz``) or not, as a numpy array.
+
+    ``path`` may omit the ``.gz``: the plain file is tried first, then ``path + ".gz"``.
+    Raises ValueError naming the file when the header or the size is wrong.
+    """
+    import gzip
+
+    path = Path(path)
+    if not path.is_file() and Path(str(path) + ".gz").is_file():
+        path = Path(str(path) + ".gz")
+    if not path.is_file():
+        raise FileNotFoundError(f"IDX file {str(path)!r} (or {str(path)!r}.gz) does not exist")
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError) as exc:
+        raise ValueError(f"IDX file {str(path)!r} could not be read: {exc}") from exc
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:
+        raise ValueError(f"IDX file {str(path)!r}: not an IDX header (magic {data[:4].hex()})")
+    ndim = data[3]
+    if len(data) < 4 + 4 * ndim:
+        raise ValueError(f"IDX file {str(path)!r}: truncated header")
+    shape = tuple(int.from_bytes(data[4 + 4 * k: 8 + 4 * k], "big") for k in range(ndim))
+    dtype = np.dtype(_IDX_DTYPES[data[2]])
+    need = 4 + 4 * ndim + int(np.prod(shape)) * dtype.itemsize
+    if len(data) != need:
+        raise ValueError(f"IDX file {str(path)!r}: {len(data)} bytes, expected {need} for shape {shape}")
+    return np.frombuffer(data, dtype=dtype, offset=4 + 4 * ndim).reshape(shape).astype(dtype.newbyteorder("="))
+
+
+def _normalized(images: torch.Tensor, mean: float, std: float) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``idx -> (N, C, H, W)`` float inputs ``(x / 255 - mean) / std`` from uint8 images
+    (N, H, W) or (N, H, W, C); the same elementwise ops for one image or a batch."""
+    def batch(idx: torch.Tensor) -> torch.Tensor:
+        x = images[idx]
+        x = x.unsqueeze(1) if x.dim() == 3 else x.permute(0, 3, 1, 2)
+        return x.to(torch.get_default_dtype()).div(255).sub(mean).div(std)
+    return batch
+
+
+def _load_fashion_mnist(root: Path, split: str) -> dict[str, Any]:
+    train = _check_split("fashion_mnist", split)
+    if not root.is_dir():
+        raise FileNotFoundError(
+            f"Fashion-MNIST folder {str(root)!r} does not exist (Debian: apt-get install dataset-fashion-mnist, "
+            f"which installs it in {FASHION_MNIST_ROOT})")
+    prefix = "train" if train else "t10k"
+    images = read_idx(root / f"{prefix}-images-idx3-ubyte")
+    labels = read_idx(root / f"{prefix}-labels-idx1-ubyte")
+    if images.dtype != np.uint8 or images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+        raise ValueError(f"Fashion-MNIST folder {str(root)!r}: {prefix} images {images.shape} {images.dtype} "
+                         f"and labels {labels.shape} do not match")
+    if len(labels) and not 0 <= int(labels.min()) <= int(labels.max()) < 10:
+        raise ValueError(f"Fashion-MNIST folder {str(root)!r}: labels outside 0-9")
+    x = torch.from_numpy(images.copy())
+    y = torch.from_numpy(labels.astype(np.int64))
+    batch = _normalized(x, *FASHION_MNIST_NORMALIZE)
+    return dict(
+        length=len(y), get_input=lambda i: batch(torch.tensor([i]))[0], get_batch=batch,
+        get_image=lambda i: images[i], original_labels=y, classes=list(FASHION_MNIST_CLASSES),
+        content_hash=lambda: _hash_arrays(images, labels), source=str(root),
+        params={"split": split}, base=None,
+    )
+
+
+def _load_npy(path: Path, labels_path: Path | None, normalize: Sequence[float] | None) -> dict[str, Any]:
+    """Images in a ``.npy`` file opened memory-mapped (nothing read until used), labels in a
+    ``.npy`` or a one-column ``.csv``/``.txt`` file."""
+    if labels_path is None:
+        raise ValueError("dataset kind 'npy' needs 'labels' (a .npy or .csv file of integer labels)")
+    if not path.is_file():
+        raise FileNotFoundError(f"npy file {str(path)!r} does not exist")
+    try:
+        images = np.load(path, mmap_mode="r", allow_pickle=False)
+    except ValueError as exc:
+        raise ValueError(f"npy file {str(path)!r} could not be opened (allow_pickle=False): {exc}") from exc
+    if images.dtype != np.uint8 or images.ndim not in (3, 4) or (images.ndim == 4 and images.shape[3] not in (1, 3)):
+        raise ValueError(f"npy file {str(path)!r}: expected uint8 images (N, H, W) or (N, H, W, 1|3), "
+                         f"got {images.dtype} {images.shape}")
+    if not labels_path.is_file():
+        raise FileNotFoundError(f"labels file {str(labels_path)!r} does not exist")
+    if labels_path.suffix.lower() == ".npy":
+        labels = np.load(labels_path, allow_pickle=False)
+    else:
+        labels = np.loadtxt(labels_path, dtype=np.int64, delimiter=",", ndmin=1)
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer) or len(labels) != len(images):
+        raise ValueError(f"labels file {str(labels_path)!r}: expected {len(images)} integer labels, "
+                         f"got {labels.dtype} {labels.shape}")
+    if len(labels) and int(labels.min()) < 0:
+        raise ValueError(f"labels file {str(labels_path)!r}: negative label {int(labels.min())}")
+    mean, std = (float(normalize[0]), float(normalize[1])) if normalize else (0.0, 1.0)
+    x = torch.from_numpy(images) if images.flags.writeable else _ReadOnlyRows(images)
+    batch = _normalized(x, mean, std)
+    y = torch.from_numpy(labels.astype(np.int64))
+    n_cls = int(labels.max()) + 1 if len(labels) else 1
+
+    def content_hash() -> str:  # streamed: a million images are never all in memory
+        h = hashlib.sha256(f"{images.dtype.str}{images.shape}".encode())
+        for start in range(0, len(images), 65536):
+            h.update(np.ascontiguousarray(images[start:start + 65536]).tobytes())
+        h.update(np.ascontiguousarray(labels).astype(np.int64).tobytes())
+        return h.hexdigest()
+
+    return dict(
+        length=len(y), get_input=lambda i: batch(torch.tensor([i]))[0], get_batch=batch,
+        get_image=lambda i: np.asarray(images[i]).squeeze(), original_labels=y,
+        classes=[str(c) for c in range(n_cls)], content_hash=content_hash, source=str(path),
+        params={"normalize": [mean, std]}, base=None,
+    )
+
+
+class _ReadOnlyRows:
+    """Row indexing of a read-only memory map into fresh tensors (torch wants writable memory)."""
+
+    def __init__(self, array: np.ndarray) -> None:
+        self.array = array
+
+    def __getitem__(self, idx: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(self.array[np.asarray(idx, dtype=np.int64)]))
+
+
+# ---------------------------------------------------------------------------------------
 # digits
 # ---------------------------------------------------------------------------------------
 _DIGITS_CACHE: dict[str, Any] = {}
@@ -884,7 +1036,6 @@ def _display_path(dataset: "LabeledDataset", f: Path) -> str:
 
 def _load_image_folder(root: Path, image_size: int, max_zip_bytes: int | None = None,
                        max_zip_files: int | None = None) -> dict[str, Any]:
-    from PIL import Image
     from torchvision import transforms
 
     if not root.exists():
@@ -965,6 +1116,8 @@ def load_dataset(
     image_size: int = 32,
     max_zip_bytes: int | None = None,
     max_zip_files: int | None = None,
+    labels: PathLike | None = None,
+    normalize: Sequence[float] | None = None,
 ) -> LabeledDataset:
     """Load a dataset of one of :data:`DATASET_KINDS`.
 
@@ -975,6 +1128,12 @@ def load_dataset(
     * ``image_folder``: ``root`` is a folder with one subfolder per class, or a ``.zip``
       of that; images converted to RGB, resized to ``image_size``x``image_size``,
       ToTensor + Normalize(0.5, 0.5).
+    * ``fashion_mnist``: ``root`` holds the four IDX files (``train-images-idx3-ubyte`` …,
+      gzipped or not; default :data:`FASHION_MNIST_ROOT`, Debian's ``dataset-fashion-mnist``);
+      ``split`` train/test; (1, 28, 28) inputs ``(x/255 - 0.2860)/0.3530``; class names.
+    * ``npy``: ``path`` to a uint8 ``.npy`` image array (N, H, W[, C]) opened memory-mapped,
+      ``labels`` a ``.npy`` or one-column ``.csv`` of integer labels; inputs
+      ``(x/255 - mean)/std`` with ``normalize = [mean, std]`` (default [0, 1]).
     * ``digits``: scikit-learn's bundled digits, the demo's fixed 80/20 split; (1, 8, 8)
       inputs ``(x/16 - 0.5)/0.5``.
     * ``tensors``: ``path`` to a ``.pt`` (``weights_only=True``) with ``{"x", "y"}`` (and
@@ -994,7 +1153,14 @@ def load_dataset(
         root_p = root_p if root_p is not None else path_p
         if root_p is None:
             raise ValueError(f"dataset kind {kind!r} needs 'root'")
-    if kind == "cifar10":
+    if kind == "fashion_mnist":
+        spec = _load_fashion_mnist(root_p if root_p is not None else FASHION_MNIST_ROOT, split)
+    elif kind == "npy":
+        path_p = path_p if path_p is not None else root_p
+        if path_p is None:
+            raise ValueError("dataset kind 'npy' needs 'path' (a .npy file of uint8 images)")
+        spec = _load_npy(path_p, _resolve(labels, base_dir), normalize)
+    elif kind == "cifar10":
         spec = _load_cifar10(root_p, split)
     elif kind == "mnist":
         spec = _load_mnist(root_p, split)
@@ -1017,7 +1183,7 @@ def load_dataset(
     return ds
 
 
-_CONFIG_KEYS = {"kind", "root", "split", "path", "labels_override", "image_size"}
+_CONFIG_KEYS = {"kind", "root", "split", "path", "labels_override", "image_size", "labels", "normalize"}
 
 
 def load_dataset_config(config: dict[str, Any], base_dir: PathLike | None = None, *, section: str = "dataset") -> LabeledDataset:

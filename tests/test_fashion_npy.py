@@ -1,0 +1,157 @@
+"""The ``fashion_mnist`` kind (IDX files, gzipped or not; Debian's dataset-fashion-mnist) and
+the ``npy`` kind (a memory-mapped uint8 image array plus a labels file): inputs, labels,
+class names, errors, and batch decoding that is bitwise the per-example decoding."""
+from __future__ import annotations
+
+import gzip
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from tracin_core.batching import batch_decoder
+from tracin_core.datasets import (
+    FASHION_MNIST_CLASSES, FASHION_MNIST_NORMALIZE, FASHION_MNIST_ROOT, load_dataset, load_dataset_config, read_idx,
+)
+
+
+def write_idx(path, array: np.ndarray, gz: bool) -> None:
+    codes = {np.dtype(np.uint8): 0x08, np.dtype(">i4"): 0x0C}
+    header = bytes([0, 0, codes[array.dtype], array.ndim]) + b"".join(
+        int(d).to_bytes(4, "big") for d in array.shape)
+    data = header + array.tobytes()
+    if gz:
+        with gzip.open(str(path) + ".gz", "wb") as f:
+            f.write(data)
+    else:
+        path.write_bytes(data)
+
+
+def fake_fashion(root, n_train=30, n_test=7, gz=True, seed=0):
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    out = {}
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        x = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+        y = rng.integers(0, 10, n).astype(np.uint8)
+        write_idx(root / f"{prefix}-images-idx3-ubyte", x, gz)
+        write_idx(root / f"{prefix}-labels-idx1-ubyte", y, gz)
+        out[prefix] = (x, y)
+    return out
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_fashion_mnist_kind_reads_idx_files(tmp_path, gz):
+    arrays = fake_fashion(tmp_path / "fm", gz=gz)
+    for split, prefix in (("train", "train"), ("test", "t10k")):
+        ds = load_dataset("fashion_mnist", root=tmp_path / "fm", split=split)
+        x, y = arrays[prefix]
+        assert len(ds) == len(y) and ds.classes == list(FASHION_MNIST_CLASSES) and ds.input_shape == (1, 28, 28)
+        assert ds.labels.tolist() == y.tolist()
+        mean, std = FASHION_MNIST_NORMALIZE
+        want = (torch.from_numpy(x[3]).float() / 255 - mean) / std
+        assert torch.allclose(ds[3][0][0], want, atol=1e-6)
+        assert np.array_equal(ds.image(3), x[3])
+    # the same data in a workspace table, with the folder relative to the workspace file
+    ds = load_dataset_config({"kind": "fashion_mnist", "root": "fm", "split": "test"}, tmp_path)
+    assert len(ds) == 7
+
+
+def test_batch_decoding_is_bitwise_the_items_and_follows_overrides(tmp_path):
+    fake_fashion(tmp_path / "fm")
+    (tmp_path / "override.csv").write_text("index,label\n2,7\n5,1\n")
+    ds = load_dataset("fashion_mnist", root=tmp_path / "fm", labels_override=tmp_path / "override.csv")
+    idx = [5, 0, 2, 29, 11]
+    xb, yb = ds.decode_batch(idx)
+    assert torch.equal(xb, torch.stack([ds[i][0] for i in idx]))
+    assert yb.tolist() == [ds[i][1] for i in idx] and yb[0] == 1 and yb[2] == 7
+    assert batch_decoder(ds) is not None  # the training pass decodes whole batches
+    with pytest.raises(IndexError):
+        ds.decode_batch([30])
+
+
+def test_idx_and_fashion_errors_name_the_file(tmp_path):
+    (tmp_path / "bad").write_bytes(b"\x00\x00\x08\x03" + (5).to_bytes(4, "big"))
+    with pytest.raises(ValueError, match="bad.*truncated header"):
+        read_idx(tmp_path / "bad")
+    (tmp_path / "magic").write_bytes(b"PK\x03\x04rest")
+    with pytest.raises(ValueError, match="magic.*not an IDX header"):
+        read_idx(tmp_path / "magic")
+    write_idx(tmp_path / "short", np.zeros((2, 3), np.uint8), gz=False)
+    (tmp_path / "short").write_bytes((tmp_path / "short").read_bytes()[:-1])
+    with pytest.raises(ValueError, match="short.*expected"):
+        read_idx(tmp_path / "short")
+    with pytest.raises(FileNotFoundError, match="apt-get install dataset-fashion-mnist"):
+        load_dataset("fashion_mnist", root=tmp_path / "none")
+    (tmp_path / "half").mkdir()
+    with pytest.raises(FileNotFoundError, match="train-images-idx3-ubyte"):
+        load_dataset("fashion_mnist", root=tmp_path / "half")
+
+
+def test_npy_kind_is_memory_mapped(tmp_path, monkeypatch):
+    rng = np.random.default_rng(1)
+    x = rng.integers(0, 256, (40, 6, 5, 3), dtype=np.uint8)
+    y = rng.integers(0, 4, 40)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", y)
+    (tmp_path / "y.csv").write_text("\n".join(map(str, y)) + "\n")
+    modes = []
+    real_load = np.load
+
+    def spy(path, *args, **kwargs):
+        modes.append((os.path.basename(str(path)), kwargs.get("mmap_mode")))
+        return real_load(path, *args, **kwargs)
+
+    monkeypatch.setattr(np, "load", spy)
+    for labels in ("y.npy", "y.csv"):
+        ds = load_dataset_config({"kind": "npy", "path": "x.npy", "labels": labels, "normalize": [0.5, 0.25]},
+                                 tmp_path)
+        assert ("x.npy", "r") in modes  # opened memory-mapped: nothing read until used
+        assert len(ds) == 40 and ds.input_shape == (3, 6, 5) and ds.labels.tolist() == y.tolist()
+        assert torch.allclose(ds[4][0], (torch.from_numpy(x[4]).permute(2, 0, 1).float() / 255 - 0.5) / 0.25)
+        xb, _ = ds.decode_batch([4, 9])
+        assert torch.equal(xb, torch.stack([ds[4][0], ds[9][0]]))
+        assert np.array_equal(ds.image(4), x[4])
+    np.save(tmp_path / "f.npy", x.astype(np.float32))
+    with pytest.raises(ValueError, match="expected uint8 images"):
+        load_dataset("npy", path=tmp_path / "f.npy", labels=tmp_path / "y.npy")
+    np.save(tmp_path / "y2.npy", y[:3])
+    with pytest.raises(ValueError, match="expected 40 integer labels"):
+        load_dataset("npy", path=tmp_path / "x.npy", labels=tmp_path / "y2.npy")
+    with pytest.raises(ValueError, match="needs 'labels'"):
+        load_dataset("npy", path=tmp_path / "x.npy")
+
+
+def test_engine_scores_equal_with_and_without_batch_decoding(tmp_path, monkeypatch):
+    from torch import nn
+
+    from tracin_core import TracInCPFast
+
+    fake_fashion(tmp_path / "fm", n_train=50)
+    ds = load_dataset("fashion_mnist", root=tmp_path / "fm")
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(784, 16), nn.ReLU(), nn.Linear(16, 10))
+    ckpt = tmp_path / "c.pt"
+    torch.save(net.state_dict(), ckpt)
+    test = torch.stack([ds[i][0] for i in range(3)]), ds.labels[:3]
+    scores = {}
+    for flag in ("1", "0"):
+        monkeypatch.setenv("TRACIN_BATCH_DECODE", flag)
+        eng = TracInCPFast(net, net[3], ds, [str(ckpt)], loss_fn=nn.CrossEntropyLoss(reduction="sum"),
+                           batch_size=8)
+        scores[flag] = eng.influence(test)
+    assert torch.equal(scores["1"], scores["0"])
+
+
+def test_debian_fashion_mnist_package():
+    """CI installs Debian's dataset-fashion-mnist (.ci/run); elsewhere it may be absent."""
+    if not FASHION_MNIST_ROOT.is_dir():
+        if os.environ.get("CI"):
+            pytest.fail(f"{FASHION_MNIST_ROOT} is missing: .ci/run installs dataset-fashion-mnist")
+        pytest.skip("Debian's dataset-fashion-mnist is not installed (apt-get install dataset-fashion-mnist)")
+    train = load_dataset("fashion_mnist", split="train")
+    test = load_dataset("fashion_mnist", split="test")
+    assert (len(train), len(test)) == (60_000, 10_000)
+    assert train.classes[0] == "T-shirt/top" and train.classes[9] == "Ankle boot"
+    assert np.bincount(train.labels.numpy()).tolist() == [6000] * 10
