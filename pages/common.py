@@ -33,6 +33,9 @@ UPLOAD_DIR = CACHE_DIR / "uploads"
 REVIEW_DB = Path(os.environ.get("TRACIN_REVIEW_DB", CACHE_DIR / "reviews.sqlite"))
 DEMO_SPEC = {"kind": "demo"}
 DEMO_NAME = "demo"
+FASHION_SPEC = {"kind": "fashion"}
+#: built-in workspaces by the name a ?workspace= link uses
+BUILTIN_SPECS = {"demo": DEMO_SPEC, "fashion": FASHION_SPEC}
 _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()!|<>~&$:])")  # inline markdown, HTML, st directives
 _MD_BLOCK_START = re.compile(r"^(\d*)([#+=.)-])")  # a heading, list or rule at the start
 
@@ -207,6 +210,8 @@ def _load_workspace(key: str) -> Workspace:
     kind = spec["kind"]
     if kind == "demo":
         return Workspace.demo(cache_dir=CACHE_DIR / "stores")
+    if kind == "fashion":
+        return Workspace.fashion(cache_dir=CACHE_DIR / "stores")
     cfg = server_config()
     if kind == "listed":  # a name from the server config, never a path from a browser
         return Workspace.from_toml(cfg.workspace_path(spec["name"]), cache_dir=CACHE_DIR / "stores",
@@ -255,6 +260,8 @@ def set_workspace(spec: dict[str, Any]) -> None:
     st.session_state["ws_spec"] = spec
     if spec.get("kind") == "listed":
         st.query_params["workspace"] = spec["name"]
+    elif spec.get("kind") == "fashion":
+        st.query_params["workspace"] = "fashion"
     elif "workspace" in st.query_params:
         del st.query_params["workspace"]
 
@@ -264,7 +271,9 @@ def active_spec() -> dict[str, Any]:
     if "ws_spec" not in st.session_state:
         name = str(st.query_params.get("workspace", "") or "").strip()
         spec = dict(DEMO_SPEC)
-        if name and name != DEMO_NAME:
+        if name in BUILTIN_SPECS:
+            spec = dict(BUILTIN_SPECS[name])
+        elif name:
             if name in server_config().workspaces:
                 spec = {"kind": "listed", "name": name}
             else:

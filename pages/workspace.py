@@ -150,8 +150,8 @@ def _fmt_lr(x: Optional[float]) -> str:
 def show_active(ws) -> None:
     st.subheader(f"Active workspace: {common.esc(ws.name)}")
     spec = common.active_spec()
-    if spec.get("kind") in ("listed", "demo"):
-        listed = spec.get("name", common.DEMO_NAME)
+    if spec.get("kind") in ("listed", "demo", "fashion"):
+        listed = spec.get("name", spec["kind"])
         st.caption(f"Listed on this server as “{common.esc(listed)}” · id `{ws.fingerprint[:12]}`")
     else:
         st.caption(f"Built in the app · id `{ws.fingerprint[:12]}`")
@@ -191,11 +191,24 @@ def show_active(ws) -> None:
 
 # ----------------------------------------------------------------------------- choosers
 def choose_demo() -> None:
+    from tracin_core.datasets import FASHION_MNIST_ROOT
+
     st.markdown("The scikit-learn digits with a small CNN, six checkpoints and some corrupted "
                 "training labels: ready to use, nothing to train.")
     if st.button("Built-in demo", key="open_demo", type="primary", icon=":material/science:"):
         common.set_workspace(dict(common.DEMO_SPEC))
         st.rerun()
+    st.markdown("**Fashion-MNIST**: all 60,000 training and 10,000 test images, 10% of the "
+                "training labels corrupted as in Captum's tutorial, a small CNN with six "
+                "checkpoints. The first visit runs one pass over the training data (a progress "
+                "bar shows it; `python -m tracin_core precompute fashion` does it ahead of time).")
+    if FASHION_MNIST_ROOT.is_dir():
+        if st.button("Fashion-MNIST", key="open_fashion", icon=":material/checkroom:"):
+            common.set_workspace(dict(common.FASHION_SPEC))
+            st.rerun()
+    else:
+        st.info("The Fashion-MNIST images are not installed on this server. An admin installs "
+                "them with:\n\n```\napt-get install dataset-fashion-mnist\n```", icon=":material/download:")
 
 
 def _open_listed() -> None:

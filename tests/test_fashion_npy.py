@@ -155,3 +155,73 @@ def test_debian_fashion_mnist_package():
     assert (len(train), len(test)) == (60_000, 10_000)
     assert train.classes[0] == "T-shirt/top" and train.classes[9] == "Ankle boot"
     assert np.bincount(train.labels.numpy()).tolist() == [6000] * 10
+
+
+def _need_fashion() -> None:
+    if not FASHION_MNIST_ROOT.is_dir():
+        if os.environ.get("CI"):
+            pytest.fail(f"{FASHION_MNIST_ROOT} is missing: .ci/run installs dataset-fashion-mnist")
+        pytest.skip("Debian's dataset-fashion-mnist is not installed (apt-get install dataset-fashion-mnist)")
+
+
+def test_fashion_recipe_is_deterministic(tmp_path):
+    from tracin_core import demo
+
+    _need_fashion()
+    metas = [demo.build_fashion(tmp_path / name, limit=600, epochs=2, clean_epochs=1) for name in ("a", "b")]
+    assert metas[0] == metas[1] and len(metas[0]["checkpoints"]) == 2
+    assert metas[0]["n_train"] == 600 and metas[0]["n_mislabelled"] == 60
+    for name in ("labels.csv", "labels_override.csv", "checkpoint-1.pt", "checkpoint-2.pt"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+
+
+def test_shipped_fashion_workspace():
+    import json
+
+    from tracin_core import Workspace, demo
+    from tracin_core.checkpoints import load_checkpoint
+    from tracin_core.models import FashionCNN
+
+    assert demo.verify_demo(demo.FASHION_DIR) == []
+    meta = json.loads((demo.FASHION_DIR / "meta.json").read_text())
+    assert (meta["n_train"], meta["n_test"], meta["n_mislabelled"]) == (60_000, 10_000, 6_000)
+    assert len(meta["checkpoints"]) == 6 and meta["test_accuracy_clean"] > 0.8
+    model = FashionCNN()
+    model.load_state_dict(load_checkpoint(demo.FASHION_DIR / meta["checkpoints"][-1]["file"]))
+    _need_fashion()
+    ws = Workspace.fashion(cache_dir="/nonexistent-never-written")
+    assert len(ws.train) == 60_000 and len(ws.test) == 10_000 and len(ws.checkpoints) == 6
+    assert ws.classes == list(FASHION_MNIST_CLASSES)
+    assert int(ws.is_mislabelled.sum()) == 6_000
+    assert ws.train.labels.tolist() != ws.train.original_labels.tolist()  # the noisy labels are in effect
+
+
+def test_app_offers_fashion_or_the_apt_command(tmp_path, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    from tests.conftest import REPO, isolated_app_cache
+
+    (tmp_path / "cache").mkdir()
+    with isolated_app_cache(tmp_path / "cache"):
+        monkeypatch.setattr("tracin_core.datasets.FASHION_MNIST_ROOT", tmp_path / "absent")
+        at = AppTest.from_file(str(REPO / "app.py"), default_timeout=120)
+        at.run()
+        assert not at.exception
+        assert any("apt-get install dataset-fashion-mnist" in i.value for i in at.info)
+        assert at.button(key="open_demo") is not None and not [b for b in at.button if b.key == "open_fashion"]
+        at = AppTest.from_file(str(REPO / "app.py"), default_timeout=120)
+        at.query_params["workspace"] = "fashion"
+        at.run()
+        assert any("the Fashion-MNIST images are not installed" in e.value for e in at.error)
+        monkeypatch.undo()
+        _need_fashion()
+        # installed: a link opens it, and the first visit runs the training pass (60,000 images)
+        at = AppTest.from_file(str(REPO / "app.py"), default_timeout=600)
+        at.query_params["workspace"] = "fashion"
+        at.run()
+        assert not at.exception and not at.error, [e.value for e in at.error]
+        text = "\n".join(str(m.value) for m in at.markdown) + "\n".join(str(s.value) for s in at.subheader)
+        assert "Active workspace: fashion\\-mnist" in text or "Active workspace: fashion-mnist" in text
+        assert "T\\-shirt/top" in text or "T-shirt/top" in text
+        assert [m.value for m in at.metric][:2] == ["60,000", "10,000"]
+        assert at.query_params["workspace"] in ("fashion", ["fashion"])

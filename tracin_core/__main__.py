@@ -23,6 +23,8 @@ def _workspace(args):
     device = getattr(args, "device", None)
     if args.workspace == "demo":
         return Workspace.demo(cache_dir=args.cache_dir, device=device)
+    if args.workspace == "fashion":
+        return Workspace.fashion(cache_dir=args.cache_dir, device=device)
     return Workspace.from_toml(args.workspace, cache_dir=args.cache_dir, device=device)
 
 
@@ -76,7 +78,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     def ws_parser(name: str, help_: str):
         p = sub.add_parser(name, help=help_)
-        p.add_argument("workspace", help="workspace .toml file ('demo' for the built-in demo)")
+        p.add_argument("workspace", help="workspace .toml file ('demo' or 'fashion' for a built-in one)")
         p.add_argument("--cache-dir", default=None, help="feature store folder (default ~/.cache/tracin_audit)")
         return p
 

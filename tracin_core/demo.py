@@ -36,12 +36,14 @@ import torch
 from torch import nn
 
 from tracin_core.datasets import load_dataset
-from tracin_core.models import DigitsCNN
+from tracin_core.models import DigitsCNN, FashionCNN
 
 __all__ = [
     "DEMO_DIR",
     "DEFAULT_EPOCHS",
     "build_demo",
+    "build_fashion",
+    "FASHION_DIR",
     "retrain_on_labels",
     "train_digits_cnn",
     "evaluate",
@@ -52,6 +54,9 @@ __all__ = [
 ]
 
 DEMO_DIR = Path(__file__).resolve().parent.parent / "assets" / "demo"
+FASHION_DIR = Path(__file__).resolve().parent.parent / "assets" / "fashion"
+#: the Fashion-MNIST recipe: all 60,000 / 10,000 images, the same noise procedure
+FASHION = {"epochs": 6, "clean_epochs": 3, "batch_size": 128, "learning_rate": 0.05}
 DEFAULT_EPOCHS = 30
 CLEAN_EPOCHS = 15
 LEARNING_RATE = 0.05
@@ -145,8 +150,10 @@ def train_digits_cnn(
     on_epoch_end: Callable[[int, nn.Module], None] | None = None,
     progress: Progress = None,
     progress_span: tuple[float, float] = (0.0, 1.0),
+    factory: Callable[[], nn.Module] = lambda: DigitsCNN(num_classes=10),
 ) -> nn.Module:
-    """Train a fresh, seeded ``DigitsCNN`` on ``(x, y)`` with SGD; deterministic.
+    """Train a fresh, seeded ``factory()`` model (default ``DigitsCNN``) on ``(x, y)``
+    with SGD; deterministic.
 
     ``on_epoch_end(epoch, model)`` is called after each epoch (1-based).
     """
@@ -156,7 +163,7 @@ def train_digits_cnn(
         raise ValueError("no training examples")
     with _deterministic():
         torch.manual_seed(seed)
-        model = DigitsCNN(num_classes=10)
+        model = factory()
         opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
         gen = torch.Generator().manual_seed(seed)
         loss_fn = nn.CrossEntropyLoss()
@@ -208,15 +215,76 @@ def build_demo(
     ``progress(fraction, message)`` is called as training proceeds. Old
     ``checkpoint-*.pt`` files in ``out_dir`` are removed first.
     """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     _report(progress, 0.0, "loading digits")
-    x_train, y_true, x_test, y_test = _digits_tensors()
+    return _build(Path(out_dir), "digits-demo", _digits_tensors(), WORKSPACE_TOML, seed, progress,
+                  epochs=epochs, clean_epochs=clean_epochs, batch_size=BATCH_SIZE,
+                  factory=lambda: DigitsCNN(num_classes=10))
+
+
+FASHION_TOML = """\
+# The built-in Fashion-MNIST workspace (written by `python -m tracin_core demo --rebuild fashion`).
+# Its data come from Debian's dataset-fashion-mnist package (apt-get install dataset-fashion-mnist).
+name = "fashion-mnist"
+
+[model]
+factory = "tracin_core.models:FashionCNN"
+final_fc_layer = "fc2"
+
+[checkpoints]
+paths = "checkpoint-*.pt"
+
+[train]
+kind = "fashion_mnist"
+split = "train"
+labels_override = "labels_override.csv"   # the noisy labels the checkpoints were trained on
+
+[test]
+kind = "fashion_mnist"
+split = "test"
+
+[loss]
+name = "cross_entropy"
+reduction = "sum"
+
+[evaluation]
+ground_truth = "labels.csv"   # index,true_label: the recipe knows which labels it corrupted
+"""
+
+
+def _fashion_tensors(limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    train = load_dataset("fashion_mnist", split="train")
+    test = load_dataset("fashion_mnist", split="test")
+    n_train = len(train) if limit is None else min(limit, len(train))
+    n_test = len(test) if limit is None else min(limit, len(test))
+    x_train, y_train = train.decode_batch(range(n_train))
+    x_test, y_test = test.decode_batch(range(n_test))
+    return x_train, y_train, x_test, y_test
+
+
+def build_fashion(out_dir: str | Path = FASHION_DIR, seed: int = 0, progress: Progress = None, *,
+                  epochs: int = FASHION["epochs"], clean_epochs: int = FASHION["clean_epochs"],
+                  limit: int | None = None) -> dict[str, Any]:
+    """Build the Fashion-MNIST workspace into ``out_dir`` (the digits recipe on all 60,000
+    training images, :class:`~tracin_core.models.FashionCNN`, batches of 128; about 2.5
+    minutes on two cores). ``limit`` takes the first images only (for tests)."""
+    _report(progress, 0.0, "loading Fashion-MNIST")
+    meta = _build(Path(out_dir), "fashion-mnist", _fashion_tensors(limit), FASHION_TOML, seed, progress,
+                  epochs=epochs, clean_epochs=clean_epochs, batch_size=FASHION["batch_size"],
+                  factory=lambda: FashionCNN(num_classes=10))
+    return meta
+
+
+def _build(out: Path, name: str, tensors: tuple[torch.Tensor, ...], workspace_toml: str, seed: int,
+           progress: Progress, *, epochs: int, clean_epochs: int, batch_size: int,
+           factory: Callable[[], nn.Module]) -> dict[str, Any]:
+    """The recipe of the module docstring for one data set; writes ``out`` and returns the meta."""
+    out.mkdir(parents=True, exist_ok=True)
+    x_train, y_true, x_test, y_test = tensors
     n = len(y_true)
 
     # 1. clean model
-    clean = train_digits_cnn(x_train, y_true, epochs=clean_epochs, seed=seed,
-                             progress=progress, progress_span=(0.0, 0.3))
+    clean = train_digits_cnn(x_train, y_true, epochs=clean_epochs, seed=seed, batch_size=batch_size,
+                             progress=progress, progress_span=(0.0, 0.3), factory=factory)
     acc_clean = evaluate(clean, x_test, y_test)
 
     # 2. mislabel a seeded 10%: most probable wrong class of the clean model
@@ -249,22 +317,23 @@ def build_demo(
         model.train()
 
     noisy = train_digits_cnn(x_train, y_noisy, epochs=epochs, seed=seed + 1, on_epoch_end=save,
-                             progress=progress, progress_span=(0.3, 0.95))
+                             progress=progress, progress_span=(0.3, 0.95), batch_size=batch_size,
+                             factory=factory)
     acc_noisy = evaluate(noisy, x_test, y_test)
 
     # 4. labels and workspace
     _write_csv(out / "labels.csv", ["index", "noisy_label", "true_label", "is_mislabelled"],
                ((i, int(y_noisy[i]), int(y_true[i]), int(mislabelled[i])) for i in range(n)))
     _write_csv(out / "labels_override.csv", ["index", "label"], ((i, int(y_noisy[i])) for i in range(n)))
-    (out / "workspace.toml").write_bytes(WORKSPACE_TOML.encode("utf-8"))
+    (out / "workspace.toml").write_bytes(workspace_toml.encode("utf-8"))
     meta = {
-        "name": "digits-demo",
+        "name": name,
         "seed": seed,
         "epochs": epochs,
         "clean_epochs": clean_epochs,
         "learning_rate": LEARNING_RATE,
         "momentum": MOMENTUM,
-        "batch_size": BATCH_SIZE,
+        "batch_size": batch_size,
         "noise_fraction": NOISE_FRACTION,
         "n_train": n,
         "n_test": len(y_test),
@@ -339,27 +408,37 @@ def verify_demo(out_dir: str | Path = DEMO_DIR) -> list[str]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m tracin_core.demo",
-        description="Build or check the built-in digits demo (checkpoints, noisy labels, workspace.toml).",
+        description="Build or check a built-in workspace: the digits demo (default) or Fashion-MNIST "
+                    "(checkpoints, noisy labels, workspace.toml).",
     )
-    parser.add_argument("--rebuild", action="store_true", help="train and write the demo assets")
-    parser.add_argument("--out", type=Path, default=DEMO_DIR, help=f"output folder (default: {DEMO_DIR})")
+    parser.add_argument("which", nargs="?", choices=("digits", "fashion"), default="digits",
+                        help="which built-in workspace (default: digits)")
+    parser.add_argument("--rebuild", action="store_true", help="train and write the assets")
+    parser.add_argument("--out", type=Path, default=None,
+                        help=f"output folder (default: {DEMO_DIR} or {FASHION_DIR})")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    parser.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS,
-                        help=f"epochs for the noisy model (default: {DEFAULT_EPOCHS})")
-    parser.add_argument("--clean-epochs", type=int, default=CLEAN_EPOCHS,
-                        help=f"epochs for the clean model that picks wrong labels (default: {CLEAN_EPOCHS})")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help=f"epochs for the noisy model (default: {DEFAULT_EPOCHS}; fashion {FASHION['epochs']})")
+    parser.add_argument("--clean-epochs", type=int, default=None,
+                        help=f"epochs for the clean model that picks wrong labels (default: {CLEAN_EPOCHS}; "
+                             f"fashion {FASHION['clean_epochs']})")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
     args = parser.parse_args(argv)
-    if args.epochs < 1 or args.clean_epochs < 1:
+    fashion = args.which == "fashion"
+    out = args.out or (FASHION_DIR if fashion else DEMO_DIR)
+    epochs = args.epochs if args.epochs is not None else (FASHION["epochs"] if fashion else DEFAULT_EPOCHS)
+    clean_epochs = args.clean_epochs if args.clean_epochs is not None else (
+        FASHION["clean_epochs"] if fashion else CLEAN_EPOCHS)
+    if epochs < 1 or clean_epochs < 1:
         parser.error("--epochs and --clean-epochs must be at least 1")
 
     if not args.rebuild:
-        problems = verify_demo(args.out)
+        problems = verify_demo(out)
         if problems:
-            print("demo assets have problems (rebuild with --rebuild):", *problems, sep="\n  ", file=sys.stderr)
+            print("assets have problems (rebuild with --rebuild):", *problems, sep="\n  ", file=sys.stderr)
             return 1
-        meta = json.loads((args.out / "meta.json").read_text())
-        print(f"demo assets in {args.out} are complete: {len(meta['checkpoints'])} checkpoints, "
+        meta = json.loads((out / "meta.json").read_text())
+        print(f"assets in {out} are complete: {len(meta['checkpoints'])} checkpoints, "
               f"{meta['n_mislabelled']}/{meta['n_train']} mislabelled, test accuracy "
               f"{meta['test_accuracy_noisy']:.3f} (noisy labels) / {meta['test_accuracy_clean']:.3f} (clean labels)")
         return 0
@@ -367,9 +446,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     def show(fraction: float, message: str) -> None:
         print(f"[{fraction * 100:5.1f}%] {message}", file=sys.stderr)
 
-    meta = build_demo(args.out, seed=args.seed, progress=None if args.quiet else show,
-                      epochs=args.epochs, clean_epochs=args.clean_epochs)
-    print(f"wrote {args.out}: {len(meta['checkpoints'])} checkpoints, {meta['n_mislabelled']}/{meta['n_train']} "
+    build = build_fashion if fashion else build_demo
+    meta = build(out, seed=args.seed, progress=None if args.quiet else show,
+                 epochs=epochs, clean_epochs=clean_epochs)
+    print(f"wrote {out}: {len(meta['checkpoints'])} checkpoints, {meta['n_mislabelled']}/{meta['n_train']} "
           f"mislabelled, test accuracy {meta['test_accuracy_noisy']:.3f} (noisy) / "
           f"{meta['test_accuracy_clean']:.3f} (clean)")
     return 0

@@ -25,6 +25,7 @@ from torch import nn
 __all__ = [
     "TutorialCifarNet",
     "DigitsCNN",
+    "FashionCNN",
     "resnet18",
     "ArchitectureSpec",
     "ARCHITECTURES",
@@ -127,6 +128,34 @@ class ArchitectureSpec:
         return self.factory()
 
 
+class FashionCNN(nn.Module):
+    """Small CNN for 28x28 grey images (the built-in Fashion-MNIST workspace); last layer ``fc2``.
+
+    Two 3x3 conv + 2x2 max-pool stages (16, 32 channels), then 1568 -> 64 -> classes. No
+    BatchNorm and no dropout, as :class:`DigitsCNN`.
+    """
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 16, 3, padding=1)
+        self.relu1 = nn.ReLU()
+        self.pool1 = nn.MaxPool2d(2)
+        self.conv2 = nn.Conv2d(16, 32, 3, padding=1)
+        self.relu2 = nn.ReLU()
+        self.pool2 = nn.MaxPool2d(2)
+        self.flatten = nn.Flatten()
+        self.fc1 = nn.Linear(32 * 7 * 7, 64)
+        self.relu3 = nn.ReLU()
+        self.fc2 = nn.Linear(64, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool1(self.relu1(self.conv1(x)))
+        x = self.pool2(self.relu2(self.conv2(x)))
+        x = self.flatten(x)
+        x = self.relu3(self.fc1(x))
+        return self.fc2(x)
+
+
 ARCHITECTURES: dict[str, ArchitectureSpec] = {
     "cifar_net": ArchitectureSpec(
         name="cifar_net",
@@ -145,6 +174,15 @@ ARCHITECTURES: dict[str, ArchitectureSpec] = {
         description="Small CNN for scikit-learn's 8x8 grey digits (the built-in demo)",
         num_classes_arg=True,
         factory_path="tracin_core.models:DigitsCNN",
+    ),
+    "fashion_cnn": ArchitectureSpec(
+        name="fashion_cnn",
+        factory=FashionCNN,
+        final_fc_layer="fc2",
+        input_shape=(1, 28, 28),
+        description="Small CNN for 28x28 grey images (the built-in Fashion-MNIST workspace)",
+        num_classes_arg=True,
+        factory_path="tracin_core.models:FashionCNN",
     ),
     "resnet18": ArchitectureSpec(
         name="resnet18",

@@ -214,8 +214,9 @@ def _expand_workspaces(table: Mapping[str, Any], base: Path, source: Path) -> di
         else:
             raise ConfigError(f"{source}: [workspaces] {name} = {value!r} is neither a .toml file "
                               "nor a folder")
-    if "demo" in out:
-        raise ConfigError(f"{source}: [workspaces] the name 'demo' is the built-in demo's")
+    for builtin in ("demo", "fashion"):
+        if builtin in out:
+            raise ConfigError(f"{source}: [workspaces] the name {builtin!r} is a built-in workspace's")
     return out
 
 

@@ -37,6 +37,7 @@ LOSSES: dict[str, Callable[..., nn.Module]] = {
 
 DEFAULT_CACHE = Path(os.environ.get("TRACIN_CACHE", Path.home() / ".cache" / "tracin_audit"))
 DEMO_TOML = Path(__file__).resolve().parent.parent / "assets" / "demo" / "workspace.toml"
+FASHION_TOML = Path(__file__).resolve().parent.parent / "assets" / "fashion" / "workspace.toml"
 
 
 class WorkspaceError(ValueError):
@@ -255,6 +256,19 @@ class Workspace:
     def demo(cls, *, cache_dir: Optional[PathLike] = None, device: Optional[str] = None) -> "Workspace":
         """The built-in digits demo (checkpoints and noisy labels ship in assets/demo)."""
         return cls.from_toml(DEMO_TOML, cache_dir=cache_dir, device=device)
+
+    @classmethod
+    def fashion(cls, *, cache_dir: Optional[PathLike] = None, device: Optional[str] = None) -> "Workspace":
+        """The built-in Fashion-MNIST workspace: 60,000 / 10,000 images from Debian's
+        ``dataset-fashion-mnist`` package, 10% tutorial-noise labels, a small CNN with six
+        checkpoints (shipped in assets/fashion). WorkspaceError with the ``apt-get`` command
+        when the package is missing."""
+        from .datasets import FASHION_MNIST_ROOT
+
+        if not FASHION_MNIST_ROOT.is_dir():
+            raise WorkspaceError(f"the Fashion-MNIST images are not installed ({FASHION_MNIST_ROOT}): "
+                                 "apt-get install dataset-fashion-mnist")
+        return cls.from_toml(FASHION_TOML, cache_dir=cache_dir, device=device)
 
     # ------------------------------------------------------------------ identity
     @property
