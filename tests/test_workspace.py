@@ -211,3 +211,23 @@ def test_train_predictions_from_the_store_equal_a_forward_pass(demo):
     pred, prob = demo.predict(x)
     assert np.array_equal(df["predicted"].to_numpy()[::97], pred)
     assert np.allclose(df["probability"].to_numpy()[::97], prob[np.arange(len(pred)), pred], atol=1e-5)
+
+
+def test_rankings_are_kept_beside_the_store(tmp_path, monkeypatch):
+    """A ranking is computed once per workspace content and read back by later instances."""
+    from tracin_core import rankers as rk
+    from tracin_core.workspace import Workspace
+
+    ws = Workspace.demo(cache_dir=tmp_path / "c")
+    first = ws.mislabel_scores()
+    files = list((ws.store_dir / "rankings").glob(f"{rk.DEFAULT_RANKER}-*.npy"))
+    assert len(files) == 1
+    calls = []
+    real = rk.compute
+    monkeypatch.setattr(rk, "compute", lambda name, inp: calls.append(name) or real(name, inp))
+    again = Workspace.demo(cache_dir=tmp_path / "c").mislabel_scores()  # a new instance, as a new process
+    assert calls == [] and again.equals(first)
+    files[0].write_bytes(b"damaged")  # a damaged file is recomputed, not trusted
+    assert Workspace.demo(cache_dir=tmp_path / "c").mislabel_scores().equals(first) and calls == [rk.DEFAULT_RANKER]
+    Workspace.demo(cache_dir=tmp_path / "c").mislabel_scores("loss_mean")
+    assert calls[-1] == "loss_mean"

@@ -66,6 +66,9 @@ def _precompute(args) -> int:
                 desc = f"{m}: training pass" + (f" (rank {rank} of {world})" if world > 1 else "")
                 ws.precompute([m], progress=_progress(desc) if rank == 0 else None)
         if rank == 0:
+            # the Review page's default ranking, kept beside the store (the app then opens at once)
+            print("default mislabel ranking…", file=sys.stderr)
+            ws.mislabel_scores()
             print(f"feature store ready under {ws.store_dir}" + (f" ({world} processes)" if world > 1 else ""))
     finally:
         distributed.shutdown()

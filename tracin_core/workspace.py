@@ -67,6 +67,23 @@ class InfluenceResult:
     method: str
 
 
+def _rankers_code() -> str:
+    """Short hash of the rankers' source and of this module (which feeds them): stored
+    rankings are recomputed when either changes."""
+    h = hashlib.sha256(Path(rk.__file__).read_bytes())
+    h.update(Path(__file__).read_bytes())
+    return h.hexdigest()[:12]
+
+
+def _save_npy_atomic(path: Path, array: np.ndarray) -> None:
+    """``np.save`` through a temporary file and a rename: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    with open(tmp, "wb") as fh:
+        np.save(fh, array, allow_pickle=False)
+    os.replace(tmp, path)
+
+
 def _load_model(factory: Union[str, Callable[..., nn.Module]], kwargs: dict[str, Any]) -> nn.Module:
     if callable(factory):
         model = factory(**kwargs)
@@ -447,10 +464,30 @@ class Workspace:
         return {name: desc for name, (_, desc) in rk.RANKERS.items()}
 
     def mislabel_scores(self, method: Optional[str] = None) -> pd.DataFrame:
-        """``index``, ``score`` (higher = more likely mislabelled), ``rank``; sorted by rank."""
+        """``index``, ``score`` (higher = more likely mislabelled), ``rank``; sorted by rank.
+
+        The scores are kept beside the feature store (``<store>/rankings/<name>-<code>.npy``,
+        ``<code>`` a hash of the rankers' source) and read back by later calls and later
+        processes: a ranking is computed once per workspace content, not once per visit
+        (the default ranking takes about half a minute at 60,000 examples).
+        """
         name = method or rk.DEFAULT_RANKER
-        inp = self.ranker_inputs(with_cp=(name == "self_influence_cp"))
-        return rk.score_table(rk.compute(name, inp))
+        if name not in rk.RANKERS:
+            raise ValueError(f"unknown ranking {name!r}; choose one of {', '.join(rk.RANKERS)}")
+        path = self.store_dir / "rankings" / f"{name}-{_rankers_code()}.npy"
+        scores = None
+        if path.is_file():
+            try:
+                scores = np.load(path, allow_pickle=False)
+            except (OSError, ValueError):
+                scores = None  # a damaged file is recomputed below
+            if scores is not None and scores.shape != (len(self.train),):
+                scores = None
+        if scores is None:
+            inp = self.ranker_inputs(with_cp=(name == "self_influence_cp"))
+            scores = np.asarray(rk.compute(name, inp), dtype=np.float64)
+            _save_npy_atomic(path, scores)
+        return rk.score_table(scores)
 
     @property
     def is_mislabelled(self) -> Optional[np.ndarray]:
