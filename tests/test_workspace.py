@@ -231,3 +231,24 @@ def test_rankings_are_kept_beside_the_store(tmp_path, monkeypatch):
     assert Workspace.demo(cache_dir=tmp_path / "c").mislabel_scores().equals(first) and calls == [rk.DEFAULT_RANKER]
     Workspace.demo(cache_dir=tmp_path / "c").mislabel_scores("loss_mean")
     assert calls[-1] == "loss_mean"
+
+
+def test_cli_precompute_warms_the_store_the_app_opens(tmp_path):
+    """The CLI and the app share ``$TRACIN_CACHE/stores``: a store (and the default ranking)
+    built ahead of time is the one the app opens."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    env = dict(os.environ, TRACIN_CACHE=str(tmp_path), PYTHONPATH=str(REPO))
+    out = subprocess.run([sys.executable, "-m", "tracin_core", "precompute", "demo"], env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    stores = list((tmp_path / "stores").glob("digits-demo-*"))
+    assert len(stores) == 1 and list((stores[0] / "rankings").glob("neighbour_vote-*.npy"))
+    # the app's path for the same environment (pages.common: CACHE_DIR / "stores")
+    probe = "import pages.common as c, tracin_core.workspace as w; print(c.CACHE_DIR / 'stores', w.DEFAULT_CACHE)"
+    app = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert app.stdout.split() == [str(tmp_path / "stores")] * 2, app.stderr

@@ -82,7 +82,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     def ws_parser(name: str, help_: str):
         p = sub.add_parser(name, help=help_)
         p.add_argument("workspace", help="workspace .toml file ('demo' or 'fashion' for a built-in one)")
-        p.add_argument("--cache-dir", default=None, help="feature store folder (default ~/.cache/tracin_audit)")
+        p.add_argument("--cache-dir", default=None, help="feature store folder (default $TRACIN_CACHE/stores, else ~/.cache/tracin_audit/stores: the app's)")
         return p
 
     p = ws_parser("precompute", "one pass over the training data: build the feature store")

@@ -35,7 +35,10 @@ LOSSES: dict[str, Callable[..., nn.Module]] = {
     "nll": nn.NLLLoss,
 }
 
-DEFAULT_CACHE = Path(os.environ.get("TRACIN_CACHE", Path.home() / ".cache" / "tracin_audit"))
+#: where feature stores live by default: ``$TRACIN_CACHE/stores`` (else
+#: ``~/.cache/tracin_audit/stores``), the folder the app uses too, so a store built ahead
+#: of time by ``python -m tracin_core precompute`` is the one the app opens
+DEFAULT_CACHE = Path(os.environ.get("TRACIN_CACHE", Path.home() / ".cache" / "tracin_audit")) / "stores"
 DEMO_TOML = Path(__file__).resolve().parent.parent / "assets" / "demo" / "workspace.toml"
 FASHION_TOML = Path(__file__).resolve().parent.parent / "assets" / "fashion" / "workspace.toml"
 
