@@ -54,3 +54,21 @@ def test_cuda_intermediate_quantities_and_cache_dir(setup, tmp_path):
     # the memory-mapped store written from the GPU reads back in a fresh instance
     again = TracInCP(SmallCNN(), train, paths, loss_fn=loss, batch_size=8, device="cuda", cache_dir=tmp_path)
     assert torch.allclose(gpu.self_influence(), again.self_influence())
+
+
+def test_npy_kind_on_cuda(setup, tmp_path):
+    """The memory-mapped ``npy`` dataset kind, decoded a batch at a time, scored on cuda."""
+    import numpy as np
+
+    from tracin_core.datasets import load_dataset
+
+    paths, _, _ = setup
+    g = np.random.default_rng(0)
+    np.save(tmp_path / "x.npy", g.integers(0, 256, (40, 6, 6), dtype=np.uint8))
+    np.save(tmp_path / "y.npy", g.integers(0, 3, 40))
+    ds = load_dataset("npy", path=tmp_path / "x.npy", labels=tmp_path / "y.npy", normalize=[0.5, 0.25])
+    test = ds.decode_batch(range(32, 40))
+    loss = nn.CrossEntropyLoss(reduction="sum")
+    cpu = TracInCPFast(SmallCNN(), "fc2", ds, paths, loss_fn=loss, batch_size=8)
+    gpu = TracInCPFast(SmallCNN(), "fc2", ds, paths, loss_fn=loss, batch_size=8, device="cuda")
+    assert torch.allclose(cpu.influence(test), gpu.influence(test), rtol=1e-3, atol=1e-4)

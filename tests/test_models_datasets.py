@@ -65,8 +65,9 @@ def test_digits_cnn_and_resnet():
 
 
 def test_registry():
-    assert set(ARCHITECTURES) == {"cifar_net", "digits_cnn", "resnet18"}
-    expected = {"cifar_net": ("fc3", (3, 32, 32)), "digits_cnn": ("fc2", (1, 8, 8)), "resnet18": ("fc", (3, 224, 224))}
+    assert set(ARCHITECTURES) == {"cifar_net", "digits_cnn", "fashion_cnn", "resnet18"}
+    expected = {"cifar_net": ("fc3", (3, 32, 32)), "digits_cnn": ("fc2", (1, 8, 8)),
+                "fashion_cnn": ("fc2", (1, 28, 28)), "resnet18": ("fc", (3, 224, 224))}
     for key, spec in ARCHITECTURES.items():
         assert isinstance(spec, ArchitectureSpec)
         assert spec.name == key

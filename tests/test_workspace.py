@@ -252,3 +252,24 @@ def test_cli_precompute_warms_the_store_the_app_opens(tmp_path):
     probe = "import pages.common as c, tracin_core.workspace as w; print(c.CACHE_DIR / 'stores', w.DEFAULT_CACHE)"
     app = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120, cwd=REPO)
     assert app.stdout.split() == [str(tmp_path / "stores")] * 2, app.stderr
+
+
+def test_stored_ranking_is_not_reused_when_labels_or_checkpoints_change(tmp_path):
+    from tracin_core.workspace import Workspace
+
+    folder = _copy_demo(tmp_path)
+    ws = Workspace.from_toml(folder / "workspace.toml", cache_dir=tmp_path / "c")
+    base = ws.mislabel_scores()
+    # another label override: another store, the ranking computed again on the new labels
+    text = (folder / "labels_override.csv").read_text().splitlines()
+    i, label = text[5].split(",")
+    text[5] = f"{i},{(int(label) + 1) % 10}"
+    (folder / "labels_override.csv").write_text("\n".join(text) + "\n")
+    relabelled = Workspace.from_toml(folder / "workspace.toml", cache_dir=tmp_path / "c")
+    assert relabelled.store_dir != ws.store_dir
+    assert not (relabelled.store_dir / "rankings").exists()
+    assert not relabelled.mislabel_scores()["score"].equals(base["score"])
+    # one checkpoint fewer: another store again
+    sorted(folder.glob("checkpoint-*.pt"))[0].unlink()
+    fewer = Workspace.from_toml(folder / "workspace.toml", cache_dir=tmp_path / "c")
+    assert fewer.store_dir not in (ws.store_dir, relabelled.store_dir)
