@@ -65,7 +65,7 @@ def _precompute(args) -> int:
             for m in args.methods:
                 desc = f"{m}: training pass" + (f" (rank {rank} of {world})" if world > 1 else "")
                 ws.precompute([m], progress=_progress(desc) if rank == 0 else None)
-        if rank == 0:
+        if rank == 0 and not args.skip_ranking:
             # the Review page's default ranking, kept beside the store (the app then opens at once)
             print("default mislabel ranking…", file=sys.stderr)
             ws.mislabel_scores()
@@ -86,6 +86,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return p
 
     p = ws_parser("precompute", "one pass over the training data: build the feature store")
+    p.add_argument("--skip-ranking", action="store_true",
+                   help="only the pass: do not compute the default mislabel ranking afterwards")
     p.add_argument("--methods", nargs="+", default=["fast"], choices=["fast", "cp", "randproj"])
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: the model's; under torchrun "
                    "with CUDA, one GPU per process)")
