@@ -9,6 +9,8 @@ process (wall time, and peak RSS sampled every 50 ms):
   batch (what any one-pass method must do at least);
 * ``precompute fashion --skip-ranking``: the training pass;
 * ``mislabels fashion``: the default ranking (the process opens the workspace too);
+* ``precompute fashion --all-rankings``: every other ranking the Evaluation page shows,
+  kept beside the store (the pass is already done);
 
 then ``streamlit run app.py`` on that cache and headless Chromium (Debian's
 ``/usr/bin/chromium``): the first visit to Review after precompute, key press -> next item,
@@ -149,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
         [sys.executable, "-m", "tracin_core", "precompute", "fashion", "--skip-ranking"], env)
     r["ranking_s"], r["ranking_peak_mb"], _ = run_step(
         [sys.executable, "-m", "tracin_core", "mislabels", "fashion", "--out", str(cache / "queue.csv")], env)
+    r["all_rankings_s"], r["all_rankings_peak_mb"], _ = run_step(
+        [sys.executable, "-m", "tracin_core", "precompute", "fashion", "--all-rankings"], env)
     r.update(app_steps(cache, args.keys, args.picks))
 
     keys = r["review_key_s"]
@@ -162,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
         ("precompute / floor process", f"{r['precompute_s'] / r['floor_process_s']:.2f}x", ""),
         ("`mislabels fashion`: default ranking (whole process)", f"{r['ranking_s']:.2f} s",
          f"{r['ranking_peak_mb']:.0f} MB"),
+        ("`precompute fashion --all-rankings`: the other rankings (whole process)", f"{r['all_rankings_s']:.2f} s",
+         f"{r['all_rankings_peak_mb']:.0f} MB"),
         ("app: first visit to Review after precompute (server already up)", f"{r['review_first_visit_s']:.2f} s", ""),
         (f"app: key press -> next item, p50 / p95 ({len(keys)} keys)",
          f"{statistics.median(keys):.3f} / {p95:.3f} s", ""),

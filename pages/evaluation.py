@@ -39,11 +39,7 @@ HIST_BINS = 40
 @st.cache_resource(show_spinner=False, max_entries=16)
 def _scores(fingerprint: str, with_cp: bool, _ws) -> dict[str, np.ndarray]:
     """Every available ranking's scores, from one set of ranker inputs (read-only)."""
-    inp = _ws.ranker_inputs(with_cp=with_cp)
-    out = {name: rk.compute(name, inp) for name in rk.available(with_cp)}
-    for v in out.values():
-        v.setflags(write=False)
-    return out
+    return _ws.mislabel_score_arrays(rk.available(with_cp), with_cp=with_cp)
 
 
 @st.cache_resource(show_spinner=False, max_entries=16)

@@ -273,3 +273,19 @@ def test_stored_ranking_is_not_reused_when_labels_or_checkpoints_change(tmp_path
     sorted(folder.glob("checkpoint-*.pt"))[0].unlink()
     fewer = Workspace.from_toml(folder / "workspace.toml", cache_dir=tmp_path / "c")
     assert fewer.store_dir not in (ws.store_dir, relabelled.store_dir)
+
+
+def test_every_ranking_kept_for_the_evaluation_page(tmp_path, monkeypatch):
+    from tracin_core import rankers as rk
+    from tracin_core.workspace import Workspace
+
+    calls = []
+    real = rk.compute
+    monkeypatch.setattr(rk, "compute", lambda name, inp: calls.append(name) or real(name, inp))
+    first = Workspace.demo(cache_dir=tmp_path / "c").mislabel_score_arrays()
+    assert sorted(calls) == sorted(rk.available(False)) == sorted(first)
+    again = Workspace.demo(cache_dir=tmp_path / "c").mislabel_score_arrays()
+    assert len(calls) == len(first)  # read back, nothing computed
+    assert all(np.array_equal(first[n], again[n]) and not again[n].flags.writeable for n in first)
+    with pytest.raises(ValueError, match="unknown ranking 'nope'"):
+        Workspace.demo(cache_dir=tmp_path / "c").mislabel_score_arrays(["nope"])

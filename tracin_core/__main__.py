@@ -66,9 +66,14 @@ def _precompute(args) -> int:
                 desc = f"{m}: training pass" + (f" (rank {rank} of {world})" if world > 1 else "")
                 ws.precompute([m], progress=_progress(desc) if rank == 0 else None)
         if rank == 0 and not args.skip_ranking:
-            # the Review page's default ranking, kept beside the store (the app then opens at once)
-            print("default mislabel ranking…", file=sys.stderr)
-            ws.mislabel_scores()
+            # rankings kept beside the store: the Review page's default (the app then opens
+            # at once), or every ranking the Evaluation page shows
+            if args.all_rankings:
+                print("every mislabel ranking…", file=sys.stderr)
+                ws.mislabel_score_arrays(with_cp="cp" in args.methods)
+            else:
+                print("default mislabel ranking…", file=sys.stderr)
+                ws.mislabel_scores()
             print(f"feature store ready under {ws.store_dir}" + (f" ({world} processes)" if world > 1 else ""))
     finally:
         distributed.shutdown()
@@ -88,6 +93,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p = ws_parser("precompute", "one pass over the training data: build the feature store")
     p.add_argument("--skip-ranking", action="store_true",
                    help="only the pass: do not compute the default mislabel ranking afterwards")
+    p.add_argument("--all-rankings", action="store_true",
+                   help="after the pass, every mislabel ranking the Evaluation page shows (not only the default)")
     p.add_argument("--methods", nargs="+", default=["fast"], choices=["fast", "cp", "randproj"])
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: the model's; under torchrun "
                    "with CUDA, one GPU per process)")

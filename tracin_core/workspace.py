@@ -475,22 +475,42 @@ class Workspace:
         (the default ranking takes about half a minute at 60,000 examples).
         """
         name = method or rk.DEFAULT_RANKER
-        if name not in rk.RANKERS:
-            raise ValueError(f"unknown ranking {name!r}; choose one of {', '.join(rk.RANKERS)}")
-        path = self.store_dir / "rankings" / f"{name}-{_rankers_code()}.npy"
-        scores = None
-        if path.is_file():
-            try:
-                scores = np.load(path, allow_pickle=False)
-            except (OSError, ValueError):
-                scores = None  # a damaged file is recomputed below
-            if scores is not None and scores.shape != (len(self.train),):
-                scores = None
-        if scores is None:
-            inp = self.ranker_inputs(with_cp=(name == "self_influence_cp"))
-            scores = np.asarray(rk.compute(name, inp), dtype=np.float64)
-            _save_npy_atomic(path, scores)
-        return rk.score_table(scores)
+        return rk.score_table(self.mislabel_score_arrays([name])[name])
+
+    def mislabel_score_arrays(self, names: Optional[Sequence[str]] = None,
+                              with_cp: bool = False) -> dict[str, np.ndarray]:
+        """Scores (N,) of several rankings (default: every one computable, the all-layer
+        one with ``with_cp``), read from beside the store where they were kept, the rest
+        computed from one set of ranker inputs and kept. Arrays are read-only."""
+        names = list(names) if names is not None else rk.available(with_cp)
+        unknown = [n for n in names if n not in rk.RANKERS]
+        if unknown:
+            raise ValueError(f"unknown ranking {unknown[0]!r}; choose one of {', '.join(rk.RANKERS)}")
+        out = {n: self._stored_ranking(n) for n in names}
+        missing = [n for n, v in out.items() if v is None]
+        if missing:
+            inp = self.ranker_inputs(with_cp=with_cp or "self_influence_cp" in missing)
+            for n in missing:
+                scores = np.asarray(rk.compute(n, inp), dtype=np.float64)
+                _save_npy_atomic(self._ranking_path(n), scores)
+                out[n] = scores
+        for v in out.values():
+            v.setflags(write=False)
+        return out
+
+    def _ranking_path(self, name: str) -> Path:
+        return self.store_dir / "rankings" / f"{name}-{_rankers_code()}.npy"
+
+    def _stored_ranking(self, name: str) -> Optional[np.ndarray]:
+        """The kept scores of ranking ``name``, or None (absent, damaged or the wrong size)."""
+        path = self._ranking_path(name)
+        if not path.is_file():
+            return None
+        try:
+            scores = np.load(path, allow_pickle=False)
+        except (OSError, ValueError):
+            return None  # a damaged file is recomputed
+        return scores if scores.shape == (len(self.train),) else None
 
     @property
     def is_mislabelled(self) -> Optional[np.ndarray]:
