@@ -267,10 +267,12 @@ def render_export(ws, store, who: common.Identity, reviewer: str) -> None:
 def render_progress(store, reviewer: str, total: int) -> None:
     overall = store.progress()
     mine = store.progress(reviewer)
-    decided = int(overall["decided"])
+    # a skip leaves the item open: it is not counted as decided
+    decided = int(overall["decided"]) - int(overall.get("skipped", 0))
+    mine_decided = int(mine["decided"]) - int(mine.get("skipped", 0))
     st.progress(min(1.0, decided / max(1, total)),
                 text=f"**{decided:,} / {total:,}** items decided "
-                     f"({100.0 * decided / max(1, total):.1f}%) · you: {mine['decided']:,}")
+                     f"({100.0 * decided / max(1, total):.1f}%) · you: {mine_decided:,}")
     counts = []
     for label, key in [("accepted", "accepted"), ("relabelled", "relabelled"),
                        ("excluded", "excluded"), ("skipped", "skipped"),
@@ -384,9 +386,11 @@ def render_queue(ws, store, who, reviewer, table, order, ranking, decisions) -> 
                    + " Change the filters, switch to **All items**, or check **Conflicts**.")
         return
     _state()["rv_current"] = item
-    st.caption(f"Your queue: {len(order):,} items match the filters; you get the best-ranked "
-               f"one that nobody decided and no other reviewer holds, and hold it while this "
-               f"page is open.")
+    in_order = table.loc[order]
+    still_open = int(in_order["status"].isin(["undecided", "skipped"]).sum())
+    st.caption(f"Your queue: {still_open:,} of the {len(order):,} items that match the filters are "
+               f"still open; you get the best-ranked one that nobody decided and no other "
+               f"reviewer holds, and hold it while this page is open.")
     render_item(ws, store, who, reviewer, item, table, ranking, order, decisions)
 
 
@@ -651,6 +655,14 @@ def main() -> None:
 
     choice = _state().get("rv_ranking", DEFAULT_LABEL)
     method = None if choice in (None, DEFAULT_LABEL) else choice
+    if _state().get("rv_ranking_seen", choice) != choice:
+        # another ranking: let go of the held item, so the queue starts at the new first one
+        _state().pop("rv_current", None)
+        try:
+            store.release(reviewer)
+        except STORE_ERRORS:
+            pass
+    _state()["rv_ranking_seen"] = choice
     ranking_name = method or DEFAULT_RANKER
     try:
         common.ensure_store(ws, "fast")

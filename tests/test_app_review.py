@@ -378,3 +378,34 @@ def test_browser_two_reviewers_conflict_adjudication(browser, app_server):
     finally:
         ctx_a.close()
         ctx_b.close()
+
+
+def test_apptest_counters_skip_queue_size_and_ranking_switch(review_app):
+    """Skips are not 'decided'; the queue's open count goes down; another ranking moves the
+    queue to that ranking's first item."""
+    at, db = review_app
+    _open_review(at)
+
+    def progress_text() -> str:
+        return at.get("progress")[0].proto.text
+
+    def open_count() -> int:
+        cap = next(c.value for c in at.caption if c.value.startswith("Your queue:"))
+        return int(re.match(r"Your queue: ([\d,]+) of", cap).group(1).replace(",", ""))
+
+    start = open_count()
+    at.button(key="rv_skip").click().run()
+    assert "**0 / 1,437** items decided" in progress_text() and "you: 0" in progress_text()
+    assert open_count() == start  # a skipped item is still open
+    at.button(key="rv_accept").click().run()
+    assert "**1 / 1,437** items decided" in progress_text() and "you: 1" in progress_text()
+    assert open_count() == start - 1
+    held = _apptest_item(at)
+    at.selectbox(key="rv_ranking").set_value("loss_mean").run()
+    assert not at.exception and not at.error
+    from tracin_core import Workspace
+
+    ws = Workspace.demo(cache_dir=Path(os.environ["TRACIN_CACHE"]) / "stores")
+    decided = set(_store(db).decided_items("apptest"))
+    first = next(int(i) for i in ws.mislabel_scores("loss_mean")["index"] if int(i) not in decided)
+    assert _apptest_item(at) == first != held
