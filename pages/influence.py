@@ -84,6 +84,24 @@ def _select_index(i: int) -> None:
     st.query_params["test"] = str(int(i))
 
 
+def _select_typed_index(n: int) -> None:
+    """The "By index" button: a whole number in 0..n-1, else a message and no selection."""
+    raw = str(st.session_state.get("inf_index_input", "")).strip()
+    try:
+        i = int(raw)
+    except ValueError:
+        i = None
+    if i is None or not 0 <= i < n:
+        st.session_state["inf_index_error"] = (
+            f"“{raw[:40]}” is not a test index: enter a whole number from 0 to {n - 1:,}.")
+        st.session_state["inf_sel"] = None  # what was shown before no longer applies
+        if "test" in st.query_params:
+            del st.query_params["test"]
+        return
+    st.session_state.pop("inf_index_error", None)
+    _select_index(i)
+
+
 def _select_upload(sha: str) -> None:
     st.session_state["inf_sel"] = {"fp": st.session_state.get("inf_fp"), "kind": "upload", "sha": sha}
     if "test" in st.query_params:
@@ -107,6 +125,10 @@ def _current_selection(ws) -> Optional[dict[str, Any]]:
             i = -1
         if 0 <= i < len(ws.test):
             sel = {"fp": fp, "kind": "index", "index": i}
+        else:
+            st.session_state["inf_index_error"] = (
+                f"The link's test index “{str(raw)[:40]}” is not one of 0 to {len(ws.test) - 1:,}.")
+            del st.query_params["test"]
     st.session_state["inf_sel"] = sel
     return sel
 
@@ -159,7 +181,13 @@ def upload_tab(ws) -> None:
             im.load()
             img = im.copy()
     except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
-        st.error(f"**{common.esc(up.name)}** is not a readable image: {common.public_message(exc)}")
+        reason = ("its bytes are not a PNG or JPG image" if isinstance(exc, UnidentifiedImageError)
+                  else common.public_message(exc))
+        st.error(f"**{common.esc(up.name)}** cannot be read as an image: {reason}.", icon=":material/error:")
+        # the previous upload's results no longer apply
+        st.session_state.pop("inf_upload", None)
+        if (st.session_state.get("inf_sel") or {}).get("kind") == "upload":
+            st.session_state["inf_sel"] = None
         return
     grey_mean = float(np.asarray(img.convert("L"), dtype=np.float64).mean())
     light_on_dark = ws.train.image(0).mean() < 128 if len(ws.train) else False
@@ -223,9 +251,12 @@ def index_tab(ws) -> None:
         return
     sel = st.session_state.get("inf_sel") or {}
     a, b = st.columns([1, 3], vertical_alignment="bottom")
-    i = a.number_input(f"Test index (0–{len(ws.test) - 1})", 0, len(ws.test) - 1,
-                       value=int(sel.get("index", 0)) if sel.get("kind") == "index" else 0, key="inf_index_input")
-    b.button("Show this test image", key="inf_index_go", on_click=_select_index, args=(int(i),))
+    if "inf_index_input" not in st.session_state:
+        st.session_state["inf_index_input"] = str(sel.get("index", 0)) if sel.get("kind") == "index" else "0"
+    a.text_input(f"Test index (0–{len(ws.test) - 1:,})", key="inf_index_input", max_chars=12)
+    b.button("Show this test image", key="inf_index_go", on_click=_select_typed_index, args=(len(ws.test),))
+    if "inf_index_error" in st.session_state:
+        st.error(common.esc(st.session_state.pop("inf_index_error")), icon=":material/error:")
 
 
 # ----------------------------------------------------------------------------- results
@@ -320,13 +351,13 @@ def results(ws, sel: dict[str, Any], method_label: str, method: str, k: int, opt
     left, mid = st.columns([1, 3], gap="medium")
     left.image(common.upscale(img, 224), width=224,
                caption=None if sel["kind"] == "index" else "As the model sees it")
-    ok = known is None or known == res.predicted
+    ok = None if known is None else known == res.predicted
     explained = common.class_md(ws, res.label if res.label is not None else res.predicted)
     mid.markdown(
         f"### {title[0].upper() + title[1:]}\n\n"
         f"True label: **{common.class_md(ws, known) if known is not None else 'unknown'}**  \n"
         f"Predicted: **{common.class_md(ws, res.predicted)}** with probability **{res.probability:.1%}** "
-        f"{':green[:material/check_circle:]' if ok else ':red[:material/cancel:]'}\n\n"
+        f"{'' if ok is None else ':green[:material/check_circle:]' if ok else ':red[:material/cancel:]'}\n\n"
         f":gray[Scores explain the label **{explained}** · method {method_label.lower()} · "
         f"{len(ws.checkpoints)} checkpoints]"
     )

@@ -143,9 +143,42 @@ def test_influence_page_restores_test_from_url(app_cache):
     at = _app(app_cache, "pages/influence.py", query={"test": "7"})
     heads = [s.value for s in at.subheader]
     assert "Proponents of test #7" in heads and "Opponents of test #7" in heads
-    at.number_input(key="inf_index_input").set_value(11).run()
+    at.text_input(key="inf_index_input").input("11").run()
     at.button(key="inf_index_go").click().run()
     assert "Opponents of test #11" in [s.value for s in at.subheader]
+
+
+def test_influence_page_says_what_is_wrong_with_bad_values(app_cache):
+    """#13 item 7: a bad index, a bad link, a non-image upload each say so and clear what
+    no longer applies; an image with no true label gets no check mark."""
+    import io
+
+    from PIL import Image
+
+    at = _app(app_cache, "pages/influence.py", query={"test": "5"})
+    for bad in ("-1", "99999", "seven", "3.5"):
+        at.text_input(key="inf_index_input").input(bad).run()
+        at.button(key="inf_index_go").click().run()
+        assert not at.exception
+        errors = [e.value.replace("\\", "") for e in at.error]
+        assert any("is not a test index: enter a whole number from 0 to 359" in e for e in errors), (bad, errors)
+        assert not [s.value for s in at.subheader if "of test #" in s.value]  # the old galleries are gone
+    at = _app(app_cache, "pages/influence.py", query={"test": "4000"})
+    assert any("is not one of 0 to 359" in e.value.replace("\\", "") for e in at.error)
+    assert "test" not in at.query_params
+
+    at = _app(app_cache, "pages/influence.py")
+    blank = io.BytesIO()
+    Image.new("L", (8, 8), 0).save(blank, format="PNG")
+    at.file_uploader(key="inf_upload_file").set_value(("blank.png", blank.getvalue(), "image/png")).run()
+    assert not at.exception and not at.error
+    head = next(m.value for m in at.markdown if "True label:" in m.value)
+    assert "True label: **unknown**" in head and "check_circle" not in head and ":red[" not in head
+    at.file_uploader(key="inf_upload_file").set_value(("notes.png", b"not an image", "image/png")).run()
+    assert not at.exception
+    assert any("cannot be read as an image: its bytes are not a PNG or JPG image" in e.value.replace("\\", "")
+               for e in at.error)
+    assert not [s.value for s in at.subheader if "uploaded" in s.value]  # the previous upload's results are gone
 
 
 # ----------------------------------------------------------------------------- browser
