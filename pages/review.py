@@ -105,13 +105,17 @@ def _next_after(item: int, order: list[int]) -> Optional[int]:
 
 
 def _decide(store, reviewer: str, action: str, item: int, given: int,
-            score: float, ranking: str, order: list[int], label_key: Optional[str] = None) -> None:
-    """Record one decision now; then move on (the queue claims the next item)."""
+            score: float, ranking: str, order: list[int], label_key: Optional[str] = None,
+            to_class: Optional[int] = None) -> None:
+    """Record one decision now; then move on (the queue claims the next item).
+
+    A relabel takes the class from the selectbox ``label_key``, or ``to_class`` (the
+    number keys)."""
     if common.refuse("review", "record review decisions", reviewer):
         return
     new_label = None
     if action == "relabel":
-        new_label = _state().get(label_key)
+        new_label = to_class if to_class is not None else _state().get(label_key)
         if new_label is None:
             _state()["rv_error"] = "Choose the new label first."
             return
@@ -125,7 +129,7 @@ def _decide(store, reviewer: str, action: str, item: int, given: int,
     _undo_stack(reviewer).append(item)
     verb = {"accept": "accepted", "relabel": "relabelled", "exclude": "excluded",
             "skip": "skipped"}[action]
-    extra = f" → {new_label}" if action == "relabel" else ""
+    extra = f" → {_state().get('rv_class_names', {}).get(new_label, new_label)}" if action == "relabel" else ""
     _flash(f"#{item} {verb}{extra}")
     if _state().get("rv_mode") == "All items":
         _state()["rv_item"] = _next_after(item, order)
@@ -365,6 +369,16 @@ def render_item(ws, store, who, reviewer: str, item: int, table: pd.DataFrame, r
                        help="Leave it for now (other reviewers still get it)")
         actions.button("Undo (U)", key="rv_undo_btn", shortcut="u", on_click=_undo,
                        args=(store, reviewer), help="Revert your last decision")
+        # one key per class: relabel to class k with the number key k (the first ten classes)
+        _state()["rv_class_names"] = {k: common.class_name(ws, k) for k in classes}
+        quick = st.container(horizontal=True, gap="small", key="rv_quick")
+        quick.caption("Relabel to, by number key:")
+        for k in classes[:10]:
+            if k == given:
+                continue
+            quick.button(common.class_md(ws, k), key=f"rv_to_class_{k}", shortcut=str(k), type="tertiary",
+                         on_click=_decide, args=(store, reviewer, "relabel"),
+                         kwargs=dict(common_args, to_class=k), help=f"Relabel to {common.class_name(ws, k)} (key {k})")
 
 
 def render_queue(ws, store, who, reviewer, table, order, ranking, decisions) -> None:
@@ -584,7 +598,7 @@ def render_status(store, reviewer: str, total: int) -> None:
     if "rv_error" in _state():
         st.error(common.esc(_state().pop("rv_error")))
     if "rv_flash" in _state():
-        st.caption(f"✓ {_state().pop('rv_flash')} · press **U** to undo")
+        st.caption(f"✓ {common.esc(_state().pop('rv_flash'))} · press **U** to undo")
 
 
 @st.fragment

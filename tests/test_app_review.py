@@ -409,3 +409,33 @@ def test_apptest_counters_skip_queue_size_and_ranking_switch(review_app):
     decided = set(_store(db).decided_items("apptest"))
     first = next(int(i) for i in ws.mislabel_scores("loss_mean")["index"] if int(i) not in decided)
     assert _apptest_item(at) == first != held
+
+
+def test_apptest_number_keys_relabel(review_app):
+    """#13 item 6: each of the first ten classes has a button with its number as shortcut."""
+    at, db = review_app
+    _open_review(at)
+    item = _apptest_item(at)
+    buttons = {b.key: b for b in at.button if (b.key or "").startswith("rv_to_class_")}
+    assert len(buttons) == 9  # every class but the given label
+    assert all(b.proto.shortcut == b.key.rsplit("_", 1)[1] for b in buttons.values())
+    target = next(k for k in sorted(buttons))
+    label = int(target.rsplit("_", 1)[1])
+    buttons[target].click().run()
+    assert not at.exception and not at.error
+    event = _events(db, "apptest")[-1]
+    assert (event["item_id"], event["action"], event["new_label"]) == (item, "relabel", label)
+    assert any(f"#{item} relabelled → {label}" in c.value for c in at.caption)  # the class name (a digit here)
+
+
+@pytest.mark.browser
+def test_browser_number_key_relabels(page, app_server):
+    """A relabel to a non-suggested class with one key press, no mouse."""
+    db = _review_db(app_server)
+    who = f"digits{uuid.uuid4().hex[:6]}"
+    item = _open(page, app_server, who)
+    key = "0" if page.locator(".st-key-rv_to_class_0").count() else "1"
+    after, _dt = _press(page, key, item)
+    assert after != item
+    event = [e for e in _events(db, who)][-1]
+    assert (event["item_id"], event["action"], event["new_label"]) == (item, "relabel", int(key))
