@@ -115,13 +115,13 @@ async def run(args) -> dict:
                                             "-p", str(server.proc.pid), "-r", "50"],
                                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 cpu0 = _cpu_seconds(server.proc.pid)
-                all0 = _tree_cpu_seconds()
+                all0 = _machine_cpu_seconds()
                 t0 = time.perf_counter()
                 start.set()
                 results = await asyncio.gather(*tasks)
                 wall = time.perf_counter() - t0
                 server_cpu = _cpu_seconds(server.proc.pid) - cpu0
-                all_cpu = _tree_cpu_seconds() - all0
+                all_cpu = _machine_cpu_seconds() - all0
                 if os.environ.get("REVIEW_LOAD_PYSPY"):
                     spy.send_signal(2)
                     spy.wait(60)
@@ -134,7 +134,7 @@ async def run(args) -> dict:
             "all_cpu": all_cpu}
 
 
-def _tree_cpu_seconds() -> float:
+def _machine_cpu_seconds() -> float:
     """Busy CPU seconds of the whole machine (every core; server, browsers, everything)."""
     import psutil
 

@@ -268,9 +268,9 @@ def render_export(ws, store, who: common.Identity, reviewer: str) -> None:
 # ---------------------------------------------------------------------------- views
 
 
-def render_progress(store, reviewer: str, total: int) -> None:
-    overall = store.progress()
-    mine = store.progress(reviewer)
+def render_progress(snap, total: int) -> None:
+    """Progress bar and counts from a :class:`~tracin_core.review.ReviewSnapshot`."""
+    overall, mine = snap.progress, snap.mine
     # a skip leaves the item open: it is not counted as decided
     decided = int(overall["decided"]) - int(overall.get("skipped", 0))
     mine_decided = int(mine["decided"]) - int(mine.get("skipped", 0))
@@ -592,9 +592,9 @@ def with_status(table: pd.DataFrame, finals: pd.DataFrame, n: int) -> pd.DataFra
     return table
 
 
-def render_status(store, reviewer: str, total: int) -> None:
+def render_status(snap, total: int) -> None:
     """Progress, then the last action's message or error."""
-    render_progress(store, reviewer, total)
+    render_progress(snap, total)
     if "rv_error" in _state():
         st.error(common.esc(_state().pop("rv_error")))
     if "rv_flash" in _state():
@@ -612,17 +612,16 @@ def review_view(ws, store, who, reviewer: str, table: pd.DataFrame, order: list[
     the ranking, the filters and ``order`` come from the last full run.
     """
     try:
-        finals = store.final_decisions()
-        decisions = store.decisions()
+        snap = store.snapshot(reviewer)  # one read: decisions, final decisions, counts
     except STORE_ERRORS as exc:
         st.error(f"Could not read the review store: {common.public_message(exc)}")
         return
-    table = with_status(table, finals, len(ws.train)).set_index("index", drop=False)
-    render_status(store, reviewer, len(ws.train))
+    table = with_status(table, snap.finals, len(ws.train)).set_index("index", drop=False)
+    render_status(snap, len(ws.train))
     if mode == "My queue":
-        render_queue(ws, store, who, reviewer, table, order, ranking, decisions)
+        render_queue(ws, store, who, reviewer, table, order, ranking, snap.decisions)
     else:
-        render_browse(ws, store, who, reviewer, table, order, ranking, decisions)
+        render_browse(ws, store, who, reviewer, table, order, ranking, snap.decisions)
 
 
 @st.fragment(run_every=RENEW_SECONDS)
@@ -738,7 +737,10 @@ def main() -> None:
             keep_claim(store, reviewer)
         st.html(RELABEL_KEY_JS, unsafe_allow_javascript=True)
     else:
-        render_status(store, reviewer, len(ws.train))
+        try:
+            render_status(store.snapshot(reviewer), len(ws.train))
+        except STORE_ERRORS as exc:
+            st.error(f"Could not read the review store: {common.public_message(exc)}")
         render_conflicts(ws, store, who, reviewer, table, ranking_name)
 
     st.divider()

@@ -735,3 +735,15 @@ def test_wal_and_pickling(tmp_path: Path) -> None:
     assert len(clone.history()) == 1
     with pytest.raises(ValueError, match="path"):
         ReviewStore(":memory:")
+
+
+def test_snapshot_is_the_separate_reads_in_one(tmp_path):
+    store = ReviewStore(tmp_path / "r.sqlite", workspace="w", data_hash="h")
+    store.record(1, "ann", "accept", given_label=2)
+    store.record(1, "bob", "relabel", 3, given_label=2)
+    store.record(4, "ann", "skip", given_label=0)
+    store.record(5, "bob", "exclude", given_label=1)
+    snap = store.snapshot("ann")
+    assert snap.decisions.equals(store.decisions()) and snap.finals.equals(store.final_decisions())
+    assert snap.progress == store.progress() and snap.mine == store.progress("ann")
+    assert snap.mine["decided"] == 2 and snap.mine["conflict"] == 1 and snap.progress["excluded"] == 1

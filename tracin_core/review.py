@@ -51,6 +51,8 @@ the file and says what to do.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import csv
 import math
 import operator
@@ -334,6 +336,40 @@ def _final_rows(decisions: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                         reviewer=",".join(sorted({r["reviewer"] for r in votes})),
                         decided_at=max(r["decided_at"] for r in votes), is_final=False))
     return out
+
+
+def _progress(rows: Sequence[dict[str, Any]], finals: Sequence[dict[str, Any]],
+              reviewer: str | None) -> dict[str, Any]:
+    """:meth:`ReviewStore.progress` from decision rows and their final rows, already read."""
+    by_reviewer = Counter(r["reviewer"] for r in rows)
+    if reviewer is None:
+        counts = Counter(r["status"] for r in finals)
+        result: dict[str, Any] = {"decided": len(finals)}
+        result.update({s: counts.get(s, 0) for s in FINAL_STATUSES})
+        result["adjudicated"] = sum(1 for r in finals if r["is_final"])
+        result["by_reviewer"] = dict(sorted(by_reviewer.items()))
+        return result
+    reviewer = _check_reviewer(reviewer)
+    mine = [r for r in rows if r["reviewer"] == reviewer]
+    counts = Counter(r["status"] for r in mine)
+    conflicted = {r["item_id"] for r in finals if r["status"] == "conflict"}
+    result = {"decided": len(mine)}
+    result.update({s: counts.get(s, 0) for s in STATUSES})
+    result["conflict"] = sum(1 for r in mine if r["item_id"] in conflicted)
+    result["adjudicated"] = sum(1 for r in mine if r["is_final"])
+    result["by_reviewer"] = {reviewer: len(mine)}
+    return result
+
+
+@dataclass(frozen=True)
+class ReviewSnapshot:
+    """One read of a store: :meth:`ReviewStore.decisions`, :meth:`ReviewStore.final_decisions`,
+    :meth:`ReviewStore.progress` overall and for one reviewer (``mine``)."""
+
+    decisions: pd.DataFrame
+    finals: pd.DataFrame
+    progress: dict[str, Any]
+    mine: dict[str, Any]
 
 
 def replay(events: pd.DataFrame) -> pd.DataFrame:
@@ -957,25 +993,16 @@ class ReviewStore:
         decisions (``conflict``: how many of their items are in conflict).
         """
         rows = self._decision_rows()
-        finals = _final_rows(rows)
-        by_reviewer = Counter(r["reviewer"] for r in rows)
-        if reviewer is None:
-            counts = Counter(r["status"] for r in finals)
-            result: dict[str, Any] = {"decided": len(finals)}
-            result.update({s: counts.get(s, 0) for s in FINAL_STATUSES})
-            result["adjudicated"] = sum(1 for r in finals if r["is_final"])
-            result["by_reviewer"] = dict(sorted(by_reviewer.items()))
-            return result
+        return _progress(rows, _final_rows(rows), reviewer)
+
+    def snapshot(self, reviewer: str) -> "ReviewSnapshot":
+        """Decisions, final decisions and both progress counts from one read of the store
+        (what the Review page shows after each key press)."""
         reviewer = _check_reviewer(reviewer)
-        mine = [r for r in rows if r["reviewer"] == reviewer]
-        counts = Counter(r["status"] for r in mine)
-        conflicted = {r["item_id"] for r in finals if r["status"] == "conflict"}
-        result = {"decided": len(mine)}
-        result.update({s: counts.get(s, 0) for s in STATUSES})
-        result["conflict"] = sum(1 for r in mine if r["item_id"] in conflicted)
-        result["adjudicated"] = sum(1 for r in mine if r["is_final"])
-        result["by_reviewer"] = {reviewer: len(mine)}
-        return result
+        rows = self._decision_rows()
+        finals = _final_rows(rows)
+        return ReviewSnapshot(decisions=_decisions_frame(rows), finals=_frame(finals, FINAL_COLUMNS),
+                              progress=_progress(rows, finals, None), mine=_progress(rows, finals, reviewer))
 
     def data_hashes(self) -> list[str]:
         """Data hashes with events in this workspace, oldest first."""

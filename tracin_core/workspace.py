@@ -10,6 +10,7 @@ instance between sessions.
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 import os
@@ -70,6 +71,7 @@ class InfluenceResult:
     method: str
 
 
+@functools.lru_cache(maxsize=1)
 def _rankers_code() -> str:
     """Short hash of the rankers' source and of this module (which feeds them): stored
     rankings are recomputed when either changes."""
