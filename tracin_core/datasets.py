@@ -20,7 +20,6 @@ import stat
 import tempfile
 import threading
 import uuid
-import warnings
 import zipfile
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -998,16 +997,20 @@ def open_image(path: PathLike):
 
     PIL only warns between ``Image.MAX_IMAGE_PIXELS`` and twice that; here an image over
     the limit always raises (``PIL.Image.DecompressionBombError``), before any pixel is
-    decoded. The caller closes the image.
+    decoded (the size comes from the header; no global warning filter is touched, so
+    threads serving other sessions are unaffected). The caller closes the image.
     """
     from PIL import Image
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        try:
-            return Image.open(path)
-        except Image.DecompressionBombWarning as exc:
-            raise Image.DecompressionBombError(str(exc)) from None
+    im = Image.open(path)
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is not None and im.size[0] * im.size[1] > limit:
+        size = im.size
+        im.close()
+        raise Image.DecompressionBombError(
+            f"image of {size[0]}x{size[1]} = {size[0] * size[1]} pixels is over the limit of {limit} "
+            "pixels (PIL's decompression-bomb guard)")
+    return im
 
 
 def check_image_files(dataset: "LabeledDataset", max_problems: int = 10) -> list[str]:
