@@ -308,7 +308,7 @@ def render_proponents(ws, item: int, given: int) -> None:
                           f"{float(row.score):.3g}")
 
 
-def render_item(ws, store, who, reviewer: str, item: int, table: pd.DataFrame, ranking: str,
+def render_item(ws, store, reviewer: str, item: int, table: pd.DataFrame, ranking: str,
                 order: list[int], decisions: pd.DataFrame) -> None:
     row = table.loc[item]
     given = int(row["label"])
@@ -381,7 +381,7 @@ def render_item(ws, store, who, reviewer: str, item: int, table: pd.DataFrame, r
                          kwargs=dict(common_args, to_class=k), help=f"Relabel to {common.class_name(ws, k)} (key {k})")
 
 
-def render_queue(ws, store, who, reviewer, table, order, ranking, decisions) -> None:
+def render_queue(ws, store, reviewer, table, order, ranking, decisions) -> None:
     current = _state().get("rv_current")
     candidates = order
     if current is not None and current in table.index and current in set(order):
@@ -405,10 +405,10 @@ def render_queue(ws, store, who, reviewer, table, order, ranking, decisions) -> 
     st.caption(f"Your queue: {still_open:,} of the {len(order):,} items that match the filters are "
                f"still open; you get the best-ranked one that nobody decided and no other "
                f"reviewer holds, and hold it while this page is open.")
-    render_item(ws, store, who, reviewer, item, table, ranking, order, decisions)
+    render_item(ws, store, reviewer, item, table, ranking, order, decisions)
 
 
-def render_browse(ws, store, who, reviewer, table, order, ranking, decisions) -> None:
+def render_browse(ws, store, reviewer, table, order, ranking, decisions) -> None:
     if not order:
         st.info("No item matches the filters.")
         return
@@ -438,7 +438,7 @@ def render_browse(ws, store, who, reviewer, table, order, ranking, decisions) ->
                      step=1, key="rv_jump", on_change=_jump, placeholder="index",
                      width=160)
     nav.markdown(f"Position **{pos + 1:,}** of **{len(order):,}** matching items")
-    render_item(ws, store, who, reviewer, cur, table, ranking, order, decisions)
+    render_item(ws, store, reviewer, cur, table, ranking, order, decisions)
 
 
 def render_conflicts(ws, store, who, reviewer, table, ranking) -> None:
@@ -602,7 +602,7 @@ def render_status(snap, total: int) -> None:
 
 
 @st.fragment
-def review_view(ws, store, who, reviewer: str, table: pd.DataFrame, order: list[int],
+def review_view(ws, store, reviewer: str, table: pd.DataFrame, order: list[int],
                 ranking: str, mode: str) -> None:
     """The item under review, its actions and the progress: a fragment.
 
@@ -619,9 +619,9 @@ def review_view(ws, store, who, reviewer: str, table: pd.DataFrame, order: list[
     table = with_status(table, snap.finals, len(ws.train)).set_index("index", drop=False)
     render_status(snap, len(ws.train))
     if mode == "My queue":
-        render_queue(ws, store, who, reviewer, table, order, ranking, snap.decisions)
+        render_queue(ws, store, reviewer, table, order, ranking, snap.decisions)
     else:
-        render_browse(ws, store, who, reviewer, table, order, ranking, snap.decisions)
+        render_browse(ws, store, reviewer, table, order, ranking, snap.decisions)
 
 
 @st.fragment(run_every=RENEW_SECONDS)
@@ -732,7 +732,7 @@ def main() -> None:
         del st.query_params["item"]
 
     if mode in ("My queue", "All items"):
-        review_view(ws, store, who, reviewer, table, order, ranking_name, mode)
+        review_view(ws, store, reviewer, table, order, ranking_name, mode)
         if mode == "My queue":
             keep_claim(store, reviewer)
         st.html(RELABEL_KEY_JS, unsafe_allow_javascript=True)

@@ -221,7 +221,7 @@ def _open_listed() -> None:
     common.set_workspace({"kind": "listed", "name": name})
 
 
-def choose_listed(who: common.Identity) -> None:
+def choose_listed() -> None:
     cfg = common.server_config()
     names = sorted(cfg.workspaces, key=_natural_key)
     if not names:
@@ -290,7 +290,7 @@ def _dataset_inputs(arch_key: str) -> tuple[Optional[dict[str, Any]], Optional[s
     return {"kind": "image_folder", "train": {"root": str(path), "image_size": size}, "test": None}, None
 
 
-def choose_build(who: common.Identity) -> None:
+def choose_build() -> None:
     st.markdown("Upload the checkpoints of a model whose architecture the app knows, pick the "
                 "data it was trained on, and open it.")
     files = st.file_uploader("Checkpoints (.pt, .pth or .safetensors; state dicts only)",
@@ -427,9 +427,9 @@ if who.can("open_workspace"):
     with tab_demo:
         choose_demo()
     with tab_toml:
-        choose_listed(who)
+        choose_listed()
     with tab_build:
-        choose_build(who)
+        choose_build()
 else:
     st.caption("Only admins open or build workspaces; a link with `?workspace=NAME` from an admin "
                "opens a listed one.")
