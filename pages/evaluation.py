@@ -33,6 +33,8 @@ from tracin_core import rankers as rk
 #: epochs for the retraining (the demo's recipe uses 30); tests set it low
 RETRAIN_EPOCHS = int(os.environ.get("TRACIN_RETRAIN_EPOCHS", "30"))
 HIST_BINS = 40
+#: points per curve sent to the browser (a 60,000-item queue's curves, thinned, look the same)
+CURVE_POINTS = 500
 
 
 # ---------------------------------------------------------------------------- cached work
@@ -93,11 +95,9 @@ def _line_width(name: str) -> float:
 
 
 def roc_figure(scores: dict[str, np.ndarray], truth: np.ndarray, aucs: dict[str, float]) -> go.Figure:
-    from sklearn.metrics import roc_curve
-
     fig = go.Figure()
     for name, s in scores.items():
-        fpr, tpr, _ = roc_curve(truth, s)
+        fpr, tpr = rk.roc_points(s, truth, points=CURVE_POINTS)
         fig.add_trace(go.Scatter(x=fpr, y=tpr, mode="lines", name=f"{_label(name)} · AUC {aucs[name]:.4f}",
                                  line=dict(width=_line_width(name))))
     fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="random", line=dict(dash="dot", color="gray")))
@@ -110,7 +110,7 @@ def roc_figure(scores: dict[str, np.ndarray], truth: np.ndarray, aucs: dict[str,
 def found_figure(scores: dict[str, np.ndarray], truth: np.ndarray) -> go.Figure:
     fig = go.Figure()
     for name, s in scores.items():
-        x, y = rk.found_curve(s, truth)
+        x, y = rk.found_curve(s, truth, points=CURVE_POINTS)
         fig.add_trace(go.Scatter(x=x, y=y, mode="lines", name=_label(name), line=dict(width=_line_width(name))))
     share = truth.mean()
     fig.add_trace(go.Scatter(x=[0, share, 1], y=[0, 1, 1], mode="lines", name="perfect queue",
@@ -133,16 +133,21 @@ def precision_figure(precisions: dict[str, float], k: int) -> go.Figure:
 
 
 def histogram_figure(score: np.ndarray, truth: Optional[np.ndarray], name: str) -> go.Figure:
+    # counted here and drawn as bars: the browser gets HIST_BINS numbers, not every score
     fig = go.Figure()
     lo, hi = float(np.min(score)), float(np.max(score))
-    xbins = dict(start=lo, end=hi + (hi - lo) / HIST_BINS + 1e-12, size=max((hi - lo) / HIST_BINS, 1e-12))
+    edges = np.linspace(lo, hi if hi > lo else lo + 1.0, HIST_BINS + 1)
+    centres, width = (edges[:-1] + edges[1:]) / 2, edges[1] - edges[0]
+
+    def bars(values: np.ndarray, name: str, **style) -> go.Bar:
+        return go.Bar(x=centres, y=np.histogram(values, bins=edges)[0], width=width, name=name, **style)
+
     if truth is None:
-        fig.add_trace(go.Histogram(x=score, name="all items", xbins=xbins))
+        fig.add_trace(bars(score, "all items"))
     else:
-        fig.add_trace(go.Histogram(x=score[~truth], name=f"clean ({int((~truth).sum()):,})", xbins=xbins,
-                                   opacity=0.65, marker_color="#4C78A8"))
-        fig.add_trace(go.Histogram(x=score[truth], name=f"mislabelled ({int(truth.sum()):,})", xbins=xbins,
-                                   opacity=0.75, marker_color="#E45756"))
+        fig.add_trace(bars(score[~truth], f"clean ({int((~truth).sum()):,})", opacity=0.65, marker_color="#4C78A8"))
+        fig.add_trace(bars(score[truth], f"mislabelled ({int(truth.sum()):,})", opacity=0.75,
+                           marker_color="#E45756"))
     fig.update_layout(barmode="overlay", title=f"Scores of {_label(name)}",
                       xaxis_title="score (higher = more likely mislabelled)", yaxis_title="training items", height=380,
                       margin=dict(l=10, r=10, t=50, b=10))

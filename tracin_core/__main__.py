@@ -74,6 +74,8 @@ def _precompute(args) -> int:
             else:
                 print("default mislabel ranking…", file=sys.stderr)
                 ws.mislabel_scores()
+                for search in ws.ranking_searches():
+                    print(search.describe(), file=sys.stderr)
             print(f"feature store ready under {ws.store_dir}" + (f" ({world} processes)" if world > 1 else ""))
     finally:
         distributed.shutdown()
@@ -138,6 +140,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         elif args.cmd == "mislabels":
             ws.precompute(["fast"], progress=_progress("training pass"))
             _write(ws.mislabel_scores(args.method), args.out)
+            for search in ws.ranking_searches(args.method):
+                print(search.describe(), file=sys.stderr)
     except (ValueError, FileNotFoundError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

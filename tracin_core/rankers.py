@@ -20,11 +20,14 @@ wrong labels, so the loss, the margin and the neighbourhoods there are the most 
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import hashlib
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -92,47 +95,183 @@ def per_checkpoint_margin(inp: RankerInputs) -> np.ndarray:
     return given - others.max(axis=-1)
 
 
-_NN_CACHE: "OrderedDict[tuple, np.ndarray]" = OrderedDict()
+#: at most this many rows, neighbours are found by exact search; above it, with an annoy
+#: index (exact search costs O(N² · H): 13 s per checkpoint at 60,000 rows on two cores)
+EXACT_SEARCH_MAX = 20_000
+#: the annoy index: trees, nodes inspected per query (per neighbour asked for), the recall
+#: it must reach on the sample checked against exact search, and that sample's size
+ANNOY_TREES = 16
+ANNOY_SEARCH_PER_NEIGHBOUR = 50
+TARGET_RECALL = 0.95
+RECALL_SAMPLE = 1000
+#: how many times ``search_k`` may double when the sampled recall falls short
+ANNOY_WIDENINGS = 6
+
+
+@dataclass(frozen=True)
+class NeighbourSearch:
+    """How one neighbour search was done. ``recall``: share of the true ``k`` nearest
+    neighbours found, measured against exact search on ``sample`` random rows (1.0 and
+    ``sample = n`` for exact search); ``search_k``: annoy's nodes inspected per query."""
+
+    method: str
+    n: int
+    k: int
+    recall: float
+    sample: int
+    trees: int = 0
+    search_k: int = 0
+    seconds: float = 0.0
+
+    def describe(self) -> str:
+        if self.method == "exact":
+            return f"exact neighbour search ({self.n:,} rows, k = {self.k})"
+        return (f"annoy neighbour search ({self.n:,} rows, k = {self.k}, {self.trees} trees, "
+                f"search_k {self.search_k}): recall {self.recall:.3f} against exact search "
+                f"on {self.sample:,} random rows")
+
+
+_NN_CACHE: "OrderedDict[tuple, tuple[np.ndarray, NeighbourSearch]]" = OrderedDict()
 _NN_CACHE_SIZE = 16
 _NN_LOCK = threading.Lock()
+_SEARCH_LOG = threading.local()
 
 
-def nearest_neighbours(emb: np.ndarray, k: int, chunk: int = 2048) -> np.ndarray:
+@contextlib.contextmanager
+def recording_searches() -> Iterator[list[NeighbourSearch]]:
+    """Collect a :class:`NeighbourSearch` for every :func:`nearest_neighbours` call made
+    in this thread inside the ``with`` block (memoised calls included)."""
+    outer = getattr(_SEARCH_LOG, "log", None)
+    log: list[NeighbourSearch] = []
+    _SEARCH_LOG.log = log
+    try:
+        yield log
+    finally:
+        _SEARCH_LOG.log = outer
+        if outer is not None:
+            outer.extend(log)
+
+
+def _unit_rows(emb: np.ndarray) -> np.ndarray:
+    x = np.ascontiguousarray(np.asarray(emb, dtype=np.float32).reshape(len(emb), -1))
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def _exact_rows(t, rows, k: int, chunk: int):
+    """Exact ``k`` most cosine-similar other rows (unit rows ``t``, a torch tensor) for
+    ``rows``: (len(rows), k) indices and similarities, most similar first."""
+    import torch
+
+    rows = torch.as_tensor(np.asarray(rows, dtype=np.int64))
+    idx = torch.empty((len(rows), k), dtype=torch.long)
+    sims = torch.empty((len(rows), k), dtype=t.dtype)
+    with torch.no_grad():
+        for s in range(0, len(rows), chunk):
+            r = rows[s:s + chunk]
+            sim = t[r] @ t.T
+            sim[torch.arange(len(r)), r] = -float("inf")
+            top = sim.topk(k, dim=1, sorted=True)
+            idx[s:s + chunk], sims[s:s + chunk] = top.indices, top.values
+    return idx.numpy(), sims.numpy()
+
+
+def sampled_recall(emb: np.ndarray, found: np.ndarray, sample: int = RECALL_SAMPLE, seed: int = 0,
+                   chunk: int = 2048) -> tuple[float, int]:
+    """Recall of approximate neighbours ``found`` (N, k) against exact cosine search on
+    ``sample`` random rows (seeded): the share of found neighbours at least as similar as
+    the true ``k``-th nearest (ties with it count as found). Returns (recall, rows checked)."""
+    import torch
+
+    found = np.asarray(found)
+    n, k = found.shape
+    if k == 0 or n == 0:
+        return 1.0, 0
+    x = _unit_rows(emb)
+    rows = np.sort(np.random.default_rng(seed).choice(n, size=min(int(sample), n), replace=False))
+    _, sims = _exact_rows(torch.from_numpy(x), rows, k, chunk)
+    got = np.einsum("rh,rkh->rk", x[rows], x[found[rows]])
+    hits = got >= sims[:, -1:] - 1e-5
+    return float(hits.mean()), len(rows)
+
+
+def _annoy_neighbours(x: np.ndarray, k: int, trees: int, search_k: int) -> np.ndarray:
+    """(N, k) neighbours of every row of unit rows ``x`` through an annoy "angular" index
+    (seeded, built on one thread so the result does not depend on the machine)."""
+    import annoy
+
+    n, h = x.shape
+    index = annoy.AnnoyIndex(h, "angular")
+    index.set_seed(0)
+    for i in range(n):
+        index.add_item(i, x[i])
+    index.build(trees, n_jobs=1)
+    out = np.empty((n, k), dtype=np.int64)
+    short = []
+    for i in range(n):
+        got = [j for j in index.get_nns_by_item(i, k + 1, search_k=search_k) if j != i][:k]
+        if len(got) < k:
+            short.append(i)
+        else:
+            out[i] = got
+    if short:  # annoy visited too few leaves for these rows: search them exactly
+        import torch
+
+        out[short] = _exact_rows(torch.from_numpy(x), short, k, 2048)[0]
+    return out
+
+
+def nearest_neighbours(emb: np.ndarray, k: int, chunk: int = 2048, method: str = "auto") -> np.ndarray:
     """(N, k) indices of each row's ``k`` most cosine-similar other rows (itself excluded),
     most similar first.
 
-    Exact, in chunks of rows: O(N² · H) time (13 s for N = 50,000, H = 84 on two CPU
-    cores, measured; it grows with N²), O(chunk · N) memory. (An annoy index was 3x faster
-    at 50,000 but found only a quarter of the true neighbours on clustered data.) Results are memoised by content (the last 16 calls), so
-    several rankers and repeated queries over the same store pay once.
+    ``method``: ``"exact"`` (in chunks of rows: O(N² · H) time, O(chunk · N) memory),
+    ``"annoy"`` (an annoy index: :data:`ANNOY_TREES` trees, ``search_k`` =
+    :data:`ANNOY_SEARCH_PER_NEIGHBOUR` · (k + 1), doubled until the recall measured against
+    exact search on :data:`RECALL_SAMPLE` random rows reaches :data:`TARGET_RECALL`, at
+    most :data:`ANNOY_WIDENINGS` times; the recall reached is reported either way), or ``"auto"`` (exact up to :data:`EXACT_SEARCH_MAX` rows, annoy
+    above). Each call's :class:`NeighbourSearch` goes to :func:`recording_searches`.
+    Results are memoised by content (the last 16 calls), so several rankers and repeated
+    queries over the same store pay once.
     """
     import torch
 
-    x = np.ascontiguousarray(np.asarray(emb, dtype=np.float32).reshape(len(emb), -1))
+    if method not in ("auto", "exact", "annoy"):
+        raise ValueError(f"method must be 'auto', 'exact' or 'annoy'; got {method!r}")
+    x = _unit_rows(emb)
     n = len(x)
     k = int(min(k, n - 1))
     if k < 1:
         return np.zeros((n, 0), dtype=np.int64)
-    key = (hashlib.blake2b(x.tobytes(), digest_size=16).hexdigest(), x.shape, k)
+    use = method if method != "auto" else ("exact" if n <= EXACT_SEARCH_MAX else "annoy")
+    key = (hashlib.blake2b(x.tobytes(), digest_size=16).hexdigest(), x.shape, k, use)
     with _NN_LOCK:
-        if key in _NN_CACHE:
+        hit = _NN_CACHE.get(key)
+        if hit is not None:
             _NN_CACHE.move_to_end(key)
-            return _NN_CACHE[key].copy()
-    t = torch.from_numpy(x)
-    t = t / t.norm(dim=1, keepdim=True).clamp_min(1e-12)
-    out = torch.empty((n, k), dtype=torch.long)
-    with torch.no_grad():
-        for s in range(0, n, chunk):
-            sim = t[s:s + chunk] @ t.T
-            rows = torch.arange(sim.shape[0])
-            sim[rows, s + rows] = -float("inf")
-            out[s:s + chunk] = sim.topk(k, dim=1, sorted=True).indices
-    result = out.numpy()
-    with _NN_LOCK:
-        _NN_CACHE[key] = result
-        while len(_NN_CACHE) > _NN_CACHE_SIZE:
-            _NN_CACHE.popitem(last=False)
-    return result.copy()
+    if hit is None:
+        t0 = time.perf_counter()
+        if use == "exact":
+            result = _exact_rows(torch.from_numpy(x), np.arange(n), k, chunk)[0]
+            info = NeighbourSearch("exact", n, k, 1.0, n)
+        else:
+            search_k = ANNOY_SEARCH_PER_NEIGHBOUR * (k + 1)
+            for attempt in range(ANNOY_WIDENINGS + 1):
+                result = _annoy_neighbours(x, k, ANNOY_TREES, search_k)
+                recall, sample = sampled_recall(x, result, RECALL_SAMPLE, chunk=chunk)
+                if recall >= TARGET_RECALL or attempt == ANNOY_WIDENINGS:
+                    break
+                search_k *= 2
+            info = NeighbourSearch("annoy", n, k, recall, sample, ANNOY_TREES, search_k)
+        info = dataclasses.replace(info, seconds=time.perf_counter() - t0)
+        with _NN_LOCK:
+            _NN_CACHE[key] = (result, info)
+            while len(_NN_CACHE) > _NN_CACHE_SIZE:
+                _NN_CACHE.popitem(last=False)
+        hit = (result, info)
+    log = getattr(_SEARCH_LOG, "log", None)
+    if log is not None:
+        log.append(hit[1])
+    return hit[0].copy()
 
 
 def _embeddings(inp: RankerInputs, c: int) -> np.ndarray:
@@ -338,13 +477,38 @@ def available(inp_has_cp: bool, inp_has_features: bool = True) -> list[str]:
 
 
 # --------------------------------------------------------------------------- evaluation
-def found_curve(scores: np.ndarray, is_mislabelled: Sequence[bool]) -> tuple[np.ndarray, np.ndarray]:
-    """(share reviewed, share of mislabels found) reviewing in descending score order."""
+def thin_curve(x: np.ndarray, y: np.ndarray, points: Optional[int]) -> tuple[np.ndarray, np.ndarray]:
+    """At most about ``2 · points`` points of the curve ``(x, y)`` (x non-decreasing): evenly
+    spaced by position and by x, first and last kept. ``points=None`` keeps every point.
+    For charts: 60,000-point curves make slow pages and look the same thinned."""
+    x, y = np.asarray(x), np.asarray(y)
+    if points is None or len(x) <= 2 * int(points):
+        return x, y
+    by_pos = np.linspace(0, len(x) - 1, int(points)).round().astype(np.int64)
+    by_x = np.searchsorted(x, np.linspace(x[0], x[-1], int(points)), side="left").clip(0, len(x) - 1)
+    keep = np.unique(np.concatenate([by_pos, by_x, [0, len(x) - 1]]))
+    return x[keep], y[keep]
+
+
+def found_curve(scores: np.ndarray, is_mislabelled: Sequence[bool],
+                points: Optional[int] = None) -> tuple[np.ndarray, np.ndarray]:
+    """(share reviewed, share of mislabels found) reviewing in descending score order;
+    ``points``: thin to about that many (:func:`thin_curve`)."""
     truth = np.asarray(is_mislabelled, dtype=bool)
     order = np.argsort(-np.asarray(scores), kind="stable")
     found = np.cumsum(truth[order]) / max(1, truth.sum())
     reviewed = np.arange(1, len(truth) + 1) / len(truth)
-    return np.concatenate([[0.0], reviewed]), np.concatenate([[0.0], found])
+    return thin_curve(np.concatenate([[0.0], reviewed]), np.concatenate([[0.0], found]), points)
+
+
+def roc_points(scores: np.ndarray, is_mislabelled: Sequence[bool],
+               points: Optional[int] = None) -> tuple[np.ndarray, np.ndarray]:
+    """(false positive rate, true positive rate) of ``scores`` (scikit-learn's ROC curve);
+    ``points``: thin to about that many (:func:`thin_curve`)."""
+    from sklearn.metrics import roc_curve
+
+    fpr, tpr, _ = roc_curve(np.asarray(is_mislabelled, dtype=bool), np.asarray(scores, dtype=np.float64))
+    return thin_curve(fpr, tpr, points)
 
 
 def found_at(scores: np.ndarray, is_mislabelled: Sequence[bool], share: float) -> float:

@@ -1,0 +1,117 @@
+"""Neighbour search behind the neighbourhood rankings: exact below a size, annoy above it
+with a recall measured against exact search, the record kept beside a ranking; chart
+curves thinned without changing their shape."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_curve
+
+from tracin_core import rankers as rk
+
+
+def _clusters(n: int = 3000, dim: int = 16, centres: int = 30, seed: int = 0) -> np.ndarray:
+    """Clustered rows (what final-layer inputs look like), no exact ties."""
+    rng = np.random.default_rng(seed)
+    c = rng.normal(size=(centres, dim))
+    return (c[rng.integers(0, centres, n)] + 0.3 * rng.normal(size=(n, dim))).astype(np.float32)
+
+
+def _exact_sets(x: np.ndarray, k: int) -> list[set[int]]:
+    u = x / np.linalg.norm(x, axis=1, keepdims=True)
+    sim = u @ u.T
+    np.fill_diagonal(sim, -np.inf)
+    return [set(row) for row in np.argsort(-sim, axis=1, kind="stable")[:, :k]]
+
+
+def test_auto_is_exact_up_to_the_threshold_and_annoy_above(monkeypatch):
+    x = _clusters()
+    rk._NN_CACHE.clear()
+    with rk.recording_searches() as log:
+        exact = rk.nearest_neighbours(x, 10)
+    assert [s.method for s in log] == ["exact"] and log[0].recall == 1.0 and log[0].n == len(x)
+    monkeypatch.setattr(rk, "EXACT_SEARCH_MAX", 1000)
+    with rk.recording_searches() as log:
+        approx = rk.nearest_neighbours(x, 10)
+    assert [s.method for s in log] == ["annoy"]
+    info = log[0]
+    assert info.sample == rk.RECALL_SAMPLE and info.trees == rk.ANNOY_TREES and info.k == 10
+    # the recall it reports is the recall it has, measured here on every row
+    truth = _exact_sets(x, 10)
+    full = np.mean([len(set(a) & t) / 10 for a, t in zip(approx, truth)])
+    assert info.recall >= rk.TARGET_RECALL and abs(info.recall - full) < 0.03
+    assert approx.shape == exact.shape and approx.dtype == np.int64
+    assert not (approx == np.arange(len(x))[:, None]).any()  # never the row itself
+    assert all(len(set(r)) == 10 for r in approx)  # k distinct neighbours per row
+    # deterministic: a fresh search (memo cleared) gives the same neighbours
+    rk._NN_CACHE.clear()
+    assert np.array_equal(rk.nearest_neighbours(x, 10, method="annoy"), approx)
+
+
+def test_annoy_widens_its_search_until_the_recall_is_reached(monkeypatch):
+    x = _clusters(n=2000, dim=32, centres=200, seed=3)
+    rk._NN_CACHE.clear()
+    monkeypatch.setattr(rk, "ANNOY_TREES", 1)
+    monkeypatch.setattr(rk, "ANNOY_SEARCH_PER_NEIGHBOUR", 1)  # far too narrow at first
+    with rk.recording_searches() as log:
+        rk.nearest_neighbours(x, 10, method="annoy")
+    assert log[0].search_k > 11 and log[0].recall >= rk.TARGET_RECALL
+    rk._NN_CACHE.clear()
+
+
+def test_sampled_recall_counts_ties_and_misses():
+    x = _clusters(n=400, dim=8)
+    exact = rk.nearest_neighbours(x, 5, method="exact")
+    assert rk.sampled_recall(x, exact, sample=100) == (1.0, 100)
+    wrong = exact.copy()
+    u = x / np.linalg.norm(x, axis=1, keepdims=True)
+    wrong[::2, 0] = np.argmin(u @ u.T, axis=1)[::2]  # every other row: its first neighbour is its farthest row
+    recall, rows = rk.sampled_recall(x, wrong, sample=400)
+    assert rows == 400 and recall == pytest.approx(1 - 200 / (400 * 5))
+    # duplicates: any of several equally near rows is a true neighbour
+    dup = np.repeat(_clusters(n=50, dim=8), 4, axis=0)
+    found = rk.nearest_neighbours(dup, 3, method="exact")[:, ::-1].copy()  # same rows, another order
+    assert rk.sampled_recall(dup, found, sample=200)[0] == 1.0
+
+
+def test_ranking_keeps_its_neighbour_search_record(tmp_path, monkeypatch):
+    from tracin_core.workspace import Workspace
+
+    rk._NN_CACHE.clear()
+    monkeypatch.setattr(rk, "EXACT_SEARCH_MAX", 500)  # the demo's 1,437 rows go through annoy
+    ws = Workspace.demo(cache_dir=tmp_path / "c")
+    assert ws.ranking_searches() == []  # nothing computed yet
+    scores = ws.mislabel_scores()
+    searches = Workspace.demo(cache_dir=tmp_path / "c").ranking_searches()  # read back from disk
+    assert [s.method for s in searches] == ["annoy", "annoy"]  # the two early checkpoints
+    assert all(s.n == len(scores) and s.recall >= rk.TARGET_RECALL for s in searches)
+    assert "recall" in searches[0].describe() and "1,437 rows" in searches[0].describe()
+    assert ws.ranking_searches("loss_mean") == []
+    # annoy's ranking is close to the exact one's
+    rk._NN_CACHE.clear()
+    monkeypatch.setattr(rk, "EXACT_SEARCH_MAX", 10**9)
+    exact = rk.compute(None, ws.ranker_inputs())
+    truth = ws.is_mislabelled
+    by_index = scores.sort_values("index")["score"].to_numpy()
+    assert abs(rk.roc_auc(by_index, truth) - rk.roc_auc(exact, truth)) < 0.005
+
+
+def test_thin_curve_keeps_the_shape():
+    rng = np.random.default_rng(0)
+    truth = rng.random(20_000) < 0.1
+    scores = rng.random(20_000) + truth
+    x, y = rk.found_curve(scores, truth)
+    tx, ty = rk.found_curve(scores, truth, points=200)
+    assert len(tx) <= 2 * 200 + 2 and (tx[0], ty[0], tx[-1], ty[-1]) == (x[0], y[0], x[-1], y[-1])
+    assert np.all(np.diff(tx) > 0) and np.all(np.diff(ty) >= 0)
+    # every kept point is a point of the full curve, and the gaps are small
+    pos = np.searchsorted(x, tx)
+    assert np.array_equal(x[pos], tx) and np.array_equal(y[pos], ty)
+    assert np.diff(tx).max() <= 1.0 / 199 + 1.0 / 20_000
+    fpr, tpr, _ = roc_curve(truth, scores)
+    assert all(np.array_equal(a, b) for a, b in zip(rk.roc_points(scores, truth), (fpr, tpr)))
+    f, t = rk.roc_points(scores, truth, points=100)
+    assert len(f) <= 202 and (f[0], t[0], f[-1], t[-1]) == (fpr[0], tpr[0], fpr[-1], tpr[-1])
+    assert np.trapezoid(t, f) == pytest.approx(rk.roc_auc(scores, truth), abs=0.01)
+    short = np.linspace(0, 1, 50)
+    assert rk.thin_curve(short, short, 100)[0] is short or np.array_equal(rk.thin_curve(short, short, 100)[0], short)
