@@ -225,3 +225,38 @@ def test_app_offers_fashion_or_the_apt_command(tmp_path, monkeypatch):
         assert "T\\-shirt/top" in text or "T-shirt/top" in text
         assert [m.value for m in at.metric][:2] == ["60,000", "10,000"]
         assert at.query_params["workspace"] in ("fashion", ["fashion"])
+
+
+def test_npy_batches_are_read_from_the_file_not_the_map(tmp_path, monkeypatch):
+    """A pass reads consecutive rows with one plain file read (its memory stays flat in N);
+    other indices go through the map; both give the same inputs, and the content hash is
+    the one the memory map gave before (stores built earlier keep their key)."""
+    import hashlib
+
+    from tracin_core import datasets as dsmod
+
+    rng = np.random.default_rng(2)
+    x = rng.integers(0, 256, (70, 9, 7), dtype=np.uint8)
+    y = rng.integers(0, 3, 70)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", y)
+    ds = load_dataset("npy", path=tmp_path / "x.npy", labels=tmp_path / "y.npy", normalize=[0.5, 0.25])
+    want = lambda idx: (torch.from_numpy(x[idx]).unsqueeze(1).float() / 255 - 0.5) / 0.25  # noqa: E731
+    header = os.path.getsize(tmp_path / "x.npy") - x.nbytes
+    reads = []
+    real = os.pread
+    monkeypatch.setattr(dsmod.os, "pread", lambda fd, n, off: reads.append((n, off)) or real(fd, n, off))
+    xb, yb = ds.decode_batch(range(10, 42))
+    assert torch.equal(xb, want(np.arange(10, 42))) and yb.tolist() == y[10:42].tolist()
+    assert reads == [(32 * 63, header + 10 * 63)]
+    xb, _ = ds.decode_batch([5, 3, 60])  # not consecutive: through the map
+    assert torch.equal(xb, want(np.array([5, 3, 60]))) and len(reads) == 1
+    h = hashlib.sha256(f"{x.dtype.str}{x.shape}".encode())
+    h.update(x.tobytes())
+    h.update(y.astype(np.int64).tobytes())
+    assert ds.content_hash() == h.hexdigest()
+    cut = np.load(tmp_path / "x.npy", mmap_mode="r")
+    with open(tmp_path / "x.npy", "r+b") as fh:  # a file cut short names itself
+        fh.truncate(os.path.getsize(tmp_path / "x.npy") - 63)
+    with pytest.raises(ValueError, match="shorter than its header"):
+        dsmod._FileRows(cut).read(60, 70)

@@ -288,3 +288,28 @@ def test_precompute_killed_with_sigkill_resumes_to_the_same_store(tmp_path):
     assert names and names == sorted(p.name for p in b.glob("*.npy"))
     for name in names:
         np.testing.assert_array_equal(np.load(a / name), np.load(b / name), err_msg=name)
+
+
+def test_written_pages_are_released_and_the_rows_kept(tmp_path, monkeypatch):
+    """While a pass writes an on-disk store, flushed pages are unmapped from the process
+    (resident memory flat in N); the rows stay in the file, and a resumed or reopened
+    store reads them back. A complete (copy-on-write) store is never released."""
+    from tracin_core import store as st
+
+    released = []
+    real = st._release_pages
+    monkeypatch.setattr(st, "_release_pages", lambda m: released.append(m.filename) or real(m))
+    rows = {"a": torch.randn(10, 3), "b": torch.randn(10, 1)}
+    s = st.FeatureStore(tmp_path, key="k", n=10)
+    for b in range(5):
+        s._last_flush = float("-inf")  # flush (and release) after every batch
+        s.write(b, 2 * b, {k: v[2 * b:2 * b + 2] for k, v in rows.items()})
+        assert len(released) == 2 * (b + 1)  # both arrays, every flush
+        assert torch.equal(torch.from_numpy(np.array(s._maps["a"][:2 * b + 2])), rows["a"][:2 * b + 2])
+    s.finish(10, batches=5)
+    count = len(released)
+    assert all(torch.equal(s.array(k), v) for k, v in rows.items())
+    again = st.FeatureStore(tmp_path, key="k", n=10)
+    assert again.complete and all(torch.equal(again.array(k), v) for k, v in rows.items())
+    again.save_progress()
+    assert len(released) == count  # complete: nothing released

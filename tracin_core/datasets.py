@@ -672,7 +672,7 @@ def _load_npy(path: Path, labels_path: Path | None, normalize: Sequence[float] |
     if len(labels) and int(labels.min()) < 0:
         raise ValueError(f"labels file {str(labels_path)!r}: negative label {int(labels.min())}")
     mean, std = (float(normalize[0]), float(normalize[1])) if normalize else (0.0, 1.0)
-    x = torch.from_numpy(images) if images.flags.writeable else _ReadOnlyRows(images)
+    x = _FileRows(images)
     batch = _normalized(x, mean, std)
     y = torch.from_numpy(labels.astype(np.int64))
     n_cls = int(labels.max()) + 1 if len(labels) else 1
@@ -680,7 +680,7 @@ def _load_npy(path: Path, labels_path: Path | None, normalize: Sequence[float] |
     def content_hash() -> str:  # streamed: a million images are never all in memory
         h = hashlib.sha256(f"{images.dtype.str}{images.shape}".encode())
         for start in range(0, len(images), 65536):
-            h.update(np.ascontiguousarray(images[start:start + 65536]).tobytes())
+            h.update(x.read(start, min(len(images), start + 65536)).tobytes())
         h.update(np.ascontiguousarray(labels).astype(np.int64).tobytes())
         return h.hexdigest()
 
@@ -692,14 +692,38 @@ def _load_npy(path: Path, labels_path: Path | None, normalize: Sequence[float] |
     )
 
 
-class _ReadOnlyRows:
-    """Row indexing of a read-only memory map into fresh tensors (torch wants writable memory)."""
+class _FileRows:
+    """Row indexing of a memory-mapped ``.npy`` into fresh tensors.
 
-    def __init__(self, array: np.ndarray) -> None:
+    A run of consecutive rows (a batch of a pass over the data) is read from the file with
+    one ``pread``, other indices through the memory map. Reading a million images through
+    the map would leave every page mapped in the process (its resident memory growing with
+    N); plain reads go through the page cache only, so a pass's memory stays flat.
+    """
+
+    def __init__(self, array: np.memmap) -> None:
         self.array = array
+        self.row_bytes = int(np.prod(array.shape[1:], dtype=np.int64)) * array.dtype.itemsize
+        self.path = getattr(array, "filename", None)
+        self.offset = int(getattr(array, "offset", 0))
+        self.plain = self.path is not None and array.flags.c_contiguous
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Rows ``start:stop`` as a fresh array."""
+        if not self.plain or stop <= start:
+            return np.array(self.array[start:stop])
+        with open(self.path, "rb") as fh:
+            data = os.pread(fh.fileno(), (stop - start) * self.row_bytes, self.offset + start * self.row_bytes)
+        if len(data) != (stop - start) * self.row_bytes:
+            raise ValueError(f"npy file {self.path!r} is shorter than its header says (rows {start}-{stop - 1})")
+        out = np.frombuffer(bytearray(data), dtype=self.array.dtype)
+        return out.reshape((stop - start,) + self.array.shape[1:])
 
     def __getitem__(self, idx: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(self.array[np.asarray(idx, dtype=np.int64)]))
+        idx = np.asarray(idx, dtype=np.int64).reshape(-1)
+        if len(idx) > 1 and idx[-1] - idx[0] == len(idx) - 1 and np.all(np.diff(idx) == 1):
+            return torch.from_numpy(self.read(int(idx[0]), int(idx[-1]) + 1))
+        return torch.from_numpy(np.ascontiguousarray(self.array[idx]))
 
 
 # ---------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ rank 0 folds into the manifest when every rank has finished (:meth:`FeatureStore
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import time
 import warnings
@@ -199,6 +200,8 @@ class FeatureStore:
     def _flush(self) -> None:
         for m in self._maps.values():
             m.flush()
+            if not self.complete:
+                _release_pages(m)
         self._write_manifest()
 
     def save_progress(self) -> None:
@@ -279,6 +282,19 @@ class FeatureStore:
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self._arrays.values())
+
+
+def _release_pages(m: np.memmap) -> None:
+    """Unmap the written (and just flushed) pages of a shared file mapping from this
+    process: the data stay in the file and the page cache, and the pass's resident memory
+    stays flat in N instead of growing by every row written (1.8 GB at a million rows).
+    Private (copy-on-write) maps are never passed here; without madvise, nothing happens."""
+    mm = getattr(m, "_mmap", None)
+    if mm is not None and hasattr(mm, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
+        try:
+            mm.madvise(mmap.MADV_DONTNEED)
+        except (OSError, ValueError):
+            pass
 
 
 def _write_json(path: Path, obj: Any) -> None:
