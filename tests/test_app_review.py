@@ -534,3 +534,28 @@ def test_apptest_adjudicate_a_flag_conflict(review_app):
     final = store.final_decisions().set_index("item_id").loc[disputed]
     assert (final["status"], final["duplicate_of"], bool(final["is_final"])) == ("duplicate", 3, True)
     assert store.conflicts().empty
+
+
+@pytest.mark.browser
+def test_browser_flag_keys(page, app_server):
+    """M, O and D from the keyboard: ambiguous, outlier, and a duplicate of the index typed
+    in "Duplicate of #" (D with no index records nothing and says why)."""
+    db = _review_db(app_server)
+    who = f"flags{uuid.uuid4().hex[:6]}"
+    first = _open(page, app_server, who)
+    second, _ = _press(page, "m", first)
+    third, _ = _press(page, "o", second)
+    page.keyboard.press("d")  # no index yet: an error, the item stays
+    page.get_by_text("Enter the index of the item it duplicates").wait_for(timeout=30_000)
+    _settle(page)
+    assert _current(page) == third
+    field = page.locator(f".st-key-rv_dup_of_{third} input")
+    field.fill(str(first))
+    field.press("Enter")
+    _settle(page)
+    page.locator("h1").first.click()  # focus off the field, so D is a shortcut again
+    after, _ = _press(page, "d", third)
+    assert after not in (first, second, third)
+    events = [(e["item_id"], e["action"], e["duplicate_of"]) for e in _events(db, who)]
+    assert events == [(first, "ambiguous", None), (second, "outlier", None),
+                      (third, "duplicate", first)]
