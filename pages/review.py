@@ -32,7 +32,8 @@ except ImportError:  # pragma: no cover
 
 DEFAULT_LABEL = "(default)"
 MODES = ["My queue", "All items", "Conflicts"]
-STATUSES = ["undecided", "accepted", "relabelled", "excluded", "skipped", "conflict"]
+STATUSES = ["undecided", "accepted", "relabelled", "excluded", "skipped", "ambiguous",
+            "outlier", "duplicate", "conflict"]
 LEASE_SECONDS = 120.0  # an abandoned claim frees its item after this long
 RENEW_SECONDS = 40.0  # an open page renews its claim this often
 STORE_ERRORS = (ReviewStoreError, ValueError, OSError)
@@ -40,7 +41,13 @@ STATUS_BADGE = {
     "undecided": ":gray-badge[undecided]", "accepted": ":green-badge[accepted]",
     "relabelled": ":blue-badge[relabelled]", "excluded": ":red-badge[excluded]",
     "skipped": ":gray-badge[skipped]", "conflict": ":orange-badge[conflict]",
+    "ambiguous": ":yellow-badge[ambiguous]", "outlier": ":primary-badge[outlier]",
+    "duplicate": ":gray-badge[duplicate]",
 }
+#: what a flash message says after each action
+VERBS = {"accept": "accepted", "relabel": "relabelled", "exclude": "excluded",
+         "skip": "skipped", "ambiguous": "marked ambiguous",
+         "outlier": "marked an outlier (none of the classes)", "duplicate": "marked a duplicate"}
 
 # "R" is reserved by Streamlit (rerun), so st.button(shortcut="r") is refused: this
 # listener (capture phase, before Streamlit's) clicks the Relabel button instead. It does
@@ -104,32 +111,62 @@ def _next_after(item: int, order: list[int]) -> Optional[int]:
 # ------------------------------------------------------------------------ callbacks
 
 
+def duplicate_error(value: Any, item: int, n_items: int) -> Optional[str]:
+    """Why ``value`` cannot be the other item of "``item`` is a duplicate of #value" in a
+    training set of ``n_items`` (None when it can)."""
+    if value is None or value == "":
+        return "Enter the index of the item it duplicates (Duplicate of #) first."
+    try:
+        other = int(value)
+        whole = not isinstance(value, bool) and float(value) == other
+    except (TypeError, ValueError, OverflowError):
+        other, whole = -1, False
+    if not whole:
+        return f"Duplicate of #{value}: not an item index."
+    if not 0 <= other < n_items:
+        return (f"Duplicate of #{other}: there is no such item (the training set has "
+                f"indices 0 to {n_items - 1:,}).")
+    if other == item:
+        return f"Item #{item} cannot be a duplicate of itself: enter the other item's index."
+    return None
+
+
 def _decide(store, reviewer: str, action: str, item: int, given: int,
             score: float, ranking: str, order: list[int], label_key: Optional[str] = None,
-            to_class: Optional[int] = None) -> None:
+            to_class: Optional[int] = None, dup_key: Optional[str] = None,
+            n_items: int = 0) -> None:
     """Record one decision now; then move on (the queue claims the next item).
 
     A relabel takes the class from the selectbox ``label_key``, or ``to_class`` (the
-    number keys)."""
+    number keys); a duplicate takes the other item from the number input ``dup_key``
+    (checked against ``n_items``: nothing is recorded when it is not another item)."""
     if common.refuse("review", "record review decisions", reviewer):
         return
-    new_label = None
+    new_label, duplicate_of = None, None
     if action == "relabel":
         new_label = to_class if to_class is not None else _state().get(label_key)
         if new_label is None:
             _state()["rv_error"] = "Choose the new label first."
             return
         new_label = int(new_label)
+    if action == "duplicate":
+        value = _state().get(dup_key) if dup_key else None
+        problem = duplicate_error(value, item, n_items)
+        if problem is not None:
+            _state()["rv_error"] = problem
+            return
+        duplicate_of = int(value)
     try:
         store.record(item, reviewer, action, new_label, given_label=given,
-                     ranking=ranking, score=score)
+                     ranking=ranking, score=score, duplicate_of=duplicate_of)
     except STORE_ERRORS as exc:
         _set_error(exc)
         return
     _undo_stack(reviewer).append(item)
-    verb = {"accept": "accepted", "relabel": "relabelled", "exclude": "excluded",
-            "skip": "skipped"}[action]
+    verb = VERBS[action]
     extra = f" → {_state().get('rv_class_names', {}).get(new_label, new_label)}" if action == "relabel" else ""
+    if action == "duplicate":
+        extra = f" of #{duplicate_of}"
     _flash(f"#{item} {verb}{extra}")
     if _state().get("rv_mode") == "All items":
         _state()["rv_item"] = _next_after(item, order)
@@ -177,19 +214,33 @@ def _adjudicate(store, reviewer: str, item: int, given: int, ranking: str,
     if common.refuse("adjudicate", "adjudicate conflicts", reviewer):
         return
     choice = _state().get(f"rv_adj_choice_{item}", "accept")
-    new_label, exclude = None, False
+    new_label, exclude, flag, duplicate_of = None, False, None, None
     if choice == "exclude":
         exclude = True
     elif choice.startswith("relabel:"):
         new_label = int(choice.split(":", 1)[1])
+    elif choice in ("ambiguous", "outlier"):
+        flag = choice
+    elif choice.startswith("duplicate:"):
+        flag, duplicate_of = "duplicate", int(choice.split(":", 1)[1])
     try:
         store.record(item, reviewer, "adjudicate", new_label, given_label=given,
-                     ranking=ranking, score=score, exclude=exclude)
+                     ranking=ranking, score=score, exclude=exclude, flag=flag,
+                     duplicate_of=duplicate_of)
     except STORE_ERRORS as exc:
         _set_error(exc)
         return
     _undo_stack(reviewer).append(item)
     _flash(f"Final decision recorded for #{item}")
+
+
+def _status_text(decision: Any) -> str:
+    """A decision's status, with the other item of a duplicate ("duplicate of #12")."""
+    status = str(decision["status"])
+    other = decision.get("duplicate_of") if hasattr(decision, "get") else None
+    if status == "duplicate" and other is not None and not pd.isna(other):
+        return f"duplicate of #{int(other)}"
+    return status
 
 
 def _cls(ws, label) -> str:
@@ -244,7 +295,9 @@ def render_export(ws, store, who: common.Identity, reviewer: str) -> None:
         return
     st.caption("Final decisions (adjudications win, otherwise the reviewers' consensus), "
                "every event, or corrected labels for the whole training set — load the "
-               "last one in a workspace file as `[train] labels_override = \"file.csv\"`.")
+               "last one in a workspace file as `[train] labels_override = \"file.csv\"`; "
+               "items flagged excluded, ambiguous, outlier or duplicate are then excluded, "
+               "or kept with their given label with `flagged = \"keep\"`.")
     row = st.container(horizontal=True)
     row.download_button(
         "Decisions (CSV)", _exporter(lambda p: store.export(p, "decisions"), ".csv"),
@@ -280,7 +333,8 @@ def render_progress(snap, total: int) -> None:
     counts = []
     for label, key in [("accepted", "accepted"), ("relabelled", "relabelled"),
                        ("excluded", "excluded"), ("skipped", "skipped"),
-                       ("conflict", "conflict")]:
+                       ("ambiguous", "ambiguous"), ("outlier", "outlier"),
+                       ("duplicate", "duplicate"), ("conflict", "conflict")]:
         n, m = int(overall.get(key, 0)), int(mine.get(key, 0))
         counts.append(STATUS_BADGE[label].replace(f"[{label}]", f"[{label} {n:,}]")
                       + f" <small>(you {m:,})</small>")
@@ -322,7 +376,7 @@ def render_item(ws, store, reviewer: str, item: int, table: pd.DataFrame, rankin
         with mid:
             mine = decisions[(decisions["item_id"] == item) & (decisions["reviewer"] == reviewer)]
             others = decisions[(decisions["item_id"] == item) & (decisions["reviewer"] != reviewer)]
-            mine_text = "—" if mine.empty else str(mine["status"].iloc[0])
+            mine_text = "—" if mine.empty else _status_text(mine.iloc[0])
             lines = [
                 f"**Given label:** {_cls(ws, given)}",
                 f"**Model predicts:** {_cls(ws, predicted)} "
@@ -337,7 +391,7 @@ def render_item(ws, store, reviewer: str, item: int, table: pd.DataFrame, rankin
             ]
             if not others.empty:
                 lines.append("**Other reviewers:** " + ", ".join(
-                    f"{common.esc(r.reviewer)}: {r.status}"
+                    f"{common.esc(r.reviewer)}: {_status_text(r._asdict())}"
                     + (f" → {_cls(ws, int(r.final_label))}"
                        if r.status == "relabelled" and not pd.isna(r.final_label) else "")
                     for r in others.itertuples(index=False)))
@@ -369,6 +423,23 @@ def render_item(ws, store, reviewer: str, item: int, table: pd.DataFrame, rankin
                        help="Leave it for now (other reviewers still get it)")
         actions.button("Undo (U)", key="rv_undo_btn", shortcut="u", on_click=_undo,
                        args=(store, reviewer), help="Revert your last decision")
+        # no label fits: flags (stored as decisions; corrected labels name them)
+        flags = st.container(horizontal=True, gap="small", vertical_alignment="bottom",
+                             key="rv_flags")
+        flags.button("Ambiguous (M)", key="rv_ambiguous", shortcut="m", on_click=_decide,
+                     args=(store, reviewer, "ambiguous"), kwargs=common_args,
+                     help="More than one class fits (key M)")
+        flags.button("Outlier (O)", key="rv_outlier", shortcut="o", on_click=_decide,
+                     args=(store, reviewer, "outlier"), kwargs=common_args,
+                     help="None of the classes fits (key O)")
+        dup_key = f"rv_dup_of_{item}"
+        flags.number_input("Duplicate of #", min_value=0, value=None, step=1, key=dup_key,
+                           placeholder="index", width=140,
+                           help="The index of the training item this one duplicates")
+        flags.button("Duplicate (D)", key="rv_duplicate", shortcut="d", on_click=_decide,
+                     args=(store, reviewer, "duplicate"),
+                     kwargs=dict(common_args, dup_key=dup_key, n_items=len(ws.train)),
+                     help="A duplicate of the item whose index is on the left (key D)")
         # one key per class: relabel to class k with the number key k (the first ten classes)
         _state()["rv_class_names"] = {k: common.class_name(ws, k) for k in classes}
         quick = st.container(horizontal=True, gap="small", key="rv_quick")
@@ -478,6 +549,8 @@ def render_conflicts(ws, store, who, reviewer, table, ranking) -> None:
                         label = "" if pd.isna(r.final_label) or r.status != "relabelled" \
                             else f" → {_cls(ws, int(r.final_label))}"
                         when = str(r.decided_at)[:19].replace("T", " ")
+                        if r.status == "duplicate" and not pd.isna(r.duplicate_of):
+                            label = f" of #{int(r.duplicate_of)}"
                         lines.append(f"- **{common.esc(r.reviewer)}**: {STATUS_BADGE.get(r.status, r.status)}"
                                      f"{label} <small>({when} UTC)</small>")
                     st.markdown("\n".join(lines), unsafe_allow_html=True)
@@ -485,8 +558,11 @@ def render_conflicts(ws, store, who, reviewer, table, ranking) -> None:
                     if not who.can("adjudicate"):
                         st.caption("Only admins record final decisions.")
                         continue
-                    options = ["accept"] + [f"relabel:{k}" for k in range(len(ws.classes))
-                                            if k != given] + ["exclude"]
+                    duplicates = sorted({int(v) for s, v in zip(rows["status"], rows["duplicate_of"])
+                                         if s == "duplicate" and not pd.isna(v)})
+                    options = (["accept"] + [f"relabel:{k}" for k in range(len(ws.classes))
+                                             if k != given] + ["exclude", "ambiguous", "outlier"]
+                               + [f"duplicate:{k}" for k in duplicates])
                     relabels = [f"relabel:{int(v)}" for s, v in zip(rows["status"], rows["final_label"])
                                 if s == "relabelled" and not pd.isna(v)]
                     default = relabels[0] if relabels else "accept"
@@ -499,6 +575,12 @@ def render_conflicts(ws, store, who, reviewer, table, ranking) -> None:
                             return f"Keep the given label ({common.class_name(ws, given)})"
                         if opt == "exclude":
                             return "Exclude the example"
+                        if opt == "ambiguous":
+                            return "Ambiguous (more than one class fits)"
+                        if opt == "outlier":
+                            return "Outlier (none of the classes fits)"
+                        if opt.startswith("duplicate:"):
+                            return f"Duplicate of #{opt.split(':')[1]}"
                         return f"Relabel to {common.class_name(ws, int(opt.split(':')[1]))}"
 
                     st.selectbox("Final decision", options, key=key, format_func=fmt)

@@ -310,7 +310,8 @@ def test_browser_keyboard_undo_reload_export(page, app_server):
     assert [r["action"] for r in history if r["reviewer"] == reviewer] == \
         ["accept", "relabel", "exclude", "undo", "undo"]
     labels = _csv(_download(page, "rv_dl_corrected_csv"))
-    assert len(labels) == N_TRAIN and list(labels[0]) == ["index", "label", "excluded"]
+    assert len(labels) == N_TRAIN and list(labels[0]) == ["index", "label", "excluded", "flag",
+                                                          "duplicate_of"]
     assert int(labels[first]["label"]) == int(row["given_label"])
 
 
@@ -439,3 +440,122 @@ def test_browser_number_key_relabels(page, app_server):
     assert after != item
     event = [e for e in _events(db, who)][-1]
     assert (event["item_id"], event["action"], event["new_label"]) == (item, "relabel", int(key))
+
+
+def test_apptest_flags_ambiguous_outlier_duplicate(review_app):
+    """#11 item 5: Ambiguous (M), Outlier (O) and Duplicate (D) of #N are recorded like the
+    other decisions, counted, filtered on and undone; a bad duplicate index records
+    nothing and says why."""
+    at, db = review_app
+    _open_review(at)
+    shortcuts = {b.key: b.proto.shortcut for b in at.button
+                 if b.key in ("rv_ambiguous", "rv_outlier", "rv_duplicate")}
+    assert shortcuts == {"rv_ambiguous": "m", "rv_outlier": "o", "rv_duplicate": "d"}
+    assert {"Ambiguous (M)", "Outlier (O)", "Duplicate (D)"} <= {b.label for b in at.button}
+
+    first = _apptest_item(at)
+    at.button(key="rv_ambiguous").click().run()
+    assert not at.exception and not at.error
+    assert any(f"#{first} marked ambiguous" in c.value for c in at.caption)
+    second = _apptest_item(at)
+    assert second != first
+    at.button(key="rv_outlier").click().run()
+    third = _apptest_item(at)
+    assert third not in (first, second)
+    assert [(e["item_id"], e["action"], e["status"]) for e in _events(db, "apptest")] == [
+        (first, "ambiguous", "ambiguous"), (second, "outlier", "outlier")]
+
+    # a duplicate needs the other item's index: missing, itself, or not in the data
+    for value, message in ((None, "Enter the index"), (third, "cannot be a duplicate of itself"),
+                           (N_TRAIN, "no such item")):
+        if value is not None:
+            at.number_input(key=f"rv_dup_of_{third}").set_value(value).run()
+        at.button(key="rv_duplicate").click().run()
+        assert not at.exception
+        assert any(message in e.value for e in at.error), [e.value for e in at.error]
+        assert len(_events(db, "apptest")) == 2  # nothing recorded
+        assert _apptest_item(at) == third  # still on the same item
+    at.number_input(key=f"rv_dup_of_{third}").set_value(first).run()
+    at.button(key="rv_duplicate").click().run()
+    assert not at.exception and not at.error
+    assert any(f"#{third} marked a duplicate of #{first}" in c.value for c in at.caption)
+    event = _events(db, "apptest")[-1]
+    assert (event["item_id"], event["action"], event["duplicate_of"]) == (third, "duplicate", first)
+
+    # counts
+    counts = " ".join(m.value for m in at.markdown)
+    for name in ("ambiguous", "outlier", "duplicate"):
+        assert f"[{name} 1]" in counts, counts
+    assert "**3 / 1,437** items decided" in at.get("progress")[0].proto.text
+
+    # filters: "All items" on the new statuses
+    at.segmented_control(key="rv_mode").set_value("All items").run()
+    at.multiselect(key="rv_f_status").set_value(["duplicate"]).run()
+    assert not at.exception
+    assert _apptest_item(at) == third
+    assert any("1** of **1** matching" in m.value for m in at.markdown)
+    assert any("duplicate of #" in m.value for m in at.markdown)  # your decision, with its item
+    at.multiselect(key="rv_f_status").set_value(["ambiguous", "outlier"]).run()
+    assert any("of **2** matching" in m.value for m in at.markdown)
+    assert _apptest_item(at) in (first, second)
+
+    # undo reverts the duplicate (the latest decision)
+    at.button(key="rv_undo_btn").click().run()
+    assert not at.exception and not at.error
+    assert [e["action"] for e in _events(db, "apptest")][-1] == "undo"
+    decided = _store(db).decisions().set_index("item_id")
+    assert sorted(decided.index) == sorted([first, second])
+    assert decided.loc[first, "status"] == "ambiguous" and decided.loc[second, "status"] == "outlier"
+
+
+def test_apptest_adjudicate_a_flag_conflict(review_app):
+    """Two reviewers who flag an item differently are in conflict; the adjudicator can
+    settle it on one reviewer's "duplicate of #N"."""
+    at, db = review_app
+    from pages import common
+
+    ws = common._load_workspace(common.spec_key(common.DEMO_SPEC))
+    store = ReviewStore(db, workspace=WORKSPACE, data_hash=ws.data_hash)
+    labels = ws.train.labels.tolist()
+    disputed = 700
+    store.record(disputed, "alice", "ambiguous", given_label=labels[disputed])
+    store.record(disputed, "bob", "duplicate", given_label=labels[disputed], duplicate_of=3)
+    _open_review(at)
+    at.segmented_control(key="rv_mode").set_value("Conflicts").run()
+    assert not at.exception
+    box = " ".join(m.value for m in at.markdown)
+    assert "duplicate" in box and "of #3" in box
+    choice = at.selectbox(key=f"rv_adj_choice_{disputed}")
+    assert choice.options[-4:] == ["Exclude the example", "Ambiguous (more than one class fits)",
+                                   "Outlier (none of the classes fits)", "Duplicate of #3"]
+    choice.set_value("duplicate:3").run()
+    at.button(key=f"rv_adj_{disputed}").click().run()
+    assert not at.exception and not at.error
+    final = store.final_decisions().set_index("item_id").loc[disputed]
+    assert (final["status"], final["duplicate_of"], bool(final["is_final"])) == ("duplicate", 3, True)
+    assert store.conflicts().empty
+
+
+@pytest.mark.browser
+def test_browser_flag_keys(page, app_server):
+    """M, O and D from the keyboard: ambiguous, outlier, and a duplicate of the index typed
+    in "Duplicate of #" (D with no index records nothing and says why)."""
+    db = _review_db(app_server)
+    who = f"flags{uuid.uuid4().hex[:6]}"
+    first = _open(page, app_server, who)
+    second, _ = _press(page, "m", first)
+    third, _ = _press(page, "o", second)
+    page.keyboard.press("d")  # no index yet: an error, the item stays
+    page.get_by_text("Enter the index of the item it duplicates").wait_for(timeout=30_000)
+    _settle(page)
+    assert _current(page) == third
+    field = page.locator(f".st-key-rv_dup_of_{third} input")
+    field.fill(str(first))
+    field.press("Enter")
+    _settle(page)
+    page.locator("h1").first.click()  # focus off the field, so D is a shortcut again
+    after, _ = _press(page, "d", third)
+    assert after not in (first, second, third)
+    events = [(e["item_id"], e["action"], e["duplicate_of"]) for e in _events(db, who)]
+    assert events == [(first, "ambiguous", None), (second, "outlier", None),
+                      (third, "duplicate", first)]

@@ -476,6 +476,52 @@ def test_labels_override_rejected(tmp_path, content, message):
     assert message in str(info.value)
 
 
+def test_labels_override_flags_exclude_or_keep(tmp_path):
+    """The Review page's flags: ``flagged`` excludes flagged rows, keeps them with their
+    label, or excludes only the flags listed; old-style rows (excluded=1, label -1) count
+    as flag "excluded"."""
+    base = load_dataset("digits", split="test")
+    orig = base.labels
+    (tmp_path / "ov.csv").write_text(
+        "index,label,excluded,flag,duplicate_of\n"
+        f"0,{(int(orig[0]) + 1) % 10},0,,\n"
+        f"1,{int(orig[1])},1,ambiguous,\n"
+        f"2,{int(orig[2])},1,outlier,\n"
+        f"3,{int(orig[3])},1,duplicate,8\n"
+        f"4,{int(orig[4])},1,excluded,\n"
+        f"5,{int(orig[5])},1,,\n"
+        "6,-1,,,\n"
+        f"7,{int(orig[7])},0,ambiguous,\n")
+
+    def load(**kw):
+        return load_dataset("digits", split="test", labels_override="ov.csv", base_dir=tmp_path, **kw)
+
+    default, keep = load(), load(flagged="keep")
+    assert default.excluded.nonzero().flatten().tolist() == [1, 2, 3, 4, 5, 6, 7]
+    assert torch.equal(load(flagged="exclude").excluded, default.excluded)
+    assert not bool(keep.excluded.any())
+    assert torch.equal(keep.labels, default.labels)
+    assert int(keep.labels[0]) == (int(orig[0]) + 1) % 10 and torch.equal(keep.labels[1:], orig[1:])
+    assert load(flagged=["ambiguous"]).excluded.nonzero().flatten().tolist() == [1, 7]
+    assert load(flagged=("excluded", "duplicate")).excluded.nonzero().flatten().tolist() == [3, 4, 5, 6]
+    assert keep.fingerprint() != default.fingerprint()
+    # a file without flags: the choice changes nothing, nor the fingerprint
+    (tmp_path / "plain.csv").write_text(f"index,label\n0,{int(orig[0])}\n")
+    plain = [load_dataset("digits", split="test", labels_override=tmp_path / "plain.csv", flagged=f)
+             for f in ("exclude", "keep")]
+    assert plain[0].fingerprint() == plain[1].fingerprint()
+    with pytest.raises(ValueError, match="flagged must be 'exclude', 'keep'"):
+        load(flagged="drop")
+    with pytest.raises(ValueError, match="flagged must be"):
+        load_dataset("digits", split="test", flagged=["blurry"])  # checked even without a file
+    for row, message in (("0,1,0,blurry,", "flag 'blurry'"), ("0,1,1,duplicate,0", "duplicate_of 0 must be another"),
+                         ("0,1,1,duplicate,x", "duplicate_of 'x' is not an integer")):
+        (tmp_path / "bad.csv").write_text(f"index,label,excluded,flag,duplicate_of\n{row}\n")
+        with pytest.raises(ValueError, match=message) as info:
+            load_dataset("digits", split="test", labels_override=tmp_path / "bad.csv")
+        assert "bad.csv', line 2" in str(info.value)
+
+
 def test_labels_override_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="missing.csv"):
         load_dataset("digits", labels_override="missing.csv", base_dir=tmp_path)

@@ -397,7 +397,8 @@ def test_decision_columns_and_labels(store: ReviewStore) -> None:
     h = store.history()
     assert h.loc[0, "ranking"] == "self_influence" and h.loc[0, "score"] == 1.5
     assert store.progress("ann") == {"decided": 5, "accepted": 2, "relabelled": 1,
-                                     "excluded": 1, "skipped": 1, "conflict": 0,
+                                     "excluded": 1, "skipped": 1, "ambiguous": 0,
+                                     "outlier": 0, "duplicate": 0, "conflict": 0,
                                      "adjudicated": 0, "by_reviewer": {"ann": 5}}
 
 
@@ -414,7 +415,7 @@ def test_conflicts_consensus_and_adjudication(store: ReviewStore) -> None:
     f = store.final_decisions().set_index("item_id")
     assert list(store.final_decisions().columns) == ["item_id", "given_label", "final_label",
                                                      "status", "reviewer", "decided_at",
-                                                     "is_final"]
+                                                     "is_final", "duplicate_of"]
     assert list(f["status"]) == ["relabelled", "conflict", "excluded", "conflict"]
     assert f.loc[0, "final_label"] == 4 and f.loc[0, "reviewer"] == "ann,bob"
     assert f.loc[2, "reviewer"] == "ann"
@@ -506,7 +507,7 @@ def test_export_csv_and_json_round_trip(store: ReviewStore, tmp_path: Path) -> N
     csv_path = store.export(tmp_path / "out.csv")
     back = pd.read_csv(csv_path)
     assert list(back.columns) == ["index", "given_label", "final_label", "status", "reviewer",
-                                  "decided_at", "is_final"]
+                                  "decided_at", "is_final", "duplicate_of"]
     assert list(back["index"]) == [0, 1, 2]
     assert list(back["status"]) == ["relabelled", "excluded", "conflict"]
     assert back.loc[0, "final_label"] == 4 and pd.isna(back.loc[1, "final_label"])
@@ -518,7 +519,8 @@ def test_export_csv_and_json_round_trip(store: ReviewStore, tmp_path: Path) -> N
     assert [r["index"] for r in records] == [0, 1, 2]
     assert records[0] == {"index": 0, "given_label": 1, "final_label": 4,
                           "status": "relabelled", "reviewer": "ann",
-                          "decided_at": final.loc[0, "decided_at"], "is_final": False}
+                          "decided_at": final.loc[0, "decided_at"], "is_final": False,
+                          "duplicate_of": None}
     assert records[1]["final_label"] is None
 
     hist_csv = pd.read_csv(store.export(tmp_path / "history.csv", kind="history"))
@@ -549,7 +551,8 @@ def test_corrected_labels_round_trip(store: ReviewStore, tmp_path: Path) -> None
     store.record(6, "ann", "skip", given_label=6)
 
     path = store.export_corrected_labels(tmp_path / "labels.csv", given)
-    assert path.read_text().splitlines()[:3] == ["index,label,excluded", "0,0,0", "1,9,0"]
+    assert path.read_text().splitlines()[:4] == ["index,label,excluded,flag,duplicate_of",
+                                                 "0,0,0,,", "1,9,0,,", "2,2,1,excluded,"]
     labels, excluded = read_labels_override(path, len(given))
     assert labels == [0, 9, 2, 3, 4, 8, 6]
     assert excluded == [False, False, True, False, False, False, False]
@@ -747,3 +750,414 @@ def test_snapshot_is_the_separate_reads_in_one(tmp_path):
     assert snap.decisions.equals(store.decisions()) and snap.finals.equals(store.final_decisions())
     assert snap.progress == store.progress() and snap.mine == store.progress("ann")
     assert snap.mine["decided"] == 2 and snap.mine["conflict"] == 1 and snap.progress["excluded"] == 1
+
+
+# ------------------------------------------- flags: ambiguous, outlier, duplicate of #N
+
+V1_FILE = Path(__file__).resolve().parent / "data" / "review_store_v1.sqlite"
+
+
+def test_flag_actions_recorded_undone_replayed(store: ReviewStore) -> None:
+    store.record(0, "ann", "ambiguous", given_label=0, ranking="r", score=0.5)
+    store.record(1, "ann", "outlier", given_label=1)
+    store.record(2, "ann", "accept", given_label=2)
+    dup = store.record(2, "ann", "duplicate", given_label=2, duplicate_of=9)
+    d = store.decisions().set_index("item_id")
+    assert list(d["status"]) == ["ambiguous", "outlier", "duplicate"]
+    assert list(d["action"]) == ["ambiguous", "outlier", "duplicate"]
+    assert d["final_label"].isna().all()
+    assert pd.isna(d.loc[0, "duplicate_of"]) and d.loc[2, "duplicate_of"] == 9
+    h = store.history().set_index("id")
+    assert (h.loc[dup, "status"], h.loc[dup, "duplicate_of"], h.loc[dup, "old_label"]) == \
+        ("duplicate", 9, 2)
+    assert_replay_agrees(store)
+    p = store.progress("ann")
+    assert (p["ambiguous"], p["outlier"], p["duplicate"], p["decided"]) == (1, 1, 1, 3)
+
+    # undo pops the duplicate: the accept under it is back, and the undo event says so
+    undo_id = store.undo(2, "ann")
+    h = store.history().set_index("id")
+    assert (h.loc[undo_id, "undoes"], h.loc[undo_id, "status"]) == (dup, "accepted")
+    assert pd.isna(h.loc[undo_id, "duplicate_of"])
+    d = store.decisions().set_index("item_id")
+    assert d.loc[2, "status"] == "accepted" and pd.isna(d.loc[2, "duplicate_of"])
+    assert_replay_agrees(store)
+    # undoing a decision made *after* a duplicate restores the duplicate with its item
+    store.record(2, "ann", "duplicate", duplicate_of=4)
+    store.record(2, "ann", "ambiguous")
+    undo_id = store.undo(2, "ann")
+    h = store.history().set_index("id")
+    assert (h.loc[undo_id, "status"], h.loc[undo_id, "duplicate_of"]) == ("duplicate", 4)
+    d = store.decisions().set_index("item_id")
+    assert (d.loc[2, "status"], d.loc[2, "duplicate_of"]) == ("duplicate", 4)
+    assert_replay_agrees(store)
+    for item in (0, 1):
+        store.undo(item, "ann")
+    assert set(store.decided_items("ann")) == {2}
+    assert_replay_agrees(store)
+    # flagged items are decided: the queue does not hand them out again
+    store.record(5, "ann", "outlier", given_label=5)
+    assert store.claim_next("bob", [5, 2, 6]) == 6
+
+
+def test_flag_actions_validate_arguments(store: ReviewStore) -> None:
+    with pytest.raises(ValueError, match="duplicate_of.*required"):
+        store.record(0, "ann", "duplicate")
+    with pytest.raises(ValueError, match="duplicate of itself"):
+        store.record(3, "ann", "duplicate", duplicate_of=3)
+    with pytest.raises(ValueError, match="duplicate_of must be a non-negative integer"):
+        store.record(3, "ann", "duplicate", duplicate_of=-1)
+    with pytest.raises(ValueError, match="duplicate_of is only used"):
+        store.record(3, "ann", "accept", duplicate_of=4)
+    with pytest.raises(ValueError, match="duplicate_of is only used"):
+        store.record(3, "ann", "adjudicate", duplicate_of=4)
+    with pytest.raises(ValueError, match="new_label is only used"):
+        store.record(3, "ann", "ambiguous", 2)
+    with pytest.raises(ValueError, match="flag must be one of"):
+        store.record(3, "ann", "accept", flag="outlier")
+    with pytest.raises(ValueError, match="flag must be one of"):
+        store.record(3, "ann", "adjudicate", flag="excluded")
+    with pytest.raises(ValueError, match="flag must be one of"):
+        store.record(3, "ann", "adjudicate", 2, flag="outlier")
+    with pytest.raises(ValueError, match="duplicate_of.*required"):
+        store.record(3, "ann", "adjudicate", flag="duplicate")
+    with pytest.raises(ValueError, match="action must be one of.*ambiguous.*outlier.*duplicate"):
+        store.record(3, "ann", "maybe")
+    assert store.history().empty
+    # the table itself refuses a duplicate without its other item, or of itself
+    conn = sqlite3.connect(store.path)
+    try:
+        for dup_of, status in ((None, "duplicate"), (3, "duplicate"), (4, "ambiguous")):
+            with pytest.raises(sqlite3.IntegrityError, match="CHECK"):
+                conn.execute("INSERT INTO events (workspace, data_hash, item_id, reviewer, "
+                             "action, status, duplicate_of, created_at) VALUES "
+                             "('ws', 'h1', 3, 'x', 'duplicate', ?, ?, 'now')", (status, dup_of))
+    finally:
+        conn.close()
+
+
+def test_flag_conflicts_and_adjudication(store: ReviewStore) -> None:
+    store.record(0, "ann", "ambiguous", given_label=0)
+    store.record(0, "bob", "ambiguous", given_label=0)        # agree
+    store.record(1, "ann", "duplicate", given_label=1, duplicate_of=5)
+    store.record(1, "bob", "duplicate", given_label=1, duplicate_of=6)  # other item: conflict
+    store.record(2, "ann", "outlier", given_label=2)
+    store.record(2, "bob", "accept", given_label=2)           # conflict
+    store.record(3, "ann", "duplicate", given_label=3, duplicate_of=5)
+    store.record(3, "bob", "duplicate", given_label=3, duplicate_of=5)  # agree
+    store.record(4, "ann", "outlier", given_label=4)
+    store.record(4, "bob", "skip", given_label=4)             # a skip abstains
+    store.record(6, "ann", "ambiguous", given_label=6)
+    store.record(6, "bob", "outlier", given_label=6)          # two flags: conflict
+    f = store.final_decisions().set_index("item_id")
+    assert list(f["status"]) == ["ambiguous", "conflict", "conflict", "duplicate", "outlier",
+                                 "conflict"]
+    assert f.loc[3, "duplicate_of"] == 5 and pd.isna(f.loc[1, "duplicate_of"])
+    assert sorted(set(store.conflicts()["item_id"])) == [1, 2, 6]
+    p = store.progress()
+    assert (p["ambiguous"], p["duplicate"], p["outlier"], p["conflict"]) == (1, 1, 1, 3)
+
+    store.record(1, "carol", "adjudicate", flag="duplicate", duplicate_of=6)
+    store.record(2, "carol", "adjudicate", flag="outlier")
+    store.record(6, "carol", "adjudicate", flag="ambiguous")
+    f = store.final_decisions().set_index("item_id")
+    assert (f.loc[1, "status"], f.loc[1, "duplicate_of"], bool(f.loc[1, "is_final"])) == \
+        ("duplicate", 6, True)
+    assert f.loc[2, "status"] == "outlier" and f.loc[6, "status"] == "ambiguous"
+    assert store.conflicts().empty
+    assert_replay_agrees(store)
+
+
+def test_flag_exports_and_corrected_labels_round_trip(store: ReviewStore,
+                                                       tmp_path: Path) -> None:
+    given = [0, 1, 2, 3, 4, 5, 6, 7]
+    store.record(1, "ann", "relabel", 9, given_label=1)
+    store.record(2, "ann", "exclude", given_label=2)
+    store.record(3, "ann", "ambiguous", given_label=3)
+    store.record(4, "ann", "outlier", given_label=4)
+    store.record(5, "ann", "duplicate", given_label=5, duplicate_of=0)
+    store.record(6, "ann", "ambiguous", given_label=6)
+    store.record(6, "bob", "accept", given_label=6)            # conflict: not flagged
+    store.record(7, "ann", "skip", given_label=7)
+
+    back = pd.read_csv(store.export(tmp_path / "d.csv"))
+    assert list(back["status"]) == ["relabelled", "excluded", "ambiguous", "outlier",
+                                    "duplicate", "conflict", "skipped"]
+    assert back.set_index("index").loc[5, "duplicate_of"] == 0
+    assert back.drop(index=4)["duplicate_of"].isna().all()
+    records = {r["index"]: r for r in json.loads(store.export(tmp_path / "d.json").read_text())}
+    assert (records[5]["status"], records[5]["duplicate_of"]) == ("duplicate", 0)
+    assert records[3]["final_label"] is None and records[3]["duplicate_of"] is None
+    hist = json.loads(store.export(tmp_path / "h.json", kind="history").read_text())
+    assert [r["action"] for r in hist if r["reviewer"] == "ann"] == [
+        "relabel", "exclude", "ambiguous", "outlier", "duplicate", "ambiguous", "skip"]
+    hist_csv = pd.read_csv(store.export(tmp_path / "h.csv", kind="history"))
+    assert hist_csv.loc[hist_csv["action"] == "duplicate", "duplicate_of"].tolist() == [0]
+    mine = pd.read_csv(store.export(tmp_path / "mine.csv", reviewer="ann"))
+    assert mine.set_index("index").loc[4, "status"] == "outlier"
+
+    path = store.export_corrected_labels(tmp_path / "labels.csv", given)
+    lines = path.read_text().splitlines()
+    assert lines[0] == "index,label,excluded,flag,duplicate_of"
+    assert lines[3:7] == ["2,2,1,excluded,", "3,3,1,ambiguous,", "4,4,1,outlier,",
+                          "5,5,1,duplicate,0"]
+    assert lines[7] == "6,6,0,," and lines[8] == "7,7,0,,"
+    labels, excluded = read_labels_override(path, len(given))          # default: exclude
+    assert labels == [0, 9, 2, 3, 4, 5, 6, 7]
+    assert excluded == [False, False, True, True, True, True, False, False]
+    labels, excluded = read_labels_override(path, len(given), flagged="keep")
+    assert labels == [0, 9, 2, 3, 4, 5, 6, 7] and not any(excluded)
+    _, excluded = read_labels_override(path, len(given), flagged=["excluded", "duplicate"])
+    assert [i for i, e in enumerate(excluded) if e] == [2, 5]
+    _, excluded = read_labels_override(path, len(given), flagged="outlier")
+    assert [i for i, e in enumerate(excluded) if e] == [4]
+    for bad in ("drop", ["ambiguous", "maybe"], 3):
+        with pytest.raises(ValueError, match="flagged must be 'exclude', 'keep'"):
+            read_labels_override(path, len(given), flagged=bad)
+    # a file with an unknown flag or a bad duplicate_of names the line
+    (tmp_path / "bad.csv").write_text("index,label,excluded,flag\n0,1,0,blurry\n")
+    with pytest.raises(ValueError, match=r"bad\.csv, line 2: flag 'blurry'"):
+        read_labels_override(tmp_path / "bad.csv", 1)
+    (tmp_path / "bad.csv").write_text("index,label,flag,duplicate_of\n0,1,duplicate,0\n1,1,,\n")
+    with pytest.raises(ValueError, match=r"line 2: duplicate_of 0 must be another item"):
+        read_labels_override(tmp_path / "bad.csv", 2)
+
+
+@pytest.mark.timeout(60)
+def test_sigkill_while_flagging_loses_no_acknowledged_event(tmp_path: Path) -> None:
+    """The new actions are events like the others: a SIGKILL mid-stream loses none that
+    was acknowledged, and the reopened store exports what it holds."""
+    path = tmp_path / "review.db"
+    ReviewStore(path, workspace="ws", data_hash="h1").close()
+    script = textwrap.dedent(f"""
+        import sys
+        from tracin_core.review import ReviewStore
+        store = ReviewStore({str(path)!r}, workspace="ws", data_hash="h1")
+        i = 0
+        while True:
+            item = i % 200
+            kind = i % 4
+            if kind == 0:
+                event_id = store.record(item, "killme", "ambiguous", given_label=item % 10)
+            elif kind == 1:
+                event_id = store.record(item, "killme", "outlier", given_label=item % 10)
+            elif kind == 2:
+                event_id = store.record(item, "killme", "duplicate", given_label=item % 10,
+                                        duplicate_of=(item + 1) % 200)
+            else:
+                event_id = store.undo((i - 1) % 200, "killme")
+            sys.stdout.write(f"{{event_id}}\\n")
+            sys.stdout.flush()
+            i += 1
+    """)
+    child = subprocess.Popen([sys.executable, "-c", script], cwd=REPO_ROOT,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    acked = []
+    try:
+        for line in child.stdout:  # type: ignore[union-attr]
+            acked.append(int(line))
+            if len(acked) >= 300:
+                break
+        os.kill(child.pid, signal.SIGKILL)
+        rest, err = child.communicate(timeout=30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    acked += [int(x) for x in rest.split()]
+    assert child.returncode == -signal.SIGKILL, err
+
+    assert integrity(path) == "ok"
+    reopened = ReviewStore(path, workspace="ws", data_hash="h1")
+    history = reopened.history()
+    assert set(acked) <= set(history["id"])
+    assert len(history) - len(acked) <= 1
+    assert set(history["action"]) == {"ambiguous", "outlier", "duplicate", "undo"}
+    assert_replay_agrees(reopened)
+    finals = reopened.final_decisions()
+    assert set(finals["status"]) <= {"ambiguous", "outlier", "duplicate"}
+    assert not finals.empty
+    # ... and exports it: the flags and the other items come back from the files
+    given = [i % 10 for i in range(200)]
+    out = reopened.export_corrected_labels(tmp_path / "labels.csv", given)
+    back = pd.read_csv(out, keep_default_na=False).set_index("index")
+    for row in finals.itertuples(index=False):
+        assert back.loc[row.item_id, "flag"] == row.status
+        assert back.loc[row.item_id, "label"] == given[row.item_id]
+        if row.status == "duplicate":
+            assert int(back.loc[row.item_id, "duplicate_of"]) == row.duplicate_of
+    _, excluded = read_labels_override(out, 200)
+    assert sorted(i for i, e in enumerate(excluded) if e) == sorted(finals["item_id"])
+    _, kept = read_labels_override(out, 200, flagged="keep")
+    assert not any(kept)
+    records = json.loads(reopened.export(tmp_path / "d.json").read_text())
+    assert [(r["index"], r["status"]) for r in records] == \
+        list(zip(finals["item_id"], finals["status"]))
+    reopened.record(0, "after", "outlier")
+    reopened.close()
+
+
+# ------------------------------------------------------------- schema 1 -> 2 upgrade
+
+
+def _v1_copy(tmp_path: Path) -> Path:
+    path = tmp_path / "v1.sqlite"
+    path.write_bytes(V1_FILE.read_bytes())
+    return path
+
+
+def _pragma(path: Path, name: str) -> int:
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute(f"PRAGMA {name}").fetchone()[0]
+    finally:
+        conn.close()
+
+
+def _raw_events(path: Path) -> list[tuple]:
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute("SELECT id, workspace, data_hash, item_id, reviewer, action, "
+                            "given_label, old_label, new_label, ranking, score, is_final, "
+                            "status, undoes, created_at FROM events ORDER BY id").fetchall()
+    finally:
+        conn.close()
+
+
+def test_upgrade_from_schema_1_keeps_every_event(tmp_path: Path) -> None:
+    """A file written by the schema-1 store (tests/data/make_review_store_v1.py) opens,
+    is upgraded in place, and reads as before; new actions can then be recorded."""
+    path = _v1_copy(tmp_path)
+    assert (_pragma(path, "user_version"), SCHEMA_VERSION) == (1, 2)
+    before = _raw_events(path)
+    assert len(before) == 15
+
+    store = ReviewStore(path, workspace="ws", data_hash="h1")
+    assert _pragma(path, "user_version") == 2
+    assert _raw_events(path) == before  # every row, every id, every value
+    h = store.history()
+    assert h["duplicate_of"].isna().all() and len(h) == 14
+    d = store.decisions().set_index(["item_id", "reviewer"])
+    assert d.loc[(1, "ann"), "final_label"] == 7 and d.loc[(6, "ann"), "status"] == "relabelled"
+    assert (5, "bob") not in d.index  # undone in version 1
+    f = store.final_decisions().set_index("item_id")
+    assert list(f["status"]) == ["accepted", "relabelled", "excluded", "skipped", "conflict",
+                                 "relabelled", "relabelled"]
+    assert bool(f.loc[7, "is_final"]) and f.loc[7, "final_label"] == 3
+    assert_replay_agrees(store)
+    assert set(store.claims()["item_id"]) <= {8}  # the claims table is untouched
+    assert ReviewStore(path, workspace="ws", data_hash="h0").decisions()["status"].tolist() == \
+        ["excluded"]
+
+    new = store.record(8, "ann", "duplicate", given_label=8, duplicate_of=1)
+    assert new == 16  # ids continue after the old ones (AUTOINCREMENT counter kept)
+    store.record(4, "ann", "ambiguous")
+    assert store.undo(4, "ann") is not None
+    assert store.decisions().set_index(["item_id", "reviewer"]).loc[(4, "ann"), "status"] == \
+        "accepted"
+    assert_replay_agrees(store)
+    store.close()
+
+    # the rebuilt table is the one a new store creates: triggers and indexes included
+    fresh = tmp_path / "fresh.sqlite"
+    ReviewStore(fresh).close()
+
+    def schema(p: Path) -> list[tuple]:
+        conn = sqlite3.connect(p)
+        try:
+            return conn.execute("SELECT type, name, tbl_name, sql FROM sqlite_master "
+                                "WHERE name <> 'sqlite_sequence' ORDER BY type, name").fetchall()
+        finally:
+            conn.close()
+
+    assert schema(path) == schema(fresh)
+    assert integrity(path) == "ok"
+    conn = sqlite3.connect(path)
+    try:
+        with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+            conn.execute("DELETE FROM events WHERE id = 1")
+        with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+            conn.execute("UPDATE events SET action = 'skip' WHERE id = 1")
+    finally:
+        conn.close()
+    ReviewStore(path).close()  # opening again: nothing more to do
+    assert len(_raw_events(path)) == 18
+
+
+def test_schema_1_read_only_is_read_as_it_is(tmp_path: Path) -> None:
+    path = _v1_copy(tmp_path)
+    ro = ReviewStore(path, workspace="ws", data_hash="h1", read_only=True)
+    assert _pragma(path, "user_version") == 1  # not upgraded
+    assert len(ro.history()) == 14 and ro.history()["duplicate_of"].isna().all()
+    assert "conflict" in set(ro.final_decisions()["status"])
+    assert_replay_agrees(ro)
+    with pytest.raises(ReviewStoreError, match="read-only"):
+        ro.record(9, "ann", "outlier")
+    ro.close()
+
+
+def test_failed_upgrade_leaves_schema_1_as_it_was(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    path = _v1_copy(tmp_path)
+    before = _raw_events(path)
+    # make the copy step fail half-way through the upgrade's transaction
+    monkeypatch.setattr(review, "_V1_EVENT_COLUMNS", review._V1_EVENT_COLUMNS + ["no_such"])
+    with pytest.raises(ReviewStoreError, match="no_such"):
+        ReviewStore(path, workspace="ws", data_hash="h1")
+    assert _pragma(path, "user_version") == 1
+    assert _raw_events(path) == before
+    conn = sqlite3.connect(path)
+    names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+    conn.close()
+    assert "events_v1" not in names and {"events_no_update", "events_by_item"} <= names
+    monkeypatch.undo()
+    assert len(ReviewStore(path, workspace="ws", data_hash="h1").history()) == 14
+
+
+@pytest.mark.timeout(60)
+def test_sigkill_during_upgrade_leaves_schema_1_then_upgrades(tmp_path: Path) -> None:
+    """The upgrade is one transaction: a process killed after copying every row, before
+    the commit, leaves the version-1 file whole; the next open upgrades it."""
+    path = _v1_copy(tmp_path)
+    before = _raw_events(path)
+    script = textwrap.dedent(f"""
+        import os, signal
+        from tracin_core import review
+        real = review.ReviewStore._upgrade_v1
+        def upgrade_then_die(self, conn):
+            real(self, conn)
+            assert conn.in_transaction
+            os.kill(os.getpid(), signal.SIGKILL)
+        review.ReviewStore._upgrade_v1 = upgrade_then_die
+        review.ReviewStore({str(path)!r})
+    """)
+    child = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT,
+                           capture_output=True, text=True, timeout=60)
+    assert child.returncode == -signal.SIGKILL, child.stderr
+    assert integrity(path) == "ok"
+    assert _pragma(path, "user_version") == 1
+    assert _raw_events(path) == before
+    store = ReviewStore(path, workspace="ws", data_hash="h1")
+    assert _pragma(path, "user_version") == 2 and _raw_events(path) == before
+    assert_replay_agrees(store)
+    store.close()
+
+
+def _open_and_flag_worker(path: str, k: int, start, results) -> None:
+    try:
+        start.wait(30)
+        store = ReviewStore(path, workspace="ws", data_hash="h1")
+        results.put((k, None, [store.record(100 + k, f"p{k}", "outlier")]))
+    except BaseException as exc:
+        results.put((k, repr(exc), []))
+
+
+@pytest.mark.timeout(60)
+def test_processes_opening_a_schema_1_file_at_once(tmp_path: Path) -> None:
+    path = _v1_copy(tmp_path)
+    out = _run_processes(mp.get_context("fork"), _open_and_flag_worker,
+                         lambda k: (str(path), k), 4)
+    assert [err for _, err, _ in out if err] == []
+    store = ReviewStore(path, workspace="ws", data_hash="h1")
+    assert len(store.history()) == 14 + 4
+    assert (store.final_decisions()["status"] == "outlier").sum() == 4
+    assert _pragma(path, "user_version") == 2 and integrity(path) == "ok"

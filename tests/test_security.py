@@ -540,6 +540,10 @@ def test_annotator_reviews_but_cannot_adjudicate_open_or_export_all(env, oidc_ap
     at.button(key="rv_accept").click()
     _run(at)
     assert set(store.decisions()["reviewer"]) >= {"bob@example.com"}
+    at.button(key="rv_outlier").click()  # the flags too (#11 item 5): an annotator's decisions
+    _run(at)
+    mine = store.decisions()
+    assert set(mine[mine["reviewer"] == "bob@example.com"]["status"]) == {"accepted", "outlier"}
     at.segmented_control(key="rv_mode").set_value("Conflicts")
     _run(at)
     assert "Only admins record final decisions." in _texts(at)

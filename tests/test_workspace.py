@@ -165,6 +165,64 @@ def test_corrected_labels_round_trip(tmp_path):
     assert again.data_hash != ws.data_hash  # other labels: the review store can warn
 
 
+def test_corrected_labels_with_flags_exclude_or_keep(tmp_path, monkeypatch):
+    """Review flags (excluded, ambiguous, outlier, duplicate of #N) in the corrected labels:
+    the workspace file chooses to exclude those items or keep them with their given label."""
+    folder = _copy_demo(tmp_path)
+    ws = Workspace.from_toml(folder / "workspace.toml", cache_dir=tmp_path / "c")
+    given = ws.train.labels.tolist()
+    store = ReviewStore(tmp_path / "r.sqlite", workspace=ws.name, data_hash=ws.data_hash)
+    store.record(0, "ann", "relabel", (given[0] + 1) % 10, given_label=given[0])
+    store.record(1, "ann", "ambiguous", given_label=given[1])
+    store.record(2, "ann", "outlier", given_label=given[2])
+    store.record(3, "ann", "duplicate", given_label=given[3], duplicate_of=40)
+    store.record(4, "ann", "exclude", given_label=given[4])
+    store.export_corrected_labels(folder / "corrected.csv", given)
+    base = (folder / "workspace.toml").read_text().replace("labels_override.csv", "corrected.csv")
+    flagged_line = 'labels_override = "corrected.csv"'
+    assert flagged_line in base
+
+    def open_with(name: str, extra: str = "", **kw) -> Workspace:
+        (folder / name).write_text(base.replace(flagged_line, flagged_line + extra))
+        return Workspace.from_toml(folder / name, cache_dir=tmp_path / "c", **kw)
+
+    default = open_with("default.toml")
+    excluded = open_with("exclude.toml", '\nflagged = "exclude"')
+    kept = open_with("keep.toml", '\nflagged = "keep"')
+    only_dups = open_with("dups.toml", '\nflagged = ["duplicate", "excluded"]')
+    for w in (default, excluded, kept, only_dups):
+        assert w.train.labels[0].item() == (given[0] + 1) % 10
+        assert w.train.labels[1:].tolist() == given[1:]  # flagged items: the given label
+        assert len(w.train) == len(given)  # indices stay stable
+    assert excluded.train.excluded.nonzero().flatten().tolist() == [1, 2, 3, 4]
+    assert torch.equal(default.train.excluded, excluded.train.excluded)
+    assert default.data_hash == excluded.data_hash
+    assert not bool(kept.train.excluded.any())
+    assert only_dups.train.excluded.nonzero().flatten().tolist() == [3, 4]
+    assert len({excluded.data_hash, kept.data_hash, only_dups.data_hash}) == 3
+    # the keyword (the CLI's --flagged) wins over the file
+    assert not bool(open_with("exclude2.toml", '\nflagged = "exclude"', flagged="keep").train.excluded.any())
+    with pytest.raises(WorkspaceError, match="flagged must be 'exclude', 'keep'"):
+        open_with("bad.toml", '\nflagged = "drop"')
+
+    # the command line passes --flagged on to the workspace file
+    from tracin_core import __main__ as cli
+
+    seen = {}
+
+    def fake_from_toml(path, **kw):
+        seen.update(kw)
+        raise ValueError("stop here")
+
+    monkeypatch.setattr(Workspace, "from_toml", staticmethod(fake_from_toml))
+    assert cli.main(["mislabels", str(folder / "keep.toml"), "--flagged", "exclude"]) == 2
+    assert seen["flagged"] == "exclude"
+    assert cli.main(["mislabels", str(folder / "keep.toml")]) == 2
+    assert seen["flagged"] is None  # the file's choice
+    with pytest.raises(SystemExit):
+        cli.main(["mislabels", str(folder / "keep.toml"), "--flagged", "drop"])
+
+
 def test_constructor_with_uploaded_bytes(tmp_path):
     data = [(p.name, p.read_bytes()) for p in sorted(DEMO.glob("checkpoint-*.pt"))[:2]]
     ws = Workspace(name="up", model_factory=DigitsCNN, final_fc_layer="fc2", checkpoints=data,

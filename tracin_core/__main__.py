@@ -5,6 +5,8 @@
     python -m tracin_core self-influence WORKSPACE.toml --out FILE.csv [--method fast|cp]
     python -m tracin_core top-k WORKSPACE.toml --test-index 0 1 -k 10 [--opponents] --out FILE.csv
     python -m tracin_core mislabels WORKSPACE.toml --out FILE.csv [--method NAME]
+    (every command that reads a workspace file: [--flagged exclude|keep], what to do with
+    the items its [train] labels_override flags; default: the file's, else exclude)
     python -m tracin_core demo --rebuild
 """
 from __future__ import annotations
@@ -25,7 +27,8 @@ def _workspace(args):
         return Workspace.demo(cache_dir=args.cache_dir, device=device)
     if args.workspace == "fashion":
         return Workspace.fashion(cache_dir=args.cache_dir, device=device)
-    return Workspace.from_toml(args.workspace, cache_dir=args.cache_dir, device=device)
+    return Workspace.from_toml(args.workspace, cache_dir=args.cache_dir, device=device,
+                               flagged=getattr(args, "flagged", None))
 
 
 def _write(df: pd.DataFrame, out: Optional[str]) -> None:
@@ -90,6 +93,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         p = sub.add_parser(name, help=help_)
         p.add_argument("workspace", help="workspace .toml file ('demo' or 'fashion' for a built-in one)")
         p.add_argument("--cache-dir", default=None, help="feature store folder (default $TRACIN_CACHE/stores, else ~/.cache/tracin_audit/stores: the app's)")
+        p.add_argument("--flagged", default=None, choices=["exclude", "keep"],
+                       help="items the training labels_override flags (excluded, ambiguous, outlier, duplicate): "
+                            "exclude them or keep them with their given label (default: the workspace file's "
+                            "[train] flagged, else exclude)")
         return p
 
     p = ws_parser("precompute", "one pass over the training data: build the feature store")

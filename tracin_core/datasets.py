@@ -22,11 +22,13 @@ import threading
 import uuid
 import zipfile
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
+
+from .review import _row_flag, flagged_set
 
 __all__ = [
     "DATASET_KINDS",
@@ -81,8 +83,8 @@ class LabeledDataset(Dataset):
 
     * ``labels`` (LongTensor, the labels in effect: after ``labels_override``),
       ``original_labels`` (LongTensor, as stored in the data), ``excluded`` (BoolTensor:
-      items marked excluded in the override file; they stay in the dataset so indices
-      stay stable), ``classes`` (list of class names), ``num_classes``.
+      items the override file excludes, given the ``flagged`` choice; they stay in the
+      dataset so indices stay stable), ``classes`` (list of class names), ``num_classes``.
     * ``image(i)``: ``numpy.uint8`` array ``HxW`` or ``HxWx3`` for display (not normalised).
     * ``fingerprint()``: sha256 hex digest of the content (raw arrays, or for image folders
       file names + sizes + mtimes) plus the labels in effect and the exclusions.
@@ -104,6 +106,7 @@ class LabeledDataset(Dataset):
         params: dict[str, Any] | None = None,
         labels_override: PathLike | None = None,
         get_batch: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        flagged: str | Iterable[str] = "exclude",
     ) -> None:
         self.kind = kind
         self.source = source
@@ -126,7 +129,7 @@ class LabeledDataset(Dataset):
         if labels_override is not None:
             labels, excluded = read_labels_override(
                 labels_override, num_items=self._length, num_classes=len(self._classes),
-                base_labels=self._original_labels,
+                base_labels=self._original_labels, flagged=flagged,
             )
             self._labels, self._excluded = labels, excluded
             self.labels_override = str(labels_override)
@@ -262,15 +265,25 @@ def read_labels_override(
     num_items: int,
     num_classes: int,
     base_labels: torch.Tensor | None = None,
+    flagged: str | Iterable[str] = "exclude",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Read a labels CSV (columns ``index,label[,excluded]``).
+    """Read a labels CSV (columns ``index,label[,excluded,flag,duplicate_of]``; the
+    Review page's corrected labels have all five).
 
     Rows replace the label of their ``index``; indices not listed keep ``base_labels``.
     ``excluded`` (1/0, true/false, yes/no; optional) marks an item excluded; a ``label``
     of ``-1`` or an empty label also means excluded (the label in effect then stays the
-    base label). Returns ``(labels LongTensor, excluded BoolTensor)``. Raises
-    ``FileNotFoundError`` or ``ValueError`` naming the file and the line.
+    base label). ``flag`` (optional: excluded | ambiguous | outlier | duplicate, or
+    empty) says why a reviewer flagged the item; a row marked excluded without a flag
+    counts as flag "excluded". ``flagged`` chooses what happens to flagged items:
+    ``"exclude"`` (default) excludes every one, ``"keep"`` keeps them all with their
+    label (an export writes the given label), a list of flag names excludes only those
+    (see :func:`tracin_core.review.flagged_set`). ``duplicate_of`` (optional) is checked
+    to be another item's index. Returns ``(labels LongTensor, excluded BoolTensor)``.
+    Raises ``FileNotFoundError`` or ``ValueError`` naming the file and the line (or
+    ``flagged``).
     """
+    excluding = flagged_set(flagged)
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"labels override file {str(path)!r} does not exist")
@@ -295,6 +308,8 @@ def read_labels_override(
         )
     i_idx, i_lab = cols.index("index"), cols.index("label")
     i_exc = cols.index("excluded") if "excluded" in cols else None
+    i_flag = cols.index("flag") if "flag" in cols else None
+    i_dup = cols.index("duplicate_of") if "duplicate_of" in cols else None
     for line_no, row in enumerate(reader, start=2):
         if not row or all(not c.strip() for c in row):
             continue
@@ -318,8 +333,17 @@ def read_labels_override(
                 is_excluded = True
             elif raw_exc not in _FALSE:
                 raise ValueError(f"{where}: excluded {row[i_exc]!r} is not one of 1/0/true/false/yes/no")
+        flag = _row_flag(row[i_flag] if i_flag is not None else None, False, where)
+        if i_dup is not None and row[i_dup].strip():
+            raw_dup = row[i_dup].strip()
+            try:
+                other = int(raw_dup)
+            except ValueError:
+                raise ValueError(f"{where}: duplicate_of {raw_dup!r} is not an integer") from None
+            if not 0 <= other < num_items or other == index:
+                raise ValueError(f"{where}: duplicate_of {other} must be another item's index in 0..{num_items - 1}")
         if raw_label == "" or raw_label == "-1":
-            if raw_label == "" and not is_excluded:
+            if raw_label == "" and not (is_excluded or flag):
                 raise ValueError(f"{where}: empty label (use excluded=1 or label -1 to exclude an item)")
             is_excluded = True
         else:
@@ -330,7 +354,7 @@ def read_labels_override(
             if not 0 <= label < num_classes:
                 raise ValueError(f"{where}: label {label} is outside 0..{num_classes - 1}")
             labels[index] = label
-        excluded[index] = is_excluded
+        excluded[index] = (flag or ("excluded" if is_excluded else "")) in excluding
     return labels, excluded
 
 
@@ -1145,6 +1169,7 @@ def load_dataset(
     max_zip_files: int | None = None,
     labels: PathLike | None = None,
     normalize: Sequence[float] | None = None,
+    flagged: str | Iterable[str] = "exclude",
 ) -> LabeledDataset:
     """Load a dataset of one of :data:`DATASET_KINDS`.
 
@@ -1168,9 +1193,13 @@ def load_dataset(
 
     ``max_zip_bytes`` / ``max_zip_files`` cap the extraction of a zipped image folder
     (defaults :data:`MAX_ZIP_UNCOMPRESSED_BYTES` / :data:`MAX_ZIP_MEMBERS`).
-    ``labels_override``: a CSV ``index,label[,excluded]`` (see :func:`read_labels_override`).
-    Relative paths are resolved against ``base_dir``.
+    ``labels_override``: a CSV ``index,label[,excluded,flag,duplicate_of]`` (see
+    :func:`read_labels_override`); ``flagged``: what to do with the items it flags
+    (excluded, ambiguous, outlier, duplicate): ``"exclude"`` (default) them, ``"keep"``
+    them with their label, or exclude only the flags listed. Relative paths are resolved
+    against ``base_dir``.
     """
+    flagged_set(flagged)  # a wrong choice fails before any data is read
     kind = str(kind).strip().lower()
     if kind not in DATASET_KINDS:
         raise ValueError(f"unknown dataset kind {kind!r}; expected one of {', '.join(DATASET_KINDS)}")
@@ -1201,7 +1230,7 @@ def load_dataset(
             raise ValueError("dataset kind 'tensors' needs 'path' (a .pt or .npz file)")
         spec = _load_tensors(path_p)
     extras = {k: spec.pop(k) for k in ("base", "x", "files", "source_indices") if k in spec}
-    ds = LabeledDataset(kind=kind, labels_override=override_p, **spec)
+    ds = LabeledDataset(kind=kind, labels_override=override_p, flagged=flagged, **spec)
     ds.base = extras.get("base")
     if "source_indices" in extras:
         ds.source_indices = extras["source_indices"]
@@ -1210,7 +1239,7 @@ def load_dataset(
     return ds
 
 
-_CONFIG_KEYS = {"kind", "root", "split", "path", "labels_override", "image_size", "labels", "normalize"}
+_CONFIG_KEYS = {"kind", "root", "split", "path", "labels_override", "flagged", "image_size", "labels", "normalize"}
 
 
 def load_dataset_config(config: dict[str, Any], base_dir: PathLike | None = None, *, section: str = "dataset") -> LabeledDataset:

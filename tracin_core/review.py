@@ -1,7 +1,8 @@
 """Reviewers' decisions on training examples, kept in a SQLite file.
 
 ``ReviewStore`` is the audit trail of a data review: every click on the Review page
-(accept / relabel / exclude / skip / undo, and an adjudicator's final word) is appended
+(accept / relabel / exclude / skip / ambiguous / outlier / duplicate / undo, and an
+adjudicator's final word) is appended
 as one row of the ``events`` table, in its own transaction, and nothing is ever updated
 or deleted. The current state (what each reviewer decided, what the final label of each
 item is, where reviewers disagree) is computed from that log.
@@ -15,20 +16,24 @@ marks the file as a review store)::
       data_hash    TEXT      -- content hash of the training data the decision was made on
       item_id      INTEGER   -- index of the training example (>= 0)
       reviewer     TEXT
-      action       TEXT      -- accept | relabel | exclude | skip | undo | adjudicate
+      action       TEXT      -- accept | relabel | exclude | skip | ambiguous | outlier |
+                             -- duplicate | undo | adjudicate
       given_label  INTEGER   -- label in the data set (NULL when unknown)
       old_label    INTEGER   -- label in effect for this reviewer before the event
       new_label    INTEGER   -- the decision's final label: given label for accept,
-                             -- new label for relabel, NULL for exclude / skip; for an
-                             -- undo: the label in effect after it
+                             -- new label for relabel, NULL for exclude / skip and the
+                             -- flags (ambiguous, outlier, duplicate); for an undo: the
+                             -- label in effect after it
       ranking      TEXT      -- which ranking the item was reviewed from (optional)
       score        REAL      -- its score in that ranking (optional)
       is_final     INTEGER   -- 1 for adjudications
-      status       TEXT      -- accepted | relabelled | excluded | skipped: the outcome of
-                             -- the decision (for an undo: of the decision it restores,
-                             -- NULL when none is left)
+      status       TEXT      -- accepted | relabelled | excluded | skipped | ambiguous |
+                             -- outlier | duplicate: the outcome of the decision (for an
+                             -- undo: of the decision it restores, NULL when none is left)
       undoes       INTEGER   -- for an undo: id of the event it reverts
       created_at   TEXT      -- UTC, ISO-8601 with microseconds
+      duplicate_of INTEGER   -- the other item when status is duplicate, else NULL
+                             -- (schema version 2)
 
     claims                      -- "my queue" leases, one per item and one per reviewer
       workspace, data_hash, item_id, reviewer, expires_at (UTC ISO-8601)
@@ -39,7 +44,20 @@ an item is their latest decision event that no undo event names in ``undoes``.
 :func:`replay` rebuilds :meth:`ReviewStore.decisions` from :meth:`ReviewStore.history`
 with that stack, independently of the SQL. A relabel to the given label counts as an
 accept. In :meth:`ReviewStore.final_decisions` an adjudication wins; otherwise the
-reviewers' decisions must agree (status and final label), skips being abstentions.
+reviewers' decisions must agree (status, final label and, for duplicates, the other
+item), skips being abstentions.
+
+Flags: besides a label, a reviewer can say that an item is *ambiguous* (more than one
+class fits), an *outlier* (none of the classes fits) or a *duplicate* of another item
+(``duplicate_of``). These are statuses like ``excluded`` (:data:`FLAGS`): the corrected
+labels (:meth:`ReviewStore.export_corrected_labels`) name each flagged item, and whoever
+loads them chooses to exclude flagged items or keep them with their given label
+(``flagged`` of :func:`read_labels_override` and of ``datasets.load_dataset``).
+
+Schema versions: 1 had no ``duplicate_of`` and no flag actions. Opening a version-1
+file read-write upgrades it in one transaction (the ``events`` table is rebuilt with the
+new CHECK constraints, every row and id kept); a crash during the upgrade leaves the
+version-1 file as it was. A version-1 file opened read-only is read as it is.
 
 Concurrency: WAL journal, a busy timeout, ``BEGIN IMMEDIATE`` for every write, one
 connection per thread and per process (a forked child opens its own),
@@ -66,7 +84,7 @@ from collections import Counter, defaultdict
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import IO, Any, Callable, Iterator, Sequence
+from typing import IO, Any, Callable, Iterable, Iterator, Sequence
 from urllib.parse import quote
 
 import pandas as pd
@@ -78,58 +96,80 @@ __all__ = [
     "read_labels_override",
     "ACTIONS",
     "STATUSES",
+    "FLAGS",
+    "FLAG_ACTIONS",
+    "flagged_set",
     "SCHEMA_VERSION",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 APPLICATION_ID = 0x54524356  # "TRCV": marks a review store file
 
-ACTIONS = ("accept", "relabel", "exclude", "skip", "undo", "adjudicate")
-STATUSES = ("accepted", "relabelled", "excluded", "skipped")
+ACTIONS = ("accept", "relabel", "exclude", "skip", "ambiguous", "outlier", "duplicate",
+           "undo", "adjudicate")
+STATUSES = ("accepted", "relabelled", "excluded", "skipped", "ambiguous", "outlier",
+            "duplicate")
+#: actions that flag an item instead of labelling it; their status has the same name
+FLAG_ACTIONS = ("ambiguous", "outlier", "duplicate")
+#: statuses that flag an item as unusable with a label: a corrected-labels reader
+#: excludes these items or keeps them with their given label (``flagged=``)
+FLAGS = ("excluded", "ambiguous", "outlier", "duplicate")
 #: statuses of :meth:`ReviewStore.final_decisions` (``conflict``: reviewers disagree)
 FINAL_STATUSES = STATUSES + ("conflict",)
 
 EVENT_COLUMNS = [
     "id", "workspace", "data_hash", "item_id", "reviewer", "action", "given_label",
     "old_label", "new_label", "ranking", "score", "is_final", "status", "undoes",
-    "created_at",
+    "created_at", "duplicate_of",
 ]
 DECISION_COLUMNS = [
     "item_id", "reviewer", "action", "given_label", "final_label", "status",
-    "decided_at", "is_final", "event_id",
+    "decided_at", "is_final", "event_id", "duplicate_of",
 ]
 FINAL_COLUMNS = [
     "item_id", "given_label", "final_label", "status", "reviewer", "decided_at", "is_final",
+    "duplicate_of",
 ]
 CLAIM_COLUMNS = ["item_id", "reviewer", "expires_at"]
 
 _INT_COLUMNS = {"id", "item_id", "event_id"}
-_LABEL_COLUMNS = {"given_label", "old_label", "new_label", "final_label", "undoes"}
+_LABEL_COLUMNS = {"given_label", "old_label", "new_label", "final_label", "undoes",
+                  "duplicate_of"}
 _BOOL_COLUMNS = {"is_final"}
 _FLOAT_COLUMNS = {"score"}
 
-_SCHEMA = [
-    """
+_EVENTS_TABLE = """
     CREATE TABLE IF NOT EXISTS events (
-        id          INTEGER PRIMARY KEY AUTOINCREMENT,
-        workspace   TEXT    NOT NULL,
-        data_hash   TEXT    NOT NULL,
-        item_id     INTEGER NOT NULL CHECK (item_id >= 0),
-        reviewer    TEXT    NOT NULL CHECK (reviewer <> ''),
-        action      TEXT    NOT NULL CHECK (action IN
-                        ('accept', 'relabel', 'exclude', 'skip', 'undo', 'adjudicate')),
-        given_label INTEGER,
-        old_label   INTEGER,
-        new_label   INTEGER,
-        ranking     TEXT,
-        score       REAL,
-        is_final    INTEGER NOT NULL DEFAULT 0 CHECK (is_final IN (0, 1)),
-        status      TEXT CHECK (status IS NULL OR status IN
-                        ('accepted', 'relabelled', 'excluded', 'skipped')),
-        undoes      INTEGER REFERENCES events (id),
-        created_at  TEXT    NOT NULL
+        id           INTEGER PRIMARY KEY AUTOINCREMENT,
+        workspace    TEXT    NOT NULL,
+        data_hash    TEXT    NOT NULL,
+        item_id      INTEGER NOT NULL CHECK (item_id >= 0),
+        reviewer     TEXT    NOT NULL CHECK (reviewer <> ''),
+        action       TEXT    NOT NULL CHECK (action IN
+                         ('accept', 'relabel', 'exclude', 'skip', 'ambiguous', 'outlier',
+                          'duplicate', 'undo', 'adjudicate')),
+        given_label  INTEGER,
+        old_label    INTEGER,
+        new_label    INTEGER,
+        ranking      TEXT,
+        score        REAL,
+        is_final     INTEGER NOT NULL DEFAULT 0 CHECK (is_final IN (0, 1)),
+        status       TEXT CHECK (status IS NULL OR status IN
+                         ('accepted', 'relabelled', 'excluded', 'skipped', 'ambiguous',
+                          'outlier', 'duplicate')),
+        undoes       INTEGER REFERENCES events (id),
+        created_at   TEXT    NOT NULL,
+        duplicate_of INTEGER CHECK (duplicate_of IS NULL
+                                    OR (duplicate_of >= 0 AND duplicate_of <> item_id)),
+        CHECK ((duplicate_of IS NULL) = (status IS NOT 'duplicate'))
     )
-    """,
+    """
+
+# the columns of a version-1 events table (all kept by the upgrade)
+_V1_EVENT_COLUMNS = [c for c in EVENT_COLUMNS if c != "duplicate_of"]
+
+_SCHEMA = [
+    _EVENTS_TABLE,
     """
     CREATE INDEX IF NOT EXISTS events_by_item
         ON events (workspace, data_hash, item_id, reviewer, id)
@@ -159,7 +199,7 @@ _SCHEMA = [
 # Current decision per (item, reviewer): the latest non-undo event nobody has undone.
 _CURRENT_SQL = """
 SELECT id AS event_id, item_id, reviewer, action, given_label, new_label AS final_label,
-       status, created_at AS decided_at, is_final
+       status, created_at AS decided_at, is_final, {dup} AS duplicate_of
 FROM (
     SELECT e.*, ROW_NUMBER() OVER (PARTITION BY e.item_id, e.reviewer
                                    ORDER BY e.id DESC) AS rn
@@ -266,8 +306,14 @@ def _optional_int(value: Any) -> int | None:
 
 
 def _outcome(action: str, new_label: int | None, given: int | None,
-             exclude: bool) -> tuple[str, int | None]:
-    """(status, final_label) of a decision. A relabel to the given label is an accept."""
+             exclude: bool, flag: str | None = None) -> tuple[str, int | None]:
+    """(status, final_label) of a decision. A relabel to the given label is an accept;
+    a flag (ambiguous, outlier, duplicate: the action's own name, or an adjudication's
+    ``flag``) has no final label."""
+    if action in FLAG_ACTIONS:
+        return action, None
+    if action == "adjudicate" and flag is not None:
+        return flag, None
     if action == "accept" or (action == "adjudicate" and new_label is None and not exclude):
         return "accepted", given
     if action in ("relabel", "adjudicate") and not exclude:
@@ -326,15 +372,18 @@ def _final_rows(decisions: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             out.append(dict(item_id=item_id, given_label=given,
                             final_label=last["final_label"], status=last["status"],
                             reviewer=last["reviewer"], decided_at=last["decided_at"],
-                            is_final=True))
+                            is_final=True, duplicate_of=last.get("duplicate_of")))
             continue
         votes = [r for r in rows if r["status"] != "skipped"] or rows
-        outcomes = {(r["status"], r["final_label"]) for r in votes}
-        status, final_label = outcomes.pop() if len(outcomes) == 1 else ("conflict", None)
+        # duplicates of different items disagree, as do different labels or flags
+        outcomes = {(r["status"], r["final_label"], r.get("duplicate_of")) for r in votes}
+        status, final_label, duplicate_of = (
+            outcomes.pop() if len(outcomes) == 1 else ("conflict", None, None))
         out.append(dict(item_id=item_id, given_label=given, final_label=final_label,
                         status=status,
                         reviewer=",".join(sorted({r["reviewer"] for r in votes})),
-                        decided_at=max(r["decided_at"] for r in votes), is_final=False))
+                        decided_at=max(r["decided_at"] for r in votes), is_final=False,
+                        duplicate_of=duplicate_of))
     return out
 
 
@@ -394,7 +443,8 @@ def replay(events: pd.DataFrame) -> pd.DataFrame:
             given_label=_optional_int(ev.get("given_label")),
             final_label=_optional_int(ev.get("new_label")),
             status=ev.get("status"), decided_at=ev.get("created_at"),
-            is_final=bool(ev.get("is_final")), event_id=int(ev["id"])))
+            is_final=bool(ev.get("is_final")), event_id=int(ev["id"]),
+            duplicate_of=_optional_int(ev.get("duplicate_of"))))
     return _decisions_frame([stack[-1] for stack in stacks.values() if stack])
 
 
@@ -433,18 +483,63 @@ def _write_frame(df: pd.DataFrame, path: Path) -> None:
             df.to_json(orient="records", indent=2, force_ascii=False) + "\n"))
 
 
+def flagged_set(flagged: str | Iterable[str] = "exclude") -> frozenset[str]:
+    """The flags (names in :data:`FLAGS`) whose items a labels override excludes.
+
+    ``"exclude"``: all of them (excluded, ambiguous, outlier, duplicate); ``"keep"``:
+    none, so flagged items stay in with the label the file gives them (their given
+    label); or one flag name or a collection of them, e.g. ``["excluded", "duplicate"]``.
+    Anything else raises ``ValueError`` naming ``flagged``.
+    """
+    expected = (f"flagged must be 'exclude', 'keep' or a list of flags among "
+                f"{', '.join(FLAGS)}; got {flagged!r}")
+    if isinstance(flagged, str):
+        choice = flagged.strip().lower()
+        if choice == "exclude":
+            return frozenset(FLAGS)
+        if choice == "keep":
+            return frozenset()
+        items: list[Any] = [choice]
+    else:
+        try:
+            items = list(flagged)
+        except TypeError:
+            raise ValueError(expected) from None
+    names = [i.strip().lower() if isinstance(i, str) else i for i in items]
+    if any(name not in FLAGS for name in names):
+        raise ValueError(expected)
+    return frozenset(names)
+
+
+def _row_flag(flag_text: str | None, excluded: bool, where: str) -> str:
+    """The flag of one labels-override row: its ``flag`` cell, else "excluded" when the
+    row is marked excluded, else "" (``where`` names the file and line in errors)."""
+    flag = (flag_text or "").strip().lower()
+    if flag and flag not in FLAGS:
+        raise ValueError(f"{where}: flag {flag_text!r} is not one of {', '.join(FLAGS)} "
+                         f"(or empty)")
+    return flag or ("excluded" if excluded else "")
+
+
 def read_labels_override(path: str | os.PathLike[str], n: int,
-                         base_labels: Sequence[int] | None = None
+                         base_labels: Sequence[int] | None = None, *,
+                         flagged: str | Iterable[str] = "exclude"
                          ) -> tuple[list[int], list[bool]]:
-    """Read a corrected-labels CSV (``index,label[,excluded]``) for ``n`` training items.
+    """Read a corrected-labels CSV (``index,label[,excluded,flag,duplicate_of]``) for
+    ``n`` training items.
 
     Returns ``(labels, excluded)``, both of length ``n``. Every index must appear once,
-    unless ``base_labels`` is given: then missing rows keep their base label. Problems
-    (missing columns, an index out of range or repeated, a non-integer label) raise
-    ``ValueError`` naming the file and the line.
+    unless ``base_labels`` is given: then missing rows keep their base label. A row is
+    *flagged* when its ``flag`` is one of :data:`FLAGS`, or when it is marked
+    ``excluded`` (flag "excluded"); ``flagged`` (see :func:`flagged_set`) chooses which
+    flagged rows are excluded: ``"exclude"`` (default) all of them, ``"keep"`` none
+    (they keep the row's label, the given label in an export). Problems (missing
+    columns, an index out of range or repeated, a non-integer label, an unknown flag)
+    raise ``ValueError`` naming the file and the line.
     """
     path = Path(path)
     n = _check_item(n, "n")
+    excluding = flagged_set(flagged)
     if base_labels is not None and len(base_labels) != n:
         raise ValueError(f"base_labels has {len(base_labels)} entries, expected n={n}")
     labels: list[int | None] = (
@@ -479,6 +574,8 @@ def read_labels_override(path: str | os.PathLike[str], n: int,
                              f"header 'index,label,excluded', got {','.join(header)!r}")
         i_index, i_label = columns.index("index"), columns.index("label")
         i_excl = columns.index("excluded") if "excluded" in columns else None
+        i_flag = columns.index("flag") if "flag" in columns else None
+        i_dup = columns.index("duplicate_of") if "duplicate_of" in columns else None
         for row in reader:
             line = reader.line_num
             if not any(cell.strip() for cell in row):
@@ -497,13 +594,22 @@ def read_labels_override(path: str | os.PathLike[str], n: int,
             if label < 0:
                 raise ValueError(f"{path}, line {line}: label must be >= 0, got {label}")
             labels[index] = label
+            marked = False
             if i_excl is not None:
                 flag = row[i_excl].strip().lower()
                 if flag in ("1", "true", "yes", "1.0"):
-                    excluded[index] = True
+                    marked = True
                 elif flag not in ("", "0", "false", "no", "0.0"):
                     raise ValueError(f"{path}, line {line}: excluded must be 0 or 1, "
                                      f"got {row[i_excl]!r}")
+            if i_dup is not None and row[i_dup].strip():
+                other = parse_int(row[i_dup], "duplicate_of", line)
+                if not 0 <= other < n or other == index:
+                    raise ValueError(f"{path}, line {line}: duplicate_of {other} must be "
+                                     f"another item's index in 0..{n - 1}")
+            row_flag = _row_flag(row[i_flag] if i_flag is not None else None, marked,
+                                 f"{path}, line {line}")
+            excluded[index] = row_flag in excluding
     absent = [i for i, v in enumerate(labels) if v is None]
     if absent:
         raise ValueError(f"{path}: {len(absent)} of {n} training items have no row "
@@ -549,6 +655,7 @@ class ReviewStore:
             raise ValueError(f"timeout must be a number of seconds >= 0, got {timeout!r}")
         self.timeout = float(timeout)
         self.read_only = bool(read_only)
+        self._dup = "duplicate_of"  # "NULL" for a version-1 file opened read-only
         self._reset_connections()
         _STORES.add(self)
         self._initialize()
@@ -669,6 +776,9 @@ class ReviewStore:
     @contextmanager
     def _write(self, doing: str) -> Iterator[sqlite3.Connection]:
         """One write transaction (BEGIN IMMEDIATE ... COMMIT); rolled back on any error."""
+        if self.read_only:  # refused before any query (a version-1 file lacks columns)
+            raise self._error(sqlite3.OperationalError("attempt to write a readonly "
+                                                       "database"), doing)
         conn = self._conn()
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -709,8 +819,9 @@ class ReviewStore:
         doing = "open the review store"
         conn = self._conn()
         try:
-            self._check_header(conn)
+            found = self._check_header(conn)
             if self.read_only:
+                self._dup = "duplicate_of" if found >= 2 else "NULL"
                 return
             deadline = time.monotonic() + self.timeout
             while True:  # changing the journal mode may report "busy" without waiting
@@ -730,12 +841,42 @@ class ReviewStore:
         except sqlite3.Error as exc:
             raise self._error(exc, doing) from exc
         if version < SCHEMA_VERSION:
-            with self._write(doing) as conn:
-                if self._check_header(conn) < SCHEMA_VERSION:
+            with self._write(doing) as conn:  # one transaction: all of it, or nothing
+                found = self._check_header(conn)  # another process may have done it
+                if found < SCHEMA_VERSION:
+                    if found == 1:
+                        self._upgrade_v1(conn)
                     for statement in _SCHEMA:
                         conn.execute(statement)
                     conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
                     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def _upgrade_v1(self, conn: sqlite3.Connection) -> None:
+        """Version 1 -> 2, inside the caller's write transaction: rebuild ``events`` with
+        the new CHECK constraints and the ``duplicate_of`` column (SQLite cannot alter a
+        CHECK), copying every row with its id; the AUTOINCREMENT counter is carried over.
+        The caller recreates the indexes and triggers (:data:`_SCHEMA`)."""
+        cols = ", ".join(_V1_EVENT_COLUMNS)
+        for statement in ("DROP TRIGGER IF EXISTS events_no_update",
+                          "DROP TRIGGER IF EXISTS events_no_delete",
+                          "DROP INDEX IF EXISTS events_by_item",
+                          "DROP INDEX IF EXISTS events_by_undoes",
+                          "ALTER TABLE events RENAME TO events_v1",
+                          _EVENTS_TABLE,
+                          f"INSERT INTO events ({cols}) SELECT {cols} FROM events_v1 ORDER BY id"):
+            conn.execute(statement)
+        old, new = (conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
+                    for t in ("events_v1", "events"))
+        if old != new:  # never expected: refuse rather than lose events
+            raise ReviewStoreError(f"Cannot upgrade review store {self.path}: copied {new} of "
+                                   f"{old} events (the file was left as it was).")
+        seq = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events_v1'").fetchone()
+        conn.execute("DROP TABLE events_v1")
+        if seq is not None:
+            conn.execute("DELETE FROM sqlite_sequence WHERE name = 'events'")
+            top = conn.execute("SELECT max(id) FROM events").fetchone()[0] or 0
+            conn.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('events', ?)",
+                         (max(int(seq[0]), int(top)),))
 
     def _check_header(self, conn: sqlite3.Connection) -> int:
         version = conn.execute("PRAGMA user_version").fetchone()[0]
@@ -762,6 +903,10 @@ class ReviewStore:
     def _scope(self) -> tuple[str, str]:
         return (self.workspace, self.data_hash)
 
+    @property
+    def _current_sql(self) -> str:
+        return _CURRENT_SQL.replace("{dup}", self._dup)
+
     def _given_label(self, conn: sqlite3.Connection, item_id: int) -> int | None:
         row = conn.execute(
             "SELECT given_label FROM events WHERE workspace = ? AND data_hash = ? "
@@ -774,7 +919,7 @@ class ReviewStore:
         """The reviewer's current (latest not undone) decision on the item, or None."""
         cur = conn.execute(
             "SELECT id AS event_id, action, given_label, new_label AS final_label, status, "
-            "is_final FROM events AS e WHERE workspace = ? AND data_hash = ? "
+            "is_final, duplicate_of FROM events AS e WHERE workspace = ? AND data_hash = ? "
             "AND item_id = ? AND reviewer = ? AND action <> 'undo' "
             "AND NOT EXISTS (SELECT 1 FROM events AS u WHERE u.undoes = e.id) "
             "ORDER BY id DESC LIMIT 1", (*self._scope, item_id, reviewer))
@@ -793,12 +938,17 @@ class ReviewStore:
     def record(self, item_id: int, reviewer: str, action: str,
                new_label: int | None = None, *, given_label: int | None = None,
                ranking: str | None = None, score: float | None = None,
-               exclude: bool = False) -> int:
+               exclude: bool = False, duplicate_of: int | None = None,
+               flag: str | None = None) -> int:
         """Append one decision (one transaction) and return its event id.
 
-        ``action``: accept | relabel | exclude | skip | undo | adjudicate. ``new_label``
-        is required for relabel; for adjudicate it is the final label (None: the given
-        label stands; ``exclude=True``: the adjudicator excludes the item). An undo
+        ``action``: accept | relabel | exclude | skip | ambiguous | outlier | duplicate |
+        undo | adjudicate. ``new_label`` is required for relabel; for adjudicate it is the
+        final label (None: the given label stands; ``exclude=True``: the adjudicator
+        excludes the item; ``flag="ambiguous" | "outlier" | "duplicate"``: the
+        adjudicator flags it). ``duplicate_of``: the other item (an index >= 0, not
+        ``item_id``), required for duplicate and for ``flag="duplicate"``; the store
+        cannot check that it exists in the data set (the caller does). An undo
         reverts the reviewer's latest decision on the item still in effect (ValueError
         when there is none; :meth:`undo` returns None instead). ``given_label``: the
         label in the data set (when omitted, the one recorded earlier for the item).
@@ -825,6 +975,22 @@ class ReviewStore:
         if exclude and (action != "adjudicate" or new_label is not None):
             raise ValueError("exclude=True is only used with action 'adjudicate' and "
                              "no new_label")
+        if flag is not None and (action != "adjudicate" or flag not in FLAG_ACTIONS
+                                 or new_label is not None or exclude):
+            raise ValueError(f"flag must be one of {', '.join(FLAG_ACTIONS)} and is only "
+                             f"used with action 'adjudicate', without new_label or "
+                             f"exclude; got flag={flag!r} with action {action!r}")
+        duplicate_of = _check_label(duplicate_of, "duplicate_of")
+        is_duplicate = action == "duplicate" or flag == "duplicate"
+        if is_duplicate and duplicate_of is None:
+            raise ValueError("duplicate_of (the index of the other item) is required to "
+                             "mark a duplicate")
+        if not is_duplicate and duplicate_of is not None:
+            raise ValueError(f"duplicate_of is only used to mark a duplicate, not with "
+                             f"action {action!r}")
+        if duplicate_of is not None and duplicate_of == item_id:
+            raise ValueError(f"duplicate_of must name another item: item {item_id} cannot "
+                             f"be a duplicate of itself")
         if action == "undo":
             event_id = self.undo(item_id, reviewer, ranking=ranking, score=score)
             if event_id is None:
@@ -835,12 +1001,13 @@ class ReviewStore:
             given = given_label if given_label is not None else \
                 self._given_label(conn, item_id)
             before = self._current(conn, item_id, reviewer)
-            status, final_label = _outcome(action, new_label, given, exclude)
+            status, final_label = _outcome(action, new_label, given, exclude, flag)
             event_id = self._insert(
                 conn, item_id=item_id, reviewer=reviewer, action=action,
                 given_label=given, old_label=_label_in_effect(before, given),
                 new_label=final_label, ranking=ranking, score=score,
-                is_final=int(action == "adjudicate"), status=status, undoes=None)
+                is_final=int(action == "adjudicate"), status=status, undoes=None,
+                duplicate_of=duplicate_of)
             conn.execute("DELETE FROM claims WHERE workspace = ? AND data_hash = ? "
                          "AND item_id = ? AND reviewer = ?", (*self._scope, item_id, reviewer))
         return event_id
@@ -861,7 +1028,7 @@ class ReviewStore:
             given = self._given_label(conn, item_id)
             # the decision that becomes current: the latest one below the target
             cur = conn.execute(
-                "SELECT id AS event_id, new_label AS final_label, status "
+                "SELECT id AS event_id, new_label AS final_label, status, duplicate_of "
                 "FROM events AS e WHERE workspace = ? AND data_hash = ? "
                 "AND item_id = ? AND reviewer = ? AND action <> 'undo' AND id < ? "
                 "AND NOT EXISTS (SELECT 1 FROM events AS u WHERE u.undoes = e.id) "
@@ -875,7 +1042,8 @@ class ReviewStore:
                 given_label=given, old_label=_label_in_effect(target, given),
                 new_label=_label_in_effect(restored, given), ranking=ranking, score=score,
                 is_final=0, status=None if restored is None else restored["status"],
-                undoes=target["event_id"])
+                undoes=target["event_id"],
+                duplicate_of=None if restored is None else restored["duplicate_of"])
 
     # -- "my queue" ------------------------------------------------------------------
 
@@ -902,7 +1070,7 @@ class ReviewStore:
                 "SELECT item_id FROM claims WHERE workspace = ? AND data_hash = ?",
                 self._scope)}
             done = set()
-            for row in conn.execute(_CURRENT_SQL, self._scope):
+            for row in conn.execute(self._current_sql, self._scope):
                 if row[6] != "skipped" or row[2] == reviewer:  # status, reviewer
                     done.add(row[1])
             choice = None
@@ -938,14 +1106,16 @@ class ReviewStore:
     # -- reading -------------------------------------------------------------------
 
     def _decision_rows(self) -> list[dict[str, Any]]:
-        rows = self._query(_CURRENT_SQL, self._scope, "read decisions")
+        rows = self._query(self._current_sql, self._scope, "read decisions")
         for row in rows:
             row["is_final"] = bool(row["is_final"])
         return rows
 
     def history(self) -> pd.DataFrame:
         """Every event of this workspace and data hash, in id order (all columns)."""
-        rows = self._query(f"SELECT {', '.join(EVENT_COLUMNS)} FROM events "
+        cols = ", ".join("NULL AS duplicate_of" if c == "duplicate_of" and self._dup == "NULL"
+                         else c for c in EVENT_COLUMNS)
+        rows = self._query(f"SELECT {cols} FROM events "
                            "WHERE workspace = ? AND data_hash = ? ORDER BY id",
                            self._scope, "read the history")
         return _frame(rows, EVENT_COLUMNS)
@@ -954,8 +1124,9 @@ class ReviewStore:
         """Current decision per (item, reviewer), undos applied.
 
         Columns: item_id, reviewer, action, given_label, final_label, status
-        (accepted | relabelled | excluded | skipped), decided_at, is_final, event_id.
-        final_label is <NA> for excluded and skipped items.
+        (accepted | relabelled | excluded | skipped | ambiguous | outlier | duplicate),
+        decided_at, is_final, event_id, duplicate_of (the other item of a duplicate, else
+        <NA>). final_label is <NA> for excluded, skipped and flagged items.
         """
         return _decisions_frame(self._decision_rows())
 
@@ -963,8 +1134,11 @@ class ReviewStore:
         """One row per decided item: the adjudication, else the reviewers' consensus.
 
         Columns: item_id, given_label, final_label, status (accepted | relabelled |
-        excluded | skipped | conflict), reviewer (comma-joined), decided_at, is_final
-        (True for adjudications). Skips count only when nobody else decided the item.
+        excluded | skipped | ambiguous | outlier | duplicate | conflict), reviewer
+        (comma-joined), decided_at, is_final (True for adjudications), duplicate_of.
+        Skips count only when nobody else decided the item. Reviewers who agree on the
+        status but not on the label, or on "duplicate" but not on the other item, are in
+        conflict.
         """
         return _frame(_final_rows(self._decision_rows()), FINAL_COLUMNS)
 
@@ -987,7 +1161,8 @@ class ReviewStore:
         """Counts for a progress bar.
 
         Keys: ``decided`` (items with a current decision), one count per status
-        (accepted, relabelled, excluded, skipped, conflict), ``adjudicated`` and
+        (accepted, relabelled, excluded, skipped, ambiguous, outlier, duplicate,
+        conflict), ``adjudicated`` and
         ``by_reviewer`` (reviewer -> number of items they decided). Without ``reviewer``
         the statuses are those of :meth:`final_decisions`; with it, that reviewer's own
         decisions (``conflict``: how many of their items are in conflict).
@@ -1024,7 +1199,8 @@ class ReviewStore:
         """Write final decisions (``kind="decisions"``) or every event (``"history"``).
 
         CSV or JSON (a list of records) by the suffix of ``path``. Decisions have the
-        columns index, given_label, final_label, status, reviewer, decided_at, is_final.
+        columns index, given_label, final_label, status, reviewer, decided_at, is_final,
+        duplicate_of (the other item of a duplicate; empty / null otherwise).
         With ``reviewer``: only that reviewer's own current decisions (or events), what an
         annotator may export. The file is replaced atomically. Returns the path.
         """
@@ -1046,11 +1222,16 @@ class ReviewStore:
 
     def export_corrected_labels(self, path: str | os.PathLike[str],
                                 given_labels: Sequence[int]) -> Path:
-        """Write ``index,label,excluded`` for every training item (a labels override).
+        """Write ``index,label,excluded,flag,duplicate_of`` for every training item (a
+        labels override).
 
         label: the final label of accepted, relabelled and adjudicated items, else the
-        given label (undecided, skipped, excluded and conflicting items); excluded: 1 for
-        excluded items. Read it back with :func:`read_labels_override`.
+        given label (undecided, skipped, conflicting and flagged items); flag: the
+        item's final status when it is one of :data:`FLAGS` (excluded, ambiguous,
+        outlier, duplicate), else empty; duplicate_of: the other item of a duplicate;
+        excluded: 1 for every flagged item, what a reader that knows only ``excluded``
+        does and what :func:`read_labels_override` does by default (``flagged="keep"``
+        keeps them with their given label instead).
         """
         path = Path(path)
         if path.suffix.lower() != ".csv":
@@ -1059,6 +1240,8 @@ class ReviewStore:
         given = [_check_item(v, "given_labels") for v in given_labels]
         labels = list(given)
         excluded = [0] * len(given)
+        flags = [""] * len(given)
+        duplicate_of: list[int | str] = [""] * len(given)
         for row in _final_rows(self._decision_rows()):
             item = row["item_id"]
             if item >= len(given):
@@ -1066,13 +1249,21 @@ class ReviewStore:
                                  f"has only {len(given)} entries (other training data?)")
             if row["status"] in ("accepted", "relabelled") and row["final_label"] is not None:
                 labels[item] = int(row["final_label"])
-            elif row["status"] == "excluded":
+            elif row["status"] in FLAGS:
                 excluded[item] = 1
+                flags[item] = row["status"]
+                if row["status"] == "duplicate" and row.get("duplicate_of") is not None:
+                    other = int(row["duplicate_of"])
+                    if other >= len(given):
+                        raise ValueError(f"item {item} was marked a duplicate of item "
+                                         f"{other} in {self.path} but given_labels has only "
+                                         f"{len(given)} entries (other training data?)")
+                    duplicate_of[item] = other
 
         def write(fh: IO[str]) -> None:
             writer = csv.writer(fh, lineterminator="\n")
-            writer.writerow(["index", "label", "excluded"])
-            writer.writerows(zip(range(len(given)), labels, excluded))
+            writer.writerow(["index", "label", "excluded", "flag", "duplicate_of"])
+            writer.writerows(zip(range(len(given)), labels, excluded, flags, duplicate_of))
 
         _atomic_write(path, write)
         return path

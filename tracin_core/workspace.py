@@ -209,8 +209,14 @@ class Workspace:
 
     @classmethod
     def from_toml(cls, path: PathLike, *, cache_dir: Optional[PathLike] = None, device: Optional[str] = None,
-                  check_factory: Optional[Callable[[str], None]] = None) -> "Workspace":
+                  check_factory: Optional[Callable[[str], None]] = None,
+                  flagged: Optional[str | list[str]] = None) -> "Workspace":
         """Read a workspace file (design.md §4); relative paths are relative to its folder.
+
+        ``flagged`` (``"exclude"``, ``"keep"`` or a list of flags), when given, replaces
+        ``[train] flagged``: what to do with the items the training set's
+        ``labels_override`` flags (excluded, ambiguous, outlier, duplicate; default
+        ``"exclude"``, see :func:`tracin_core.datasets.read_labels_override`).
 
         ``check_factory(factory_string)`` runs right after the file is parsed, before any
         module is imported or any data read; it raises to refuse the factory (the app
@@ -250,7 +256,8 @@ class Workspace:
         paths = [str(base / p) for p in paths] if isinstance(paths, list) else str(base / paths)
         loss = table("loss", required=False)
         try:
-            train = load_dataset_config(table("train"), base, section="train")
+            train_cfg = table("train") if flagged is None else {**table("train"), "flagged": flagged}
+            train = load_dataset_config(train_cfg, base, section="train")
             test = load_dataset_config(table("test"), base, section="test") if "test" in cfg else None
         except (ValueError, FileNotFoundError) as exc:
             raise WorkspaceError(f"{path}: {exc}") from None
