@@ -313,3 +313,34 @@ def test_written_pages_are_released_and_the_rows_kept(tmp_path, monkeypatch):
     assert again.complete and all(torch.equal(again.array(k), v) for k, v in rows.items())
     again.save_progress()
     assert len(released) == count  # complete: nothing released
+
+
+@pytest.mark.parametrize("projection_dim", [4, None])
+@pytest.mark.parametrize("outputs", [True, False])
+def test_randproj_embeddings_derived_from_a_fast_store(tmp_path, ckpts, projection_dim, outputs):
+    """With a complete TracInCPFast store of the same settings in ``cache_dir``, RandProj
+    computes its embeddings from the stored ``a`` and ``δ``: the data set is read only
+    for the projections' sizes (one batch), and the embeddings, the index's answers and
+    the scores are those of a pass."""
+    from tracin_core import TracInCPFast, TracInCPFastRandProj
+
+    kw = dict(loss_fn=nn.CrossEntropyLoss(reduction="sum"), batch_size=4)
+    ds = CountingDataset(n=30)
+    TracInCPFast(SmallCNN(), "fc2", ds, ckpts, cache_dir=tmp_path / "c", store_outputs=outputs, **kw).self_influence()
+    ds.reads = 0
+    derived = TracInCPFastRandProj(SmallCNN(), "fc2", ds, ckpts, projection_dim=projection_dim,
+                                   cache_dir=tmp_path / "c", **kw)
+    # no pass over the 30 examples: 3 items per store key checked (its own, up to two Fast
+    # ones), one batch of 4 for the projections' sizes
+    assert ds.reads <= 9 + (4 if projection_dim else 0)
+    passed = TracInCPFastRandProj(SmallCNN(), "fc2", CountingDataset(n=30), ckpts, projection_dim=projection_dim,
+                                  cache_dir=tmp_path / "other", **kw)
+    assert torch.allclose(derived._train_embedding, passed._train_embedding, rtol=1e-6, atol=1e-7)
+    test = (ds.x[:3], ds.y[:3])
+    assert torch.allclose(derived.influence(test), passed.influence(test), rtol=1e-5, atol=1e-6)
+    assert torch.equal(derived.influence(test, k=5).indices, passed.influence(test, k=5).indices)
+    # another loss is another Fast store: nothing to derive from, a pass
+    ds.reads = 0
+    TracInCPFastRandProj(SmallCNN(), "fc2", ds, ckpts, projection_dim=projection_dim, cache_dir=tmp_path / "c",
+                         loss_fn=nn.CrossEntropyLoss(reduction="mean"), batch_size=4)
+    assert ds.reads >= 30

@@ -650,13 +650,19 @@ class ProjectedFeaturizer(Featurizer):
 
     def __call__(self, model, snap, inputs, labels, loss_fn):
         f = self.base(model, snap, inputs, labels, loss_fn)
-        a, d = f["a"], f["d"]
-        if self.proj_d is not None and self.proj_a is not None:
-            d = d @ self.proj_d.to(d)
-            a = a @ self.proj_a.to(a)
-        e = (d.unsqueeze(2) * a.unsqueeze(1)).flatten(1) * (snap.learning_rate**0.5)
+        e = project_embedding(f["a"], f["d"], self.proj_d, self.proj_a, snap.learning_rate)
         self.dims = {"e": e.shape[1]}
         return {"e": e}
+
+
+def project_embedding(a: Tensor, d: Tensor, proj_d: Optional[Tensor], proj_a: Optional[Tensor],
+                      learning_rate: float) -> Tensor:
+    """``√η · vec((P_δᵀ δ)(P_aᵀ a)ᵀ)``: (n, pd·pa) from final-layer inputs ``a`` (n, A) and
+    output gradients ``d`` (n, D); without projections the flattened ``δ ⊗ a``."""
+    if proj_d is not None and proj_a is not None:
+        d = d @ proj_d.to(d)
+        a = a @ proj_a.to(a)
+    return (d.unsqueeze(2) * a.unsqueeze(1)).flatten(1) * (learning_rate**0.5)
 
 
 # --------------------------------------------------------------------------- the pass

@@ -41,7 +41,7 @@ from .featurize import (
 )
 from .nearest_neighbors import AnnoyNearestNeighbors, NearestNeighbors
 from .scoring import KMostInfluentialResults, TopK, influence_matrix, top_k, weighted_self
-from .store import FeatureStore
+from .store import MANIFEST, FeatureStore
 
 __all__ = ["TracInCP", "TracInCPFast", "TracInCPFastRandProj", "KMostInfluentialResults"]
 
@@ -208,9 +208,9 @@ class _TracInBase:
     def _terms(self):
         return self._featurizer().terms
 
-    def _store_key(self) -> str:
+    def _store_key(self, config: Optional[dict[str, Any]] = None) -> str:
         h = hashlib.sha256()
-        h.update(json.dumps(self._config(), sort_keys=True, default=str).encode())
+        h.update(json.dumps(self._config() if config is None else config, sort_keys=True, default=str).encode())
         for snap in self.snapshots:
             h.update(str(snap.learning_rate).encode())
             for k in sorted(snap.state):
@@ -272,7 +272,7 @@ class _TracInBase:
 
         store = open_store()
         if world == 1:
-            if not store.complete:
+            if not store.complete and not self._derive_store(store, n, show_progress, progress):
                 result = self._run_pass(store, store.is_done, show_progress, progress)
                 store.finish(result.n)
         else:
@@ -300,6 +300,12 @@ class _TracInBase:
         if rank != 0:
             self._after_store(store)
         return store
+
+    def _derive_store(self, store: FeatureStore, n: Optional[int], show_progress: bool = False,
+                      progress: Optional[Callable] = None) -> bool:
+        """Fill ``store`` from another store instead of a pass over the data; False when
+        there is none to derive from (the base classes never derive)."""
+        return False
 
     def _run_pass(self, store: FeatureStore, skip: Callable[[int], bool], show_progress: bool,
                   progress: Optional[Callable]):
@@ -748,6 +754,56 @@ class TracInCPFastRandProj(TracInCPFast):
 
     def _keep_names(self) -> set[str]:
         return set(self._joined_names())  # no self-influence here: the embeddings only
+
+    def _fast_store(self, n: Optional[int]) -> Optional[FeatureStore]:
+        """A complete on-disk :class:`TracInCPFast` store of the same model, checkpoints,
+        data, loss and batch size (with or without outputs), or None."""
+        if self.cache_dir is None or n is None:
+            return None
+        base = {**_TracInBase._config(self), "method": TracInCPFast._method,
+                "final_fc_layer": self.final_fc_layer_name}
+        for outputs in (True, False):
+            key = self._store_key({**base, "outputs": outputs})
+            path = self.cache_dir / f"{TracInCPFast._method}-{key[:16]}"
+            if not (path / MANIFEST).is_file():
+                continue
+            fast = FeatureStore(path, key=key, n=n)
+            names = {f"c{c}/{x}" for c in range(len(self.checkpoints)) for x in "ad"}
+            if fast.complete and names <= set(fast.names()):
+                return fast
+        return None
+
+    def _derive_store(self, store: FeatureStore, n: Optional[int], show_progress: bool = False,
+                      progress: Optional[Callable] = None) -> bool:
+        """The embeddings from a TracInCPFast store of the same settings (its final-layer
+        inputs ``a`` and output gradients ``δ`` are what the pass would compute), block by
+        block in the pass's batches: no second pass over the data."""
+        fast = self._fast_store(n)
+        if fast is None or n is None:
+            return False
+        from .featurize import project_embedding
+
+        proj_d, proj_a = self._projections()
+        step = int(getattr(self._pass_loader, "batch_size", None) or 4096)
+        bar = _progress_bar(show_progress or self.show_progress, n,
+                            f"{self.get_name()}: embeddings from the TracInCPFast store", progress)
+        try:
+            for b, start in enumerate(range(0, n, step)):
+                stop = min(n, start + step)
+                if not store.is_done(b):
+                    store.write(b, start, {
+                        f"c{c}/e": project_embedding(fast.rows(f"c{c}/a", start, stop), fast.rows(f"c{c}/d", start, stop),
+                                                     None if proj_d is None else proj_d.cpu(),
+                                                     None if proj_a is None else proj_a.cpu(), snap.learning_rate)
+                        for c, snap in enumerate(self.snapshots)})
+                bar(stop - start)
+        except BaseException:
+            store.save_progress()
+            raise
+        finally:
+            bar.close()  # type: ignore[attr-defined]
+        store.finish(n)
+        return True
 
     def _after_store(self, store: FeatureStore) -> None:
         # one (n, C·d) array: in memory, the store's own buffer (no second copy)
