@@ -319,6 +319,9 @@ def method_controls(ws) -> tuple[str, str, int, dict[str, Any]]:
             opts["layers"] = sorted(chosen, key=layers.index)
     elif method == "randproj":
         opts["projection_dim"] = int(c.number_input("Projection dimension", 1, 4096, 16, key="inf_projdim"))
+        c.caption("RandProj: an annoy index of randomly projected gradients proposes candidates; each is "
+                  "then scored exactly (TracInCPFast), so the scores do not depend on the dimension. "
+                  "A proponent the index misses is not shown: Fast finds them all.")
     else:
         c.caption("Fast: gradients of the final layer only (TracInCPFast), from the precomputed store.")
     return method_label, method, int(k), opts

@@ -347,3 +347,39 @@ def test_every_ranking_kept_for_the_evaluation_page(tmp_path, monkeypatch):
     assert all(np.array_equal(first[n], again[n]) and not again[n].flags.writeable for n in first)
     with pytest.raises(ValueError, match="unknown ranking 'nope'"):
         Workspace.demo(cache_dir=tmp_path / "c").mislabel_score_arrays(["nope"])
+
+
+def test_influence_of_chosen_rows_equals_the_score_matrix(demo):
+    eng = demo._engine("fast")
+    x, y = demo.test[3]
+    batch = (torch.stack([x, demo.test[5][0]]), torch.tensor([int(y), int(demo.test[5][1])]))
+    full = eng.influence(batch)
+    idx = torch.tensor([[0, 7, 1436, 7], [5, 5, 100, 2]])
+    assert torch.allclose(eng.influence_of(batch, idx), torch.gather(full, 1, idx), rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="shape"):
+        eng.influence_of(batch, idx[:1])
+    with pytest.raises(ValueError, match="0..1436"):
+        eng.influence_of(batch, idx + 1436)
+
+
+def test_randproj_results_carry_exact_scores(demo):
+    """Through the index, the candidates are scored exactly (TracInCPFast): the same
+    training example gets the same score whatever the projection dimension, and the
+    result agrees with the exact top-k where the index found it."""
+    exact = demo.influence(7, k=8, method="fast")
+    runs = [demo.influence(7, k=8, method="randproj", projection_dim=d) for d in (16, 256)]
+    fast_scores = demo._engine("fast").influence(
+        (demo.test[7][0].unsqueeze(0), torch.tensor([int(demo.test[7][1])])))[0].numpy()
+    for res in runs:
+        for table in (res.proponents, res.opponents):
+            assert np.allclose(table["score"].to_numpy(), fast_scores[table["index"].to_numpy()], rtol=1e-5, atol=1e-6)
+        assert np.all(np.diff(res.proponents["score"].to_numpy()) <= 0)
+        assert np.all(np.diff(res.opponents["score"].to_numpy()) >= 0)
+    full = demo.influence(7, k=8, method="randproj", projection_dim=4096)  # no projection: the exact embedding
+    assert full.proponents["index"].iloc[0] == exact.proponents["index"].iloc[0]
+    assert len(set(full.proponents["index"]) & set(exact.proponents["index"])) >= 7
+    common = set(runs[0].proponents["index"]) & set(runs[1].proponents["index"])
+    assert common  # and a shared example scores the same at both dimensions
+    i = next(iter(common))
+    s = [float(r.proponents.set_index("index").loc[i, "score"]) for r in runs]
+    assert s[0] == pytest.approx(s[1], rel=1e-6)

@@ -40,7 +40,7 @@ from .featurize import (
     take_snapshots,
 )
 from .nearest_neighbors import AnnoyNearestNeighbors, NearestNeighbors
-from .scoring import KMostInfluentialResults, TopK, influence_matrix, top_k, weighted_self
+from .scoring import KMostInfluentialResults, TopK, influence_matrix, score_block, top_k, weighted_self
 from .store import MANIFEST, FeatureStore
 
 __all__ = ["TracInCP", "TracInCPFast", "TracInCPFastRandProj", "KMostInfluentialResults"]
@@ -409,6 +409,29 @@ class _TracInBase:
         store = self._train_store(show_progress)
         test = self._features(inputs, self.test_loss_fn)
         return self._score(store, test, k, proponents, aggregate, show_progress)
+
+    def influence_of(self, inputs: Batch, train_indices: Tensor) -> Tensor:
+        """Exact scores of chosen training examples: ``train_indices`` (n_test, m) ->
+        scores (n_test, m), entry ``[i, j]`` the influence of training example
+        ``train_indices[i, j]`` on test example ``i`` (what ``influence(k=None)`` has
+        there; the rows are read from the store, nothing else)."""
+        store = self._train_store()
+        test = self._features(inputs, self.test_loss_fn)
+        idx = torch.as_tensor(train_indices, dtype=torch.long)
+        n_test = next(iter(test.values())).shape[0]
+        if idx.dim() != 2 or idx.shape[0] != n_test:
+            raise ValueError(f"train_indices must have shape ({n_test}, m); got {tuple(idx.shape)}")
+        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= store.n):
+            raise ValueError(f"train_indices must lie in 0..{store.n - 1}")
+        dtype = next(iter(test.values())).dtype
+        rows = []
+        for i in range(n_test):
+            def train_rows(name: str, sel: Tensor = idx[i]) -> Tensor:
+                return store.array(name)[sel].to(device=self.device, dtype=dtype)
+
+            one = {name: t[i:i + 1] for name, t in test.items()}
+            rows.append(score_block(one, train_rows, self._terms(), self._weights())[0])
+        return torch.stack(rows).cpu() if rows else torch.empty(0, idx.shape[1])
 
     def _score(self, store, test, k, proponents, aggregate, show_progress):
         terms = self._terms()

@@ -446,14 +446,33 @@ class Workspace:
         eng = self._engine(method, **opts)
         batch = (x, torch.tensor([given]))
         with self._lock:
-            pro = eng.influence(batch, k=k, proponents=True)
-            opp = eng.influence(batch, k=k, proponents=False)
+            if method == "randproj":
+                pro, opp = (self._index_top_k(eng, batch, k, side) for side in (True, False))
+            else:
+                pro = eng.influence(batch, k=k, proponents=True)
+                opp = eng.influence(batch, k=k, proponents=False)
         return InfluenceResult(
             proponents=self._train_table(pro.indices[0], pro.influence_scores[0]),
             opponents=self._train_table(opp.indices[0], opp.influence_scores[0]),
             predicted=int(pred[0]), probability=float(prob[0, pred[0]]),
             label=None if isinstance(test, Tensor) and label is None else given, method=method,
         )
+
+    #: candidates asked of the RandProj index per result, re-scored exactly
+    INDEX_CANDIDATES = 4
+
+    def _index_top_k(self, eng, batch, k: int, proponents: bool):
+        """Top-``k`` through RandProj's annoy index, scored exactly: the index (projected
+        embeddings) proposes ``INDEX_CANDIDATES · k`` candidates, TracInCPFast's store gives
+        their exact scores, the best ``k`` are kept. The scores shown are therefore exact
+        TracInCPFast scores, not projected estimates whose scale changes with the dimension."""
+        from .scoring import KMostInfluentialResults
+
+        n = len(self.train)
+        wide = eng.influence(batch, k=min(n, self.INDEX_CANDIDATES * k), proponents=proponents)
+        exact = self._engine("fast").influence_of(batch, wide.indices)
+        order = torch.argsort(exact if not proponents else -exact, dim=1, stable=True)[:, :k]
+        return KMostInfluentialResults(torch.gather(wide.indices, 1, order), torch.gather(exact, 1, order))
 
     def self_influence(self, method: str = "fast") -> np.ndarray:
         eng = self._engine(method)
