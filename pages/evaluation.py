@@ -94,15 +94,35 @@ def _line_width(name: str) -> float:
     return 3.5 if name == rk.DEFAULT_RANKER else 1.6
 
 
+#: one clearly different colour per ranking (plotly's 24-colour qualitative palette), the
+#: same ranking in the same colour on every chart; the default ranking drawn in black
+PALETTE = ("#2E91E5", "#E15F99", "#1CA71C", "#FB0D0D", "#DA16FF", "#B68100", "#750D86", "#EB663B",
+           "#511CFB", "#00A08B", "#FB00D1", "#FC0080", "#B2828D", "#6C7C32", "#778AAE", "#862A16")
+
+
+def _colour(name: str) -> str:
+    if name == rk.DEFAULT_RANKER:
+        return "#000000"
+    others = [n for n in rk.RANKERS if n != rk.DEFAULT_RANKER]
+    return PALETTE[others.index(name) % len(PALETTE)] if name in others else "#7F7F7F"
+
+
+def _line(name: str) -> dict:
+    return dict(width=_line_width(name), color=_colour(name))
+
+
+LEGEND = dict(font=dict(size=12), itemclick="toggleothers", title=dict(text="click: show only this one"))
+
+
 def roc_figure(scores: dict[str, np.ndarray], truth: np.ndarray, aucs: dict[str, float]) -> go.Figure:
     fig = go.Figure()
     for name, s in scores.items():
         fpr, tpr = rk.roc_points(s, truth, points=CURVE_POINTS)
         fig.add_trace(go.Scatter(x=fpr, y=tpr, mode="lines", name=f"{_label(name)} · AUC {aucs[name]:.4f}",
-                                 line=dict(width=_line_width(name))))
+                                 line=_line(name)))
     fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="random", line=dict(dash="dot", color="gray")))
     fig.update_layout(title="ROC curve (mislabelled vs clean)", xaxis_title="false positive rate",
-                      yaxis_title="true positive rate", height=480, legend=dict(font=dict(size=10)),
+                      yaxis_title="true positive rate", height=560, legend=LEGEND,
                       margin=dict(l=10, r=10, t=50, b=10))
     return fig
 
@@ -111,14 +131,14 @@ def found_figure(scores: dict[str, np.ndarray], truth: np.ndarray) -> go.Figure:
     fig = go.Figure()
     for name, s in scores.items():
         x, y = rk.found_curve(s, truth, points=CURVE_POINTS)
-        fig.add_trace(go.Scatter(x=x, y=y, mode="lines", name=_label(name), line=dict(width=_line_width(name))))
+        fig.add_trace(go.Scatter(x=x, y=y, mode="lines", name=_label(name), line=_line(name)))
     share = truth.mean()
     fig.add_trace(go.Scatter(x=[0, share, 1], y=[0, 1, 1], mode="lines", name="perfect queue",
                              line=dict(dash="dash", color="black")))
     fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="random order", line=dict(dash="dot", color="gray")))
     fig.update_layout(title="Mislabels found vs data reviewed", xaxis_title="share of the data reviewed",
                       yaxis_title="share of the mislabels found", xaxis_tickformat=".0%", yaxis_tickformat=".0%",
-                      height=480, legend=dict(font=dict(size=10)), margin=dict(l=10, r=10, t=50, b=10))
+                      height=560, legend=LEGEND, margin=dict(l=10, r=10, t=50, b=10))
     return fig
 
 

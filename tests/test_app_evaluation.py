@@ -46,6 +46,15 @@ def _charts(at) -> list:
     return at.get("plotly_chart")
 
 
+def _values(v) -> np.ndarray:
+    """A plotly JSON array: a list, or numpy's bytes in base64 (``{"dtype", "bdata"}``)."""
+    import base64
+
+    if isinstance(v, dict):
+        return np.frombuffer(base64.b64decode(v["bdata"]), dtype=v["dtype"])
+    return np.asarray(v)
+
+
 def _table(at):
     for df in at.dataframe:
         v = df.value
@@ -60,6 +69,18 @@ def test_demo_rankings_are_scored(app_cache):
     assert not at.error
     charts = _charts(at)
     assert len(charts) == 4  # ROC, found curve, precision@k, histogram
+    import json
+
+    for chart in charts[:2]:  # ROC and found curves: one colour per ranking, the default in black,
+        traces = [t for t in json.loads(chart.proto.spec)["data"] if t["name"] not in  # thinned curves
+                  ("random", "random order", "perfect queue")]
+        colours = [t["line"]["color"] for t in traces]
+        assert len(set(colours)) == len(colours) == len(rk.available(False))
+        assert [t["line"]["color"] for t in traces if "(default)" in t["name"]] == ["#000000"]
+        assert all(10 <= len(_values(t["x"])) <= 2 * 500 + 2 for t in traces)
+    hist = json.loads(charts[3].proto.spec)["data"]
+    assert [t["type"] for t in hist] == ["bar", "bar"]  # counted server-side
+    assert sum(_values(t["y"]).sum() for t in hist) == 1437
     table = _table(at)
     names = {n.replace(" (default)", "") for n in table["ranking"]}
     assert names == set(rk.available(False))  # TracInCP only after its button

@@ -142,6 +142,12 @@ def test_toml_errors_name_the_problem(tmp_path):
             Workspace.from_toml(folder / name, cache_dir=tmp_path / "c")
     with pytest.raises(WorkspaceError, match="no such workspace file"):
         Workspace.from_toml(folder / "absent.toml")
+    with pytest.raises(WorkspaceError, match=r"is a folder; give the workspace \.toml file inside it: it holds "
+                                             r"bad_factory\.toml"):
+        Workspace.from_toml(folder)  # a folder given as the workspace file (#13 item 8)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(WorkspaceError, match="holds no .toml file"):
+        Workspace.from_toml(tmp_path / "empty")
     (folder / "checkpoint-10.pt").write_bytes(b"\x00" * 64)
     with pytest.raises(CheckpointError, match="checkpoint-10.pt"):
         Workspace.from_toml(folder / "workspace.toml", cache_dir=tmp_path / "c")

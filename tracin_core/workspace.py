@@ -223,6 +223,11 @@ class Workspace:
         passes :meth:`tracin_core.server_config.ServerConfig.check_factory`).
         """
         path = Path(path)
+        if path.is_dir():
+            found = sorted(p.name for p in path.glob("*.toml"))
+            hint = (f": it holds {', '.join(found[:5])}" + (" …" if len(found) > 5 else "")) if found else \
+                " (it holds no .toml file)"
+            raise WorkspaceError(f"{path}: is a folder; give the workspace .toml file inside it{hint}")
         try:
             cfg = tomllib.loads(path.read_text())
         except FileNotFoundError:
