@@ -512,6 +512,11 @@ PAGE_TABLE = [
 ]
 
 
+def page_file(name: str) -> Path:
+    """The path of page ``name`` (e.g. ``"review.py"``) as the router registered it (for ``st.page_link``)."""
+    return _HERE / name
+
+
 def page_config() -> None:
     st.set_page_config(page_title="TracIn Audit", page_icon=str(FAVICON), layout="wide")
 

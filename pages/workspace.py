@@ -147,6 +147,26 @@ def _fmt_lr(x: Optional[float]) -> str:
 
 
 # ----------------------------------------------------------------------------- active workspace
+#: (page file, title, what it is for, url path) of the pages to go on to
+NEXT_STEPS = [
+    ("influence.py", "Influence", "which training examples made a test prediction", "influence"),
+    ("review.py", "Review", "check the labels most likely wrong, most suspicious first", "review"),
+    ("evaluation.py", "Evaluation", "how well each ranking finds wrong labels", "evaluation"),
+]
+
+
+def next_steps(who) -> None:
+    """Links to the pages this role may open next, with a line on what each is for."""
+    steps = [s for s in NEXT_STEPS if who.can(common.PAGE_ACTION[s[3]])]
+    if not steps:
+        return
+    with st.container(key="next_steps", border=True):
+        st.markdown("**Next:**")
+        for col, (page, title, what, _) in zip(st.columns(len(steps)), steps):
+            col.page_link(common.page_file(page), label=f"{title} →")
+            col.caption(what)
+
+
 def show_active(ws) -> None:
     st.subheader(f"Active workspace: {common.esc(ws.name)}")
     spec = common.active_spec()
@@ -418,6 +438,7 @@ common.show_refusal()
 ws = common.current_workspace()
 store_slot = st.container()
 if ws is not None:
+    next_steps(who)
     show_active(ws)
 
 if who.can("open_workspace"):

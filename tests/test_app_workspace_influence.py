@@ -79,6 +79,10 @@ def test_workspace_page_shows_demo_and_choosers(app_cache):
     df = at.dataframe[0].value
     assert len(df) == 6 and set(df["learning rate"]) == {0.05}
     assert set(df["learning rate from"]) == {"stored in the checkpoint"}
+    # the next step: a link to each page the role may open, with what it is for (#13 item 8)
+    links = [e.proto for e in at.get("page_link")]
+    assert [l.label for l in links] == ["Influence →", "Review →", "Evaluation →"]
+    assert "check the labels most likely wrong" in text
 
 
 def test_workspace_page_opens_listed_and_reports_broken(app_cache):
@@ -263,6 +267,10 @@ def test_browser_demo_opens_with_digits(page, warm_server):
 def test_browser_every_page_via_sidebar(page, warm_server):
     page.goto(warm_server.url)
     _settle(page, "Open another workspace")
+    page.get_by_role("link", name="Review →").click()  # the home page's next step
+    page.locator("h1").filter(has_text="Review").first.wait_for(timeout=90_000)
+    wait_for_app(page, 90_000)
+    _no_exceptions(page)
     for title in ("Influence", "Review", "Evaluation", "Workspace"):
         _nav(page, title)
         page.locator("h1").filter(has_text=title).first.wait_for(timeout=90_000)
