@@ -300,10 +300,21 @@ def current_workspace(show_errors: bool = True) -> Optional[Workspace]:
             PermissionError) as exc:
         if show_errors:
             st.error(f"Could not open the workspace: {esc(exc)}")
-            if spec != DEMO_SPEC and st.button("Go back to the demo"):
-                set_workspace(dict(DEMO_SPEC))
-                st.rerun()
+            way_back(spec)
         return None
+
+
+def way_back(spec: Optional[dict[str, Any]] = None) -> None:
+    """After a workspace failed: a button back to the demo (any role: the demo is every
+    session's default) and, for those who may open others, a link to the Workspace page."""
+    spec = active_spec() if spec is None else spec
+    with st.container(key="way_back"):
+        if spec != DEMO_SPEC and st.button("Go back to the demo", key="way_back_demo", icon=":material/undo:"):
+            set_workspace(dict(DEMO_SPEC))
+            st.rerun()
+        who = current_identity()
+        if isinstance(who, Identity) and who.can("open_workspace") and who.can(PAGE_ACTION["workspace"]):
+            st.page_link(page_file("workspace.py"), label="Open another workspace →")
 
 
 def ensure_store(ws: Workspace, method: str = "fast") -> None:
@@ -319,7 +330,14 @@ def ensure_store(ws: Workspace, method: str = "fast") -> None:
         total = total or total_n
         bar.progress(min(1.0, done / max(1, total)), text=f"Training pass: {done:,} / {total:,} examples")
 
-    ws.precompute([method], progress=progress)
+    try:
+        ws.precompute([method], progress=progress)
+    except Exception as exc:  # noqa: BLE001 - shown in words, with the way back, never a traceback
+        bar.empty()
+        st.error(f"Computing the training features of “{esc(ws.name)}” failed: {type(exc).__name__}: "
+                 f"{public_message(exc)}", icon=":material/error:")
+        way_back()
+        st.stop()
     bar.empty()
 
 

@@ -381,11 +381,7 @@ st.title("Influence")
 ws = common.current_workspace()
 if ws is None:
     st.stop()
-try:
-    common.ensure_store(ws)
-except Exception as exc:  # noqa: BLE001
-    st.error(f"Computing the training features failed: {type(exc).__name__}: {common.public_message(exc)}")
-    st.stop()
+common.ensure_store(ws)  # on failure: the error in words and the way back, then stop
 
 with _one_thread():
     ws.predictions("train")  # warm: the galleries need it; computed once per workspace

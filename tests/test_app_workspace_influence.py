@@ -401,3 +401,46 @@ def test_browser_build_workspace_from_uploaded_checkpoints(page, warm_server, tm
     _settle(page, "Opponents of test #0")
     _expect_galleries(page, 8)
     _no_exceptions(page)
+
+
+def test_every_page_offers_the_way_back_when_the_pass_fails(tmp_path, monkeypatch):
+    """A workspace that opens but whose training pass fails (here: an unreadable image,
+    simulated) says so in words on every page that needs the pass, and each offers the way
+    back to the demo, which then opens (#13 item 1)."""
+    from streamlit.testing.v1 import AppTest
+
+    from tracin_core.workspace import Workspace
+
+    real = Workspace.precompute
+
+    def failing(self, *args, **kwargs):
+        if self.name == "digits-demo-copy":
+            raise ValueError("image 'train/3/bad.png' cannot be read: not an image file")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Workspace, "precompute", failing)
+    listed = tmp_path / "listed"
+    listed.mkdir()
+    demo = REPO / "assets" / "demo"
+    text = (demo / "workspace.toml").read_text().replace('name = "digits-demo"', 'name = "digits-demo-copy"')
+    text = text.replace('paths = "checkpoint-*.pt"', f'paths = "{demo}/checkpoint-*.pt"')
+    text = text.replace('labels_override = "labels_override.csv"', f'labels_override = "{demo}/labels_override.csv"')
+    text = text.replace('ground_truth = "labels.csv"', f'ground_truth = "{demo}/labels.csv"')
+    (listed / "copy.toml").write_text(text)
+    config = write_server_config(listed / "tracin_audit.toml", workspaces={"copy": listed / "copy.toml"})
+    with isolated_app_cache(tmp_path / "cache", config=config):
+        for page in ("pages/influence.py", "pages/review.py", "pages/evaluation.py"):
+            at = AppTest.from_file(str(REPO / "app.py"), default_timeout=120)
+            at.query_params["workspace"] = "copy"
+            at.run()
+            at.switch_page(page)
+            at.run()
+            assert not at.exception, (page, [e.value for e in at.exception])
+            errors = [e.value for e in at.error]
+            assert any("digits-demo-copy" in e and "train/3/bad.png" in e for e in errors), (page, errors)
+            assert not any("Traceback" in e or str(tmp_path) in e for e in errors)
+            links = [e.proto.label for e in at.get("page_link")]
+            assert "Open another workspace →" in links  # local mode: every visitor is admin
+            at.button(key="way_back_demo").click().run()
+            assert not at.exception and not at.error, (page, [e.value for e in at.error])
+            assert at.session_state["ws_spec"] == {"kind": "demo"}
