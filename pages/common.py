@@ -321,7 +321,8 @@ def ensure_store(ws: Workspace, method: str = "fast") -> None:
     """Build the workspace's feature store once, with a progress bar and counts."""
     engine = ws._engine(method)
     store = getattr(engine, "_store", None)
-    if store is not None and store.complete:
+    if (store is not None and store.complete) or getattr(engine, "loaded", False) or \
+            getattr(engine, "build_seconds", 0.0):  # an InfluenceIndex already built or read back
         return
     bar = st.progress(0.0, text="Computing per-example features (one pass over the training data)…")
     total_n = len(ws.train)

@@ -27,6 +27,7 @@ METHODS = {
     "Fast (last layer)": "fast",
     "TracInCP (chosen layers)": "cp",
     "RandProj": "randproj",
+    "Fast via an index": "index",
 }
 ALL_CLASSES = "All classes"
 
@@ -322,6 +323,10 @@ def method_controls(ws) -> tuple[str, str, int, dict[str, Any]]:
         c.caption("RandProj: an annoy index of randomly projected gradients proposes candidates; each is "
                   "then scored exactly (TracInCPFast), so the scores do not depend on the dimension. "
                   "A proponent the index misses is not shown: Fast finds them all.")
+    elif method == "index":
+        c.caption("Fast via an index, for large data: an index of the final-layer gradients' principal "
+                  "directions proposes 100 candidates, each scored exactly (TracInCPFast). Built once per "
+                  "workspace and kept beside the store.")
     else:
         c.caption("Fast: gradients of the final layer only (TracInCPFast), from the precomputed store.")
     return method_label, method, int(k), opts

@@ -123,10 +123,13 @@ def test_influence_page_pick_filters_and_methods(app_cache):
     # k and the other methods
     at.slider(key="inf_k").set_value(3).run()
     assert len(_cards(at)) == 6
-    for method in ("RandProj", "TracInCP (chosen layers)"):
+    fast_cards = _cards(at)
+    for method in ("RandProj", "Fast via an index", "TracInCP (chosen layers)"):
         at.radio(key="inf_method").set_value(method).run()
         assert not at.exception and not at.error, [e.value for e in at.error]
         assert "Opponents of test #5" in [s.value for s in at.subheader]
+        if method == "Fast via an index":  # exact scores of the exact top 3 (the demo is small)
+            assert _cards(at) == fast_cards
     assert at.multiselect(key="inf_layers").value == ["fc2"]
 
     # filters: misclassified only, then one class

@@ -104,7 +104,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                    help="only the pass: do not compute the default mislabel ranking afterwards")
     p.add_argument("--all-rankings", action="store_true",
                    help="after the pass, every mislabel ranking the Evaluation page shows (not only the default)")
-    p.add_argument("--methods", nargs="+", default=["fast"], choices=["fast", "cp", "randproj"])
+    p.add_argument("--methods", nargs="+", default=["fast"], choices=["fast", "cp", "randproj", "index"])
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: the model's; under torchrun "
                    "with CUDA, one GPU per process)")
     p = ws_parser("self-influence", "self-influence of every training example")
@@ -114,7 +114,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--test-index", type=int, nargs="+", required=True)
     p.add_argument("-k", type=int, default=10)
     p.add_argument("--opponents", action="store_true")
-    p.add_argument("--method", default="fast", choices=["fast", "cp", "randproj"])
+    p.add_argument("--method", default="fast", choices=["fast", "cp", "randproj", "index"])
     p.add_argument("--out", default=None)
     p = ws_parser("mislabels", "training examples ranked as likely mislabelled")
     p.add_argument("--method", default=None, help="ranking name (default: the Review page's)")

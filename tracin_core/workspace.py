@@ -366,8 +366,12 @@ class Workspace:
             elif kind == "randproj":
                 eng = TracInCPFastRandProj(model, self.final_fc_layer, self.train,
                                            projection_dim=opts.get("projection_dim"), cache_dir=cache, **common)
+            elif kind == "index":
+                from .influence_index import IndexSettings, InfluenceIndex
+
+                eng = InfluenceIndex(self._engine("fast"), IndexSettings(**opts))  # the lock is re-entrant
             else:
-                raise ValueError(f"unknown method {kind!r}; use 'fast', 'cp' or 'randproj'")
+                raise ValueError(f"unknown method {kind!r}; use 'fast', 'cp', 'randproj' or 'index'")
             self._engines[key] = eng
             return eng
 
@@ -376,7 +380,11 @@ class Workspace:
         for m in methods:
             eng = self._engine(m)
             with self._lock:
-                eng._train_store(progress=progress)
+                if m == "index":  # the Fast store, then the index built from it
+                    self._engine("fast")._train_store(progress=progress)
+                    eng.build()
+                else:
+                    eng._train_store(progress=progress)
 
     # ------------------------------------------------------------------ predictions
     def predict(self, x: Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -451,7 +459,9 @@ class Workspace:
         eng = self._engine(method, **opts)
         batch = (x, torch.tensor([given]))
         with self._lock:
-            if method == "randproj":
+            if method == "index":
+                pro, opp = (eng.top_k(batch, k, side) for side in (True, False))
+            elif method == "randproj":
                 pro, opp = (self._index_top_k(eng, batch, k, side) for side in (True, False))
             else:
                 pro = eng.influence(batch, k=k, proponents=True)
