@@ -292,11 +292,15 @@ def neighbour_label_shares(inp: RankerInputs, k: int = 10, labels: Optional[np.n
     labels by default), averaged over the early checkpoints."""
     C, N, K = np.shape(inp.logits)
     lab = _labels(inp) if labels is None else np.asarray(labels, dtype=np.int64)
-    onehot = np.eye(K)[lab]
     nbrs = early_neighbours(inp, k) if neighbours is None else neighbours
     shares = np.zeros((N, K))
+    rows = np.arange(N, dtype=np.int64)[:, None] * K
     for nn in nbrs:
-        shares += onehot[nn].mean(axis=1) if nn.shape[1] else onehot
+        if nn.shape[1]:  # class counts among the neighbours (N·k integers, not an (N, k, K) one-hot)
+            counts = np.bincount((rows + lab[nn]).ravel(), minlength=N * K).reshape(N, K)
+            shares += counts / nn.shape[1]
+        else:
+            shares[np.arange(N), lab] += 1.0
     return shares / len(nbrs)
 
 
