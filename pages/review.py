@@ -11,6 +11,8 @@ counts from the ReviewStore.
 """
 from __future__ import annotations
 
+import itertools
+
 import re
 import tempfile
 from pathlib import Path
@@ -22,7 +24,7 @@ import streamlit as st
 
 from pages import common
 from tracin_core.checkpoints import CheckpointError
-from tracin_core.review import ReviewStoreError
+from tracin_core.review import ReviewStoreError, final_status, open_items
 from tracin_core.workspace import WorkspaceError
 
 try:  # the name the default ranking is recorded under (display only)
@@ -362,14 +364,25 @@ def render_proponents(ws, item: int, given: int) -> None:
                           f"{float(row.score):.3g}")
 
 
+def queue_members(order: list[int], n: int) -> np.ndarray:
+    """(n,) bool: which items are in ``order``; kept for the order object of the last full
+    run, so a key press does not rebuild a set of every matching item (a million at 1M)."""
+    kept = _state().get("rv_members")
+    if kept is None or kept[0] is not order or len(kept[1]) != n:
+        members = np.zeros(n, dtype=bool)
+        members[np.asarray(order, dtype=np.int64)] = True
+        _state()["rv_members"] = kept = (order, members)
+    return kept[1]
+
+
 def render_item(ws, store, reviewer: str, item: int, table: pd.DataFrame, ranking: str,
-                order: list[int], decisions: pd.DataFrame) -> None:
+                order: list[int], decisions: pd.DataFrame, finals: Optional[pd.DataFrame] = None) -> None:
     row = table.loc[item]
     given = int(row["label"])
     score = float(row["score"])
     suggested = int(row["suggested"])
     predicted = int(row["predicted"])
-    status = str(row["status"])
+    status, final_by = (str(row["status"]), row["final_by"]) if finals is None else final_status(finals, item)
     with st.container(key="rv_item_panel", border=True):
         left, mid, right = st.columns([0.9, 1.4, 1.9], gap="medium")
         left.image(common.upscale(ws.train.image(item), 224), caption=f"Item #{item}")
@@ -386,7 +399,7 @@ def render_item(ws, store, reviewer: str, item: int, table: pd.DataFrame, rankin
                 f"({float(row['suggested_probability']):.1%})",
                 f"**Score:** {score:.4g} · **Rank:** {int(row['rank']):,} of {len(table):,}",
                 f"**Status:** {STATUS_BADGE.get(status, status)}"
-                + (f" (final, adjudicated by {common.esc(row['final_by'])})" if row["final_by"] else "")
+                + (f" (final, adjudicated by {common.esc(final_by)})" if final_by else "")
                 + f" · your decision: {mine_text}",
             ]
             if not others.empty:
@@ -452,11 +465,12 @@ def render_item(ws, store, reviewer: str, item: int, table: pd.DataFrame, rankin
                          kwargs=dict(common_args, to_class=k), help=f"Relabel to {common.class_name(ws, k)} (key {k})")
 
 
-def render_queue(ws, store, reviewer, table, order, ranking, decisions) -> None:
+def render_queue(ws, store, reviewer, table, order, ranking, decisions, finals) -> None:
     current = _state().get("rv_current")
     candidates = order
-    if current is not None and current in table.index and current in set(order):
-        candidates = [int(current)] + order
+    members = queue_members(order, len(ws.train))
+    if current is not None and 0 <= int(current) < len(members) and members[int(current)]:
+        candidates = itertools.chain([int(current)], order)
     try:
         item = store.claim_next(reviewer, candidates, lease_seconds=LEASE_SECONDS)
     except STORE_ERRORS as exc:
@@ -471,33 +485,39 @@ def render_queue(ws, store, reviewer, table, order, ranking, decisions) -> None:
                    + " Change the filters, switch to **All items**, or check **Conflicts**.")
         return
     _state()["rv_current"] = item
-    in_order = table.loc[order]
-    still_open = int(in_order["status"].isin(["undecided", "skipped"]).sum())
+    still_open = open_items(finals, members)
     st.caption(f"Your queue: {still_open:,} of the {len(order):,} items that match the filters are "
                f"still open; you get the best-ranked one that nobody decided and no other "
                f"reviewer holds, and hold it while this page is open.")
-    render_item(ws, store, reviewer, item, table, ranking, order, decisions)
+    render_item(ws, store, reviewer, item, table, ranking, order, decisions, finals)
 
 
-def render_browse(ws, store, reviewer, table, order, ranking, decisions) -> None:
+def render_browse(ws, store, reviewer, table, order, ranking, decisions, finals) -> None:
     if not order:
         st.info("No item matches the filters.")
         return
     cur = _state().get("rv_item")
     pinned = _state().pop("rv_pinned", False)
+    members = queue_members(order, len(ws.train))
+
+    def place(item: int) -> int:
+        """Where ``item`` falls in ``order`` (kept in rank order): the first matching item
+        ranked at or after it (vectorised: no per-item lookups at a million rows)."""
+        in_order = members[table["index"].to_numpy()]
+        return int(np.searchsorted(table["rank"].to_numpy()[in_order], int(table.loc[item, "rank"])))
+
     if cur is None or cur not in table.index:
         cur = order[0]
-    elif cur not in set(order) and not pinned:
-        # keep the place: the first matching item ranked at or after it
-        rank = int(table.loc[cur, "rank"])
-        later = [i for i in order if int(table.loc[i, "rank"]) >= rank]
-        cur = later[0] if later else order[0]
+    elif not members[int(cur)] and not pinned:
+        pos = place(int(cur))  # keep the place
+        cur = order[pos] if pos < len(order) else order[0]
     cur = int(cur)
     _state()["rv_item"] = cur
     if st.query_params.get("item") != str(cur):
         st.query_params["item"] = str(cur)
-    if cur not in set(order):  # asked for by number: shown even if the filters hide it
-        order = sorted(order + [cur], key=lambda i: int(table.loc[i, "rank"]))
+    if not members[cur]:  # asked for by number: shown even if the filters hide it
+        pos = place(cur)
+        order = order[:pos] + [cur] + order[pos:]
         _state()["rv_pinned"] = True
     pos = order.index(cur)
     nav = st.container(horizontal=True, vertical_alignment="bottom")
@@ -509,7 +529,7 @@ def render_browse(ws, store, reviewer, table, order, ranking, decisions) -> None
                      step=1, key="rv_jump", on_change=_jump, placeholder="index",
                      width=160)
     nav.markdown(f"Position **{pos + 1:,}** of **{len(order):,}** matching items")
-    render_item(ws, store, reviewer, cur, table, ranking, order, decisions)
+    render_item(ws, store, reviewer, cur, table, ranking, order, decisions, finals)
 
 
 def render_conflicts(ws, store, who, reviewer, table, ranking) -> None:
@@ -698,12 +718,13 @@ def review_view(ws, store, reviewer: str, table: pd.DataFrame, order: list[int],
     except STORE_ERRORS as exc:
         st.error(f"Could not read the review store: {common.public_message(exc)}")
         return
-    table = with_status(table, snap.finals, len(ws.train)).set_index("index", drop=False)
+    # the table is the last full run's (ranking, predictions); what a decision changes (the
+    # item's status, the open count) is read from snap.finals: no per-key copy of N rows
     render_status(snap, len(ws.train))
     if mode == "My queue":
-        render_queue(ws, store, reviewer, table, order, ranking, snap.decisions)
+        render_queue(ws, store, reviewer, table, order, ranking, snap.decisions, snap.finals)
     else:
-        render_browse(ws, store, reviewer, table, order, ranking, snap.decisions)
+        render_browse(ws, store, reviewer, table, order, ranking, snap.decisions, snap.finals)
 
 
 @st.fragment(run_every=RENEW_SECONDS)

@@ -1161,3 +1161,36 @@ def test_processes_opening_a_schema_1_file_at_once(tmp_path: Path) -> None:
     assert len(store.history()) == 14 + 4
     assert (store.final_decisions()["status"] == "outlier").sum() == 4
     assert _pragma(path, "user_version") == 2 and integrity(path) == "ok"
+
+
+def test_final_status_and_open_items_read_only_the_decided_rows(tmp_path):
+    """What the Review page shows per key press, from the decided rows only: an item's
+    final status and adjudicator, and how many of a queue's items are still open."""
+    import numpy as np
+
+    from tracin_core.review import final_status, open_items
+
+    store = ReviewStore(tmp_path / "r.sqlite", workspace="w", data_hash="h")
+    store.record(1, "ann", "accept", given_label=0)
+    store.record(2, "ann", "skip", given_label=0)
+    store.record(3, "ann", "relabel", given_label=0, new_label=2)
+    store.record(3, "bob", "exclude", given_label=0)  # a conflict on 3
+    finals = store.final_decisions()
+    assert final_status(finals, 1) == ("accepted", "")
+    assert final_status(finals, 2) == ("skipped", "")
+    assert final_status(finals, 3)[0] == "conflict"
+    assert final_status(finals, 9) == ("undecided", "")
+    store.record(3, "admin", "adjudicate", given_label=0, new_label=1)
+    assert final_status(store.final_decisions(), 3) == ("relabelled", "admin")
+    members = np.zeros(10, dtype=bool)
+    members[[1, 2, 3, 4, 5]] = True
+    # 1 and 3 are closed; 2 (skipped), 4 and 5 are open
+    assert open_items(store.final_decisions(), members) == 3
+    members[1] = False
+    assert open_items(store.final_decisions(), members) == 3
+    assert open_items(store.final_decisions().iloc[0:0], members) == 4
+    # the same numbers as the page's former full-table computation (with_status)
+    status = np.full(10, "undecided", dtype=object)
+    f = store.final_decisions()
+    status[f["item_id"].to_numpy()] = f["status"].to_numpy()
+    assert open_items(f, members) == int(np.isin(status[members], ["undecided", "skipped"]).sum())

@@ -87,10 +87,13 @@ from pathlib import Path
 from typing import IO, Any, Callable, Iterable, Iterator, Sequence
 from urllib.parse import quote
 
+import numpy as np
 import pandas as pd
 
 __all__ = [
     "ReviewStore",
+    "final_status",
+    "open_items",
     "ReviewStoreError",
     "replay",
     "read_labels_override",
@@ -408,6 +411,29 @@ def _progress(rows: Sequence[dict[str, Any]], finals: Sequence[dict[str, Any]],
     result["adjudicated"] = sum(1 for r in mine if r["is_final"])
     result["by_reviewer"] = {reviewer: len(mine)}
     return result
+
+
+def final_status(finals: pd.DataFrame, item: int) -> tuple[str, str]:
+    """(final status, adjudicator or "") of ``item`` in ``finals`` (the table of
+    :meth:`ReviewStore.final_decisions`): "undecided" and "" when it has no row; the last
+    row counts when there are several. Reads the decided rows only (not one per item)."""
+    rows = finals[finals["item_id"] == int(item)] if not finals.empty else finals
+    if rows.empty:
+        return "undecided", ""
+    adjudicated = rows[rows["is_final"].astype(bool)]
+    return str(rows.iloc[-1]["status"]), (str(adjudicated.iloc[-1]["reviewer"]) if not adjudicated.empty else "")
+
+
+def open_items(finals: pd.DataFrame, members: np.ndarray) -> int:
+    """How many items of a queue are still open (undecided or skipped); ``members`` (N,)
+    bool marks the queue's items, ``finals`` is :meth:`ReviewStore.final_decisions`."""
+    members = np.asarray(members, dtype=bool)
+    if finals.empty:
+        return int(members.sum())
+    ids = finals["item_id"].to_numpy().astype(np.int64)
+    shut = ~finals["status"].isin(["undecided", "skipped"]).to_numpy()
+    closed = np.unique(ids[shut & (ids >= 0) & (ids < len(members))])
+    return int(members.sum()) - int(members[closed].sum())
 
 
 @dataclass(frozen=True)
