@@ -284,7 +284,7 @@ def details(ws, i: int) -> None:
     b.markdown("\n".join(lines))
 
 
-def gallery(ws, table, kind: str, title: str, help_text: str) -> None:
+def gallery(ws, table, kind: str, title: str, help_text: str, per_row: int = GALLERY_COLS) -> None:
     box = st.container(key=f"gallery_{kind}")
     box.subheader(title)
     box.caption(help_text)
@@ -292,9 +292,9 @@ def gallery(ws, table, kind: str, title: str, help_text: str) -> None:
         box.info("No training examples.")
         return
     rows = list(table.itertuples(index=False))
-    for start in range(0, len(rows), GALLERY_COLS):
-        cols = box.columns(GALLERY_COLS)
-        for col, r in zip(cols, rows[start: start + GALLERY_COLS]):
+    for start in range(0, len(rows), per_row):
+        cols = box.columns(per_row)
+        for col, r in zip(cols, rows[start: start + per_row]):
             i = int(r.index)
             with col:
                 st.image(common.upscale(ws.train.image(i), 96), width=96)
@@ -360,23 +360,53 @@ def results(ws, sel: dict[str, Any], method_label: str, method: str, k: int, opt
     left.image(common.upscale(img, 224), width=224,
                caption=None if sel["kind"] == "index" else "As the model sees it")
     ok = None if known is None else known == res.predicted
-    explained = common.class_md(ws, res.label if res.label is not None else res.predicted)
+    explain = "prediction" if known is None else "true label"
+    if ok is False:  # misclassified: what made the model say so, beside what supports the truth
+        explain = {"Side by side": "both", "The true label": "true label", "The prediction": "prediction"}[
+            mid.segmented_control("Explain", ["Side by side", "The true label", "The prediction"],
+                                  default="Side by side", key="inf_explain", required=True,
+                                  help="TracIn scores explain one label: the true one (as Captum's tutorial "
+                                       "does) or the one the model predicted.")]
+    shown = {"both": "the true label (left) and the prediction (right)",
+             "true label": f"the true label **{common.class_md(ws, known)}**" if known is not None else "",
+             "prediction": f"the prediction **{common.class_md(ws, res.predicted)}**"}[explain]
     mid.markdown(
         f"### {title[0].upper() + title[1:]}\n\n"
         f"True label: **{common.class_md(ws, known) if known is not None else 'unknown'}**  \n"
         f"Predicted: **{common.class_md(ws, res.predicted)}** with probability **{res.probability:.1%}** "
         f"{'' if ok is None else ':green[:material/check_circle:]' if ok else ':red[:material/cancel:]'}\n\n"
-        f":gray[Scores explain the label **{explained}** · method {method_label.lower()} · "
-        f"{len(ws.checkpoints)} checkpoints]"
+        f":gray[Scores explain {shown} · method {method_label.lower()} · {len(ws.checkpoints)} checkpoints]"
     )
+    pred = res
+    if explain in ("both", "prediction") and known is not None and not ok:
+        try:
+            with st.spinner("Computing the prediction's influence scores…"), _one_thread():
+                pred = _influence(ws.fingerprint, test_key, int(k), method, json.dumps(opts, sort_keys=True),
+                                  int(res.predicted), ws, x)
+        except Exception as exc:  # noqa: BLE001 - shown to the user, never a traceback
+            st.error(f"Computing influence failed: {type(exc).__name__}: {common.public_message(exc)}")
+            return
+    if explain == "both":
+        a, b = st.columns(2, gap="large")
+        with a:
+            galleries(ws, res, title, f"true label {common.class_md(ws, known)}", "", GALLERY_COLS // 2)
+        with b:
+            galleries(ws, pred, title, f"prediction {common.class_md(ws, res.predicted)}", "pred_", GALLERY_COLS // 2)
+    else:
+        galleries(ws, pred if explain == "prediction" else res, title, "", "", GALLERY_COLS)
 
+
+def galleries(ws, res, title: str, which: str, prefix: str, per_row: int) -> None:
+    """Proponents then opponents of one explained label (``which``: named in the titles)."""
     legend = ("Each: **label in the data** · TracIn score, then the training index and the model's "
               "prediction (:orange[:material/warning:] where they differ).")
-    gallery(ws, res.proponents, "p", f"Proponents of {title}",
+    suffix = f" · {which}" if which else ""
+    gallery(ws, res.proponents, f"{prefix}p", f"Proponents of {title}{suffix}",
             "Training examples whose gradients agree with this one: they pushed the model towards this label. "
-            + legend)
-    gallery(ws, res.opponents, "o", f"Opponents of {title}",
-            "Training examples whose gradients disagree: they pushed the model away from this label. " + legend)
+            + legend, per_row)
+    gallery(ws, res.opponents, f"{prefix}o", f"Opponents of {title}{suffix}",
+            "Training examples whose gradients disagree: they pushed the model away from this label. " + legend,
+            per_row)
 
 
 # ----------------------------------------------------------------------------- page

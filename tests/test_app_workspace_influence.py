@@ -447,3 +447,43 @@ def test_every_page_offers_the_way_back_when_the_pass_fails(tmp_path, monkeypatc
             at.button(key="way_back_demo").click().run()
             assert not at.exception and not at.error, (page, [e.value for e in at.error])
             assert at.session_state["ws_spec"] == {"kind": "demo"}
+
+
+def _card_indices(at) -> list[int]:
+    """Training indices of every gallery card, in page order (any score format)."""
+    pat = re.compile(r":small\[:gray\[#(\d+) · pred\. ")
+    return [int(m.group(1)) for e in at.markdown for m in [pat.search(e.value)] if m]
+
+
+def test_misclassified_image_explains_truth_and_prediction_side_by_side(app_cache):
+    """#13 item 4: for a misclassified test image the page says which label the scores
+    explain and shows the true label's and the prediction's galleries side by side; either
+    alone on request. They are the engine's results for each label."""
+    from pages.common import DEMO_SPEC, _load_workspace, spec_key
+
+    ws = _load_workspace(spec_key(DEMO_SPEC))
+    preds = ws.predictions("test")
+    wrong = preds.loc[~preds["correct"]].iloc[0]
+    i, true, predicted = int(wrong["index"]), int(wrong["label"]), int(wrong["predicted"])
+    at = _app(app_cache, "pages/influence.py", query={"test": str(i)})
+    assert not at.error, [e.value for e in at.error]
+    heads = [s.value for s in at.subheader]
+    assert heads == [f"Proponents of test #{i} · true label {true}", f"Opponents of test #{i} · true label {true}",
+                     f"Proponents of test #{i} · prediction {predicted}",
+                     f"Opponents of test #{i} · prediction {predicted}"]
+    assert "Scores explain the true label (left) and the prediction (right)" in _texts(at)
+    by_truth = ws.influence(i, k=8, label=true)
+    by_pred = ws.influence(i, k=8, label=predicted)
+    assert by_truth.proponents["index"].tolist() != by_pred.proponents["index"].tolist()
+    shown = _card_indices(at)
+    assert shown == (by_truth.proponents["index"].tolist() + by_truth.opponents["index"].tolist()
+                     + by_pred.proponents["index"].tolist() + by_pred.opponents["index"].tolist())
+    at.segmented_control(key="inf_explain").set_value("The prediction").run()
+    assert [s.value for s in at.subheader] == [f"Proponents of test #{i}", f"Opponents of test #{i}"]
+    assert f"Scores explain the prediction **{predicted}**" in _texts(at)
+    shown = _card_indices(at)
+    assert shown == by_pred.proponents["index"].tolist() + by_pred.opponents["index"].tolist()
+    # a correctly classified image: one explanation, the true label, no choice offered
+    right = int(preds.loc[preds["correct"]].iloc[0]["index"])
+    at = _app(app_cache, "pages/influence.py", query={"test": str(right)})
+    assert len(at.subheader) == 2 and not at.get("segmented_control")
