@@ -304,6 +304,12 @@ def current_workspace(show_errors: bool = True) -> Optional[Workspace]:
         return None
 
 
+def current_identity_can(action: str) -> bool:
+    """Whether the session's identity may do ``action`` (renders nothing)."""
+    who = current_identity()
+    return isinstance(who, Identity) and who.can(action)
+
+
 def way_back(spec: Optional[dict[str, Any]] = None) -> None:
     """After a workspace failed: a button back to the demo (any role: the demo is every
     session's default) and, for those who may open others, a link to the Workspace page."""
@@ -312,8 +318,7 @@ def way_back(spec: Optional[dict[str, Any]] = None) -> None:
         if spec != DEMO_SPEC and st.button("Go back to the demo", key="way_back_demo", icon=":material/undo:"):
             set_workspace(dict(DEMO_SPEC))
             st.rerun()
-        who = current_identity()
-        if isinstance(who, Identity) and who.can("open_workspace") and who.can(PAGE_ACTION["workspace"]):
+        if current_identity_can("open_workspace") and current_identity_can(PAGE_ACTION["workspace"]):
             st.page_link(page_file("workspace.py"), label="Open another workspace →")
 
 

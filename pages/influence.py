@@ -282,6 +282,9 @@ def details(ws, i: int) -> None:
     except Exception as exc:  # noqa: BLE001
         lines.append(f"- Self-influence: unavailable ({exc})")
     b.markdown("\n".join(lines))
+    if common.current_identity_can("review"):
+        b.page_link(common.page_file("review.py"), label=f"Review #{i} (tag its label) →",
+                    query_params={"item": str(i), "goto": "1"})
 
 
 def gallery(ws, table, kind: str, title: str, help_text: str, per_row: int = GALLERY_COLS) -> None:

@@ -759,7 +759,10 @@ def main() -> None:
         st.stop()
     follow_identity(store, reviewer)
 
-    # first visit with ?item=N: browse from that item
+    # first visit with ?item=N, or a link from another page (?item=N&goto=1): browse from that item
+    if st.query_params.get("goto") == "1":
+        del st.query_params["goto"]
+        _state().pop("rv_mode", None)
     if "rv_mode" not in _state():
         param = st.query_params.get("item")
         if param is not None and str(param).isdigit() and int(param) < len(ws.train):

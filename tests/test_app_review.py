@@ -559,3 +559,35 @@ def test_browser_flag_keys(page, app_server):
     events = [(e["item_id"], e["action"], e["duplicate_of"]) for e in _events(db, who)]
     assert events == [(first, "ambiguous", None), (second, "outlier", None),
                       (third, "duplicate", first)]
+
+
+def test_apptest_link_from_another_page_opens_that_item(review_app):
+    """#13 item 6: Influence's detail dialog links to ``review?item=N&goto=1``; the Review
+    page then shows item N under "All items", even when this session was on its queue."""
+    at, _ = review_app
+    _open_review(at)
+    first = _apptest_item(at)
+    target = 7 if first != 7 else 8
+    at.query_params["item"] = str(target)
+    at.query_params["goto"] = "1"
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert _apptest_item(at) == target
+    assert at.session_state["rv_mode"] == "All items" and "goto" not in at.query_params
+    at.button(key="rv_next").click().run()  # and browsing on from there works as before
+    assert _apptest_item(at) != target and not at.error
+
+
+def test_apptest_influence_details_link_to_review(review_app):
+    at, _ = review_app
+    at.run()
+    at.switch_page("pages/influence.py")
+    at.query_params["test"] = "5"
+    at.run()
+    detail = next(b for b in at.button if (b.key or "").startswith("det_p_"))
+    detail.click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    links = [e.proto for e in at.get("page_link")]
+    link = next(l for l in links if l.label.startswith("Review #"))
+    item = int(re.match(r"Review #(\d+) ", link.label).group(1))
+    assert sorted(link.query_string.split("&")) == ["goto=1", f"item={item}"]
