@@ -591,3 +591,37 @@ def test_apptest_influence_details_link_to_review(review_app):
     link = next(l for l in links if l.label.startswith("Review #"))
     item = int(re.match(r"Review #(\d+) ", link.label).group(1))
     assert sorted(link.query_string.split("&")) == ["goto=1", f"item={item}"]
+
+
+@pytest.mark.browser
+def test_browser_thirty_items_by_keyboard_only(page, app_server):
+    """#13: a new user reviews 30 items without the mouse: accepts, relabels to classes the
+    page did not suggest (number keys), excludes, skips, flags; every decision is stored as
+    pressed."""
+    db = _review_db(app_server)
+    who = f"walk{uuid.uuid4().hex[:6]}"
+    url = f"{app_server.url}/review?reviewer={who}"
+    page.goto(url)
+    page.locator(".st-key-rv_item_panel [data-testid='stImageCaption']").first.wait_for(timeout=180_000)
+    _settle(page)
+    page.wait_for_function("() => window.__tracinRelabelKey === true")
+    page.evaluate("() => document.activeElement && document.activeElement.blur()")  # no click
+    item = _current(page)
+    plan = ["a", "relabel", "e", "s", "relabel", "a", "m", "relabel", "a", "o"] * 3
+    expected = []
+    for step in plan:
+        text = page.locator(".st-key-rv_item_panel").first.inner_text()
+        given = int(re.search(r"Given label:\s*(\d+)", text).group(1))
+        suggested = int(re.search(r"Suggested label:\s*(\d+)", text).group(1))
+        key = step
+        if step == "relabel":
+            key = str(next(c for c in range(9, -1, -1) if c not in (given, suggested)))
+        expected.append((item, {"a": "accept", "e": "exclude", "s": "skip", "m": "ambiguous",
+                                "o": "outlier"}.get(key, "relabel"), int(key) if key.isdigit() else None))
+        after, _ = _press(page, key, item)
+        assert after != item
+        item = after
+    got = [(e["item_id"], e["action"], int(e["new_label"]) if e["action"] == "relabel" else None)
+           for e in _events(db, who)]
+    assert got == expected
+    assert len({i for i, _, _ in got}) == 30  # thirty different items
