@@ -327,8 +327,8 @@ def method_controls(ws) -> tuple[str, str, int, dict[str, Any]]:
                   "then scored exactly (TracInCPFast), so the scores do not depend on the dimension. "
                   "A proponent the index misses is not shown: Fast finds them all.")
     elif method == "index":
-        c.caption("Fast via an index, for large data: an index of the final-layer gradients' principal "
-                  "directions proposes 100 candidates, each scored exactly (TracInCPFast). Built once per "
+        c.caption("Fast via an index, for large data: the final-layer gradients reduced to 32 principal "
+                  "directions propose 100 candidates, each scored exactly (TracInCPFast). Built once per "
                   "workspace and kept beside the store.")
     else:
         c.caption("Fast: gradients of the final layer only (TracInCPFast), from the precomputed store.")

@@ -41,19 +41,20 @@ def test_index_finds_the_exact_top_k_with_exact_scores(demo):
 
 def test_index_is_saved_beside_the_store_and_reused(demo):
     fast = demo._engine("fast")
-    settings = IndexSettings(dim=8, candidates=40, trees=4)
+    settings = IndexSettings(dim=8, candidates=40)
     first = InfluenceIndex(fast, settings).build()
     files = sorted(p.name for p in fast._train_store().path.glob(f"index-{settings.tag()}.*"))
-    assert files == [f"index-{settings.tag()}.ann", f"index-{settings.tag()}.npz"]
+    assert files == [f"index-{settings.tag()}.npy", f"index-{settings.tag()}.npz"]
     assert not first.loaded
     again = InfluenceIndex(fast, settings).build()
     assert again.loaded and torch.equal(again.basis, first.basis)  # read back, not built
     batch = _batch(demo, [3, 4])
     assert torch.equal(again.top_k(batch, 5).indices, first.top_k(batch, 5).indices)
-    assert not InfluenceIndex(fast, IndexSettings(dim=6, candidates=40, trees=4)).build().loaded  # other settings
+    assert not InfluenceIndex(fast, IndexSettings(dim=6, candidates=40)).build().loaded  # other settings
     (fast._train_store().path / f"index-{settings.tag()}.npz").write_bytes(b"damaged")
     rebuilt = InfluenceIndex(fast, settings).build()  # damaged: built again, not trusted
     assert not rebuilt.loaded and torch.equal(rebuilt.basis, first.basis)  # and the same (seeded)
+    assert torch.equal(rebuilt.index, first.index) and first.index.shape == (len(demo.train), 8)
 
 
 def test_workspace_and_cli_method_index(demo, tmp_path):
