@@ -50,7 +50,7 @@ from tracin_core import rankers as rk
 
 __all__ = [
     "ReviewSignals", "ReviewModelConfig", "RemainingEstimate", "build_signals", "outcomes_from_finals",
-    "fit", "rerank", "queue_order", "estimate_remaining", "MISLABEL_STATUSES", "CLEAN_STATUSES",
+    "fit", "is_active", "rerank", "queue_order", "estimate_remaining", "MISLABEL_STATUSES", "CLEAN_STATUSES",
 ]
 
 #: final statuses that confirm a mislabel / a clean label (others: no evidence)
@@ -258,6 +258,14 @@ def fit(sig: ReviewSignals, outcomes: Mapping[int, bool],
     cov = np.linalg.inv(H)
     n_bad, n_clean = int(y.sum()), int(len(y) - y.sum())
     return ReviewFit(coef=w, cov=(cov + cov.T) / 2, active=min(n_bad, n_clean) >= cfg.min_each, design=X)
+
+
+def is_active(outcomes: Mapping[int, bool], config: Optional[ReviewModelConfig] = None) -> bool:
+    """Whether ``outcomes`` hold enough evidence (``config.min_each`` of each kind) for
+    :func:`rerank` to leave the static order."""
+    cfg = config or ReviewModelConfig()
+    n_bad = sum(1 for v in outcomes.values() if bool(v))
+    return min(n_bad, len(outcomes) - n_bad) >= cfg.min_each
 
 
 def rerank(sig: ReviewSignals, outcomes: Mapping[int, bool],
