@@ -607,11 +607,12 @@ def render_estimate() -> None:
         f"({est.precision_ahead_low:.0%}–{est.precision_ahead_high:.0%}) · "
         f"{'re-ranked by' if reranked else 'from'} {est.reviewed:,} decisions",
         help="From the decisions so far (accept = clean, relabel / exclude = mislabelled; "
-             "skips and conflicts are no evidence): how often an item is mislabelled, as a "
-             "function of its place in the queue, fitted on the reviewed items and carried "
-             "over to the rest. It assumes the unreviewed tail follows the same curve; "
-             "mislabels the ranking cannot see at all are not counted. Updated every "
-             f"{LIVE_EVERY} decisions.")
+             "skips and conflicts are no evidence): how often an item is mislabelled as a "
+             "function of its place in the static ranking, fitted on the reviewed head of "
+             "the queue and carried over to the rest. It assumes the unreviewed tail "
+             "follows the same curve: mislabels the ranking cannot see at all are not "
+             "counted. While the reviewed items cannot tell whether the mislabels stop soon "
+             f"or go on, the interval is wide. Updated every {LIVE_EVERY} decisions.")
 
 
 # ----------------------------------------------------------------------------- page

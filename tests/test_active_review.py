@@ -123,7 +123,8 @@ def test_estimate_covers_the_truth_on_a_calibrated_example_and_shrinks():
             log = reviewed_head(sig, truth, int(share * sig.n))
             est = ar.estimate_remaining(sig, log)
             left = int(truth.sum()) - sum(log.values())
-            assert est.found == sum(log.values()) and est.unreviewed == sig.n - len(log)
+            assert est.reviewed == len(log) and est.found == sum(log.values())
+            assert est.unreviewed == sig.n - len(log)
             assert est.remaining_low <= est.remaining <= est.remaining_high
             assert 0.0 <= est.precision_ahead_low <= est.precision_ahead <= est.precision_ahead_high <= 1.0
             covered += est.remaining_low <= left <= est.remaining_high

@@ -25,14 +25,18 @@ Decisions: ``relabel`` and ``exclude`` (statuses ``relabelled`` / ``excluded``) 
 mislabel, ``accept`` (``accepted``) a clean label; ``skip``, conflicts and anything else
 are no evidence (:func:`outcomes_from_finals`).
 
-Estimate of what is left (:func:`estimate_remaining`): the same fit's posterior (Laplace
-approximation) is sampled; each draw gives every unreviewed item a probability, and the
-number of mislabels left is their Poisson-binomial sum. The 90% interval covers both the
-uncertainty of the fit and the luck of the draw. **Assumption**: the logistic relation
-between the signals and being mislabelled, learnt on the reviewed items (the head of the
-queue), holds in the unreviewed tail. Reviewing from the top is selection on the signals,
-which that likelihood allows for; a tail that behaves differently (e.g. a kind of mislabel
-the signals cannot see at all) is not covered, and the interval says nothing about it.
+Estimate of what is left (:func:`estimate_remaining`): how often an item is mislabelled as a
+function of its *static* rank, ``c · σ(b · (s − t))`` (a ceiling ``c``: hard clean examples
+can top the queue; a threshold ``t``; a steepness ``b ≥ 0``), fitted on the longest head of
+the static queue that is fully reviewed, with an exact posterior on a grid and priors that
+say only "most labels are right" (log-uniform overall mislabel rate up to ½, log-uniform
+``b``). Posterior draws give the expected count in the rest of the queue; mislabels the
+live queue already brought forward from there are subtracted; the 90% interval covers both
+the uncertainty of the curve and the luck of the draw (Poisson-binomial). **Assumption**:
+the curve seen on the reviewed head carries on into the unreviewed tail. When the head
+cannot tell a plateau that goes on from a cliff just below it (e.g. every reviewed item was
+a mislabel), the interval is wide, as it should be; a kind of mislabel the ranking cannot
+see at all (a floor of the curve far down) is not counted.
 
 Determinism: the outcome of :func:`rerank` and :func:`estimate_remaining` depends only on
 the signals and on the *set* of decisions (the order they were given in is irrelevant);
@@ -105,10 +109,9 @@ class ReviewModelConfig:
 @dataclass(frozen=True)
 class ReviewFit:
     """A fitted model: ``coef`` (2 + F + 2,) = intercept, static, F signals, 2 evidence;
-    ``cov`` its Laplace posterior covariance; ``active``: whether it may change the order."""
+    ``active``: whether it may change the order."""
 
     coef: np.ndarray
-    cov: np.ndarray
     active: bool
     design: np.ndarray = field(repr=False)  # (N, 2 + F + 2) design matrix, for predictions
 
@@ -222,7 +225,7 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
 
 def fit(sig: ReviewSignals, outcomes: Mapping[int, bool],
         config: Optional[ReviewModelConfig] = None) -> ReviewFit:
-    """MAP logistic fit on the reviewed items (Newton's method) and its Laplace covariance."""
+    """MAP logistic fit on the reviewed items (Newton's method with step halving)."""
     cfg = config or ReviewModelConfig()
     o = _outcome_vector(sig, outcomes)
     X = _design(sig, o)
@@ -253,11 +256,8 @@ def fit(sig: ReviewSignals, outcomes: Mapping[int, bool],
         obj = new
         if done or np.max(np.abs(t * step)) < 1e-10:
             break
-    p = _sigmoid(Xr @ w)
-    H = (Xr * (p * (1 - p))[:, None]).T @ Xr + np.diag(prec)
-    cov = np.linalg.inv(H)
     n_bad, n_clean = int(y.sum()), int(len(y) - y.sum())
-    return ReviewFit(coef=w, cov=(cov + cov.T) / 2, active=min(n_bad, n_clean) >= cfg.min_each, design=X)
+    return ReviewFit(coef=w, active=min(n_bad, n_clean) >= cfg.min_each, design=X)
 
 
 def is_active(outcomes: Mapping[int, bool], config: Optional[ReviewModelConfig] = None) -> bool:
@@ -297,6 +297,8 @@ def queue_order(scores: np.ndarray, reviewed: Sequence[int] = ()) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- estimate
+
+
 def _bins(x: np.ndarray, n_bins: int) -> tuple[np.ndarray, np.ndarray]:
     """Group ``x`` into at most ``n_bins`` bins of equal count: (bin of each value, bin means)."""
     if len(x) == 0:
@@ -310,70 +312,78 @@ def _bins(x: np.ndarray, n_bins: int) -> tuple[np.ndarray, np.ndarray]:
 
 def estimate_remaining(sig: ReviewSignals, outcomes: Mapping[int, bool], ahead: int = 50,
                        order: Optional[np.ndarray] = None, level: float = 0.9, draws: int = 2000,
-                       seed: int = 0, config: Optional[ReviewModelConfig] = None) -> RemainingEstimate:
+                       seed: int = 0) -> RemainingEstimate:
     """Mislabels still unreviewed and the precision of the next ``ahead`` items of the queue
-    (``order``: the queue, highest first; default the static order), with ``level`` intervals.
+    (``order``: the queue, highest first; default the static order), with ``level`` intervals
+    (module docstring: the model and its assumption).
 
-    Model: P(mislabelled | s) = σ(a + b·s), b ≥ 0, where ``s`` is the rank logit of the
-    live model's linear predictor (:func:`fit`; while it is not active, of the static
-    score): the queue's own belief, calibrated on the reviewed items; prior log-uniform on the slope b in [0.05, 50] and log-uniform
-    on the overall mislabel rate mean σ(a + b·s) (at most ½); the posterior is computed exactly
-    on a grid (of b and the threshold −a/b) from the reviewed items. Draws of (a, b) from it (seeded)
-    give every unreviewed item a probability; the count left is their Poisson-binomial sum
-    (normal approximation, clipped at 0). The head of the queue often cannot tell a gentle
-    decline of the precision from a cliff; then the interval is wide, as it should be.
+    The posterior of (c, t, b) is computed on a grid (15 × 161 × 36); ``draws`` of it
+    (seeded: the result depends only on the set of ``outcomes``) give the count left as a
+    Poisson-binomial sum (normal approximation, clipped to [0, unreviewed]). The precision
+    ahead uses the same curve at the next items' static ranks; for a live queue, which
+    brings forward items the curve rates lower, it is a conservative figure.
     """
     if not 0.0 < level < 1.0:
         raise ValueError(f"level: {level} is not between 0 and 1")
     if ahead < 1:
         raise ValueError(f"ahead: {ahead} must be at least 1")
     o = _outcome_vector(sig, outcomes)
-    done = np.flatnonzero(o != 0)
     open_ = np.flatnonzero(o == 0)
-    f = fit(sig, outcomes, config)
-    x = _rank_logit(f.design @ f.coef) if f.active else sig.static_logit
-    # grid over the threshold t (where the probability is ½) and the steepness b:
-    # σ(b · (s − t)), b log-uniform in [0.05, 50]
-    T = np.linspace(x.min() - 2.0, x.max() + 2.0, 301)[:, None]
-    B = np.geomspace(0.05, 50.0, 60)[None, :]
-    loglik = np.zeros((T.shape[0], B.shape[1]))
-    rb, rx = _bins(x[done], 256)
+    x = sig.static_logit
+    # the curve is fitted on the longest head of the *static* queue that is fully reviewed:
+    # there, which items were reviewed depended on the static score alone. Items the live
+    # queue brought forward from further down are counted as found in the rest.
+    so = queue_order(sig.static)
+    m = int(np.argmax(o[so] == 0)) if len(open_) else len(so)
+    done, region = so[:m], so[m:]
+    # grid over the ceiling c (the precision where the queue is surest: hard clean
+    # examples can top it), the threshold t (where the probability is c/2) and the
+    # steepness b: P = c · σ(b · (s − t)), b log-uniform in [0.05, 50]
+    C = np.linspace(0.3, 1.0, 15)[:, None, None]
+    T = np.linspace(x.min() - 2.0, x.max() + 2.0, 161)[None, :, None]
+    B = np.geomspace(0.05, 50.0, 36)[None, None, :]
+    loglik = np.zeros((C.shape[0], T.shape[1], B.shape[2]))
+    rb, rx = _bins(x[done], 128)
     pos = np.bincount(rb, weights=(o[done] == 1).astype(float), minlength=len(rx))
     neg = np.bincount(rb, minlength=len(rx)) - pos
-    for xb, nb, cb in zip(rx, pos, neg):  # log σ(z) = −log(1 + e^−z)
-        z = B * (xb - T)
-        loglik -= nb * np.logaddexp(0.0, -z) + cb * np.logaddexp(0.0, z)
-    # prior: uniform on the overall mislabel rate Π(t, b) = mean σ(b · (s − t)) in [0, ½]
-    # (the given labels are mostly right), log-uniform on b: density |dΠ/dt| on the grid
-    ab, ax = _bins(x, 512)
+    for xb, nb, cb in zip(rx, pos, neg):
+        p = np.clip(C * _sigmoid(B * (xb - T)), 1e-300, 1.0 - 1e-12)
+        loglik += nb * np.log(p) + cb * np.log1p(-p)
+    # prior: log-uniform on the overall mislabel rate Π = mean P up to ½ (the given labels
+    # are mostly right), uniform on c, log-uniform on b: density |dΠ/dt| / Π on the grid
+    ab, ax = _bins(x, 256)
     acnt = np.bincount(ab, minlength=len(ax)) / len(x)
     rate = np.zeros_like(loglik)
     dens = np.zeros_like(loglik)
     for xb, cb in zip(ax, acnt):
         p = _sigmoid(B * (xb - T))
-        rate += cb * p
-        dens += cb * p * (1 - p) * B
+        rate += cb * C * p
+        dens += cb * C * p * (1 - p) * B
     with np.errstate(divide="ignore"):
-        loglik = np.where(rate <= 0.5, loglik + np.log(dens), -np.inf)
+        loglik = np.where(rate <= 0.5, loglik + np.log(dens) - np.log(np.maximum(rate, 1e-12)), -np.inf)
     w = np.exp(loglik - loglik.max()).ravel()
     w /= w.sum()
     rng = np.random.default_rng(seed)
     g = rng.choice(len(w), size=draws, p=w)
-    t, b = T[g // B.shape[1], 0], B[0, g % B.shape[1]]
-    a = -b * t
-    ub, ux = _bins(x[open_], 512)
+    ci, ti, bi = np.unravel_index(g, loglik.shape)
+    c, t, b = C[ci, 0, 0], T[0, ti, 0], B[0, 0, bi]
+
+    def prob(xs: np.ndarray) -> np.ndarray:  # (draws, len(xs))
+        return c[:, None] * _sigmoid(b[:, None] * (xs[None, :] - t[:, None]))
+
+    ub, ux = _bins(x[region], 256)
     cnt = np.bincount(ub, minlength=len(ux))
-    P = _sigmoid(a[:, None] + b[:, None] * ux[None, :])  # (draws, bins)
-    mu, var = P @ cnt, (P * (1 - P)) @ cnt
+    P = prob(ux)
+    mu, var = P @ cnt - float((o[region] == 1).sum()), (P * (1 - P)) @ cnt
     counts = np.clip(mu + np.sqrt(var) * rng.standard_normal(draws), 0.0, len(open_))
     if order is None:
         order = queue_order(sig.static)
     order = np.asarray(order, dtype=np.int64)
     nxt = order[o[order] == 0][:ahead]
-    prec = _sigmoid(a[:, None] + b[:, None] * x[nxt][None, :]).mean(1) if len(nxt) else np.zeros(draws)
+    prec = prob(x[nxt]).mean(1) if len(nxt) else np.zeros(draws)
     alpha = (1.0 - level) / 2.0
     return RemainingEstimate(
-        reviewed=len(done), found=int((o == 1).sum()), unreviewed=len(open_),
+        reviewed=int((o != 0).sum()), found=int((o == 1).sum()), unreviewed=len(open_),
         remaining=float(np.median(counts)), remaining_low=float(np.quantile(counts, alpha)),
         remaining_high=float(np.quantile(counts, 1 - alpha)),
         precision_ahead=float(np.median(prec)), precision_ahead_low=float(np.quantile(prec, alpha)),
