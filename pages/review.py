@@ -23,6 +23,7 @@ import streamlit as st
 from pages import common
 from tracin_core import active_review as ar
 from tracin_core.checkpoints import CheckpointError
+from tracin_core.rankers import score_table
 from tracin_core.review import ReviewStoreError
 from tracin_core.workspace import WorkspaceError
 
@@ -570,21 +571,25 @@ def live_ranking(ws, method: Optional[str], ranking_table: pd.DataFrame,
         return ranking_table
     key = _outcome_key(finals)
     used = _state().get("rv_live_used")
-    if used is None or len(set(used) ^ set(key)) >= LIVE_EVERY or not key:
-        used = key
-    _state()["rv_live_used"] = used
-    scores, estimate = _live_result(ws.fingerprint, method, used, sig)
+    if _state().get("rv_live_workspace") != ws.fingerprint or used is None \
+            or len(set(used) ^ set(key)) >= LIVE_EVERY or not key:
+        used = key  # another workspace, a new batch of decisions, or none left
+    _state()["rv_live_used"], _state()["rv_live_workspace"] = used, ws.fingerprint
+    try:
+        scores, estimate = _live_result(ws.fingerprint, method, used, sig)
+    except ValueError as exc:  # e.g. a decision on an item the training data does not have
+        st.sidebar.caption(f"Learning from decisions unavailable: {common.public_message(exc)}")
+        return ranking_table
     _state()["rv_live_estimate"] = (estimate, live_on and scores is not None)
     if not live_on or scores is None:
         return ranking_table
-    from tracin_core.rankers import score_table
-
     return score_table(scores)
 
 
 def live_due(snap) -> bool:
-    """Whether LIVE_EVERY decisions arrived since the queue was last re-ranked."""
-    if not _state().get("rv_live", True) or "rv_live_used" not in _state():
+    """Whether LIVE_EVERY decisions arrived since the queue was last re-ranked and the
+    estimate last updated (also with the switch off: the estimate follows the decisions)."""
+    if "rv_live_used" not in _state():
         return False
     used = set(_state()["rv_live_used"])
     return len(used ^ set(_outcome_key(snap.finals))) >= LIVE_EVERY
