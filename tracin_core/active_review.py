@@ -317,7 +317,7 @@ def estimate_remaining(sig: ReviewSignals, outcomes: Mapping[int, bool], ahead: 
     (``order``: the queue, highest first; default the static order), with ``level`` intervals
     (module docstring: the model and its assumption).
 
-    The posterior of (c, t, b) is computed on a grid (15 × 161 × 36); ``draws`` of it
+    The posterior of (c, t, b) is computed on a grid (16 × 161 × 36); ``draws`` of it
     (seeded: the result depends only on the set of ``outcomes``) give the count left as a
     Poisson-binomial sum (normal approximation, clipped to [0, unreviewed]). The precision
     ahead uses the same curve at the next items' static ranks; for a live queue, which
@@ -337,9 +337,10 @@ def estimate_remaining(sig: ReviewSignals, outcomes: Mapping[int, bool], ahead: 
     m = int(np.argmax(o[so] == 0)) if len(open_) else len(so)
     done, region = so[:m], so[m:]
     # grid over the ceiling c (the precision where the queue is surest: hard clean
-    # examples can top it), the threshold t (where the probability is c/2) and the
-    # steepness b: P = c · σ(b · (s − t)), b log-uniform in [0.05, 50]
-    C = np.linspace(0.3, 1.0, 15)[:, None, None]
+    # examples can top it; 1 − c log-spaced from 0.002 to 0.7, and c = 1), the threshold t
+    # (where the probability is c/2) and the steepness b: P = c · σ(b · (s − t)), b
+    # log-spaced in [0.05, 50]; the grid points of c and b are equally likely a priori
+    C = np.concatenate([1.0 - np.geomspace(0.7, 0.002, 15), [1.0]])[:, None, None]
     T = np.linspace(x.min() - 2.0, x.max() + 2.0, 161)[None, :, None]
     B = np.geomspace(0.05, 50.0, 36)[None, None, :]
     loglik = np.zeros((C.shape[0], T.shape[1], B.shape[2]))
@@ -350,7 +351,7 @@ def estimate_remaining(sig: ReviewSignals, outcomes: Mapping[int, bool], ahead: 
         p = np.clip(C * _sigmoid(B * (xb - T)), 1e-300, 1.0 - 1e-12)
         loglik += nb * np.log(p) + cb * np.log1p(-p)
     # prior: log-uniform on the overall mislabel rate Π = mean P up to ½ (the given labels
-    # are mostly right), uniform on c, log-uniform on b: density |dΠ/dt| / Π on the grid
+    # are mostly right): density |dΠ/dt| / Π over t
     ab, ax = _bins(x, 256)
     acnt = np.bincount(ab, minlength=len(ax)) / len(x)
     rate = np.zeros_like(loglik)
