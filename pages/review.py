@@ -533,7 +533,7 @@ def render_conflicts(ws, store, who, reviewer, table, ranking) -> None:
 LIVE_EVERY = 10
 
 
-@st.cache_resource(show_spinner=False, max_entries=8)
+@st.cache_resource(show_spinner="Preparing the queue that learns from the decisions…", max_entries=8)
 def _live_signals(fingerprint: str, method: Optional[str], _ws) -> "ar.ReviewSignals":
     name = method or DEFAULT_RANKER
     static = _ws.mislabel_score_arrays([name])[name]

@@ -146,3 +146,14 @@ def test_build_signals_from_ranker_inputs():
     assert int(ar.queue_order(ar.rerank(sig, {}))[0]) == bad
     with pytest.raises(ValueError, match="static"):
         ar.build_signals(static[:-1], inp)
+
+
+def test_estimate_with_nothing_and_everything_reviewed():
+    sig, truth = clusters()
+    none = ar.estimate_remaining(sig, {})
+    assert none.reviewed == 0 and none.unreviewed == sig.n
+    assert 0.0 <= none.remaining_low <= none.remaining_high <= sig.n
+    everything = {i: bool(truth[i]) for i in range(sig.n)}
+    done = ar.estimate_remaining(sig, everything)
+    assert done.unreviewed == 0 and done.found == int(truth.sum()) and done.ahead == 0
+    assert done.remaining == done.remaining_low == done.remaining_high == 0.0
