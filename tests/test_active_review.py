@@ -157,3 +157,21 @@ def test_estimate_with_nothing_and_everything_reviewed():
     done = ar.estimate_remaining(sig, everything)
     assert done.unreviewed == 0 and done.found == int(truth.sum()) and done.ahead == 0
     assert done.remaining == done.remaining_low == done.remaining_high == 0.0
+
+
+def test_review_simulation_benchmark_runs_on_a_dump(tmp_path):
+    """benchmarks/review_simulation.py on two tiny saved runs: the report has the tables."""
+    from benchmarks import review_simulation as rs
+    from tests.test_rankers import constructed
+
+    for seed in (0, 1):
+        inp, bad = constructed(seed=seed)
+        clean = inp.labels.copy()
+        clean[bad] = 0  # the constructed bad item is a class-0 item labelled 2
+        np.savez(tmp_path / f"tiny_tutorial_0.1_{seed}.npz", logits=inp.logits, labels=inp.labels,
+                 weights=inp.weights, si_fast=inp.si_fast, si_cp=inp.si_cp, features=inp.features, truth=clean)
+    out = tmp_path / "report.md"
+    assert rs.main([str(tmp_path), "--out", str(out), "--batch", "5"]) == 0
+    text = out.read_text()
+    assert "| tiny / tutorial / 10% | 2 | 36 (1) |" in text
+    assert "## Targets (issue #11)" in text and "live queue, all runs and checkpoints" in text
