@@ -38,6 +38,13 @@ cannot tell a plateau that goes on from a cliff just below it (e.g. every review
 a mislabel), the interval is wide, as it should be; a kind of mislabel the ranking cannot
 see at all (a floor of the curve far down) is not counted.
 
+Measured (``benchmarks/review_simulation.py``, a reviewer who answers with the truth, 50
+decisions per batch; ``benchmarks/results/review_simulation.md``): on the 12 Fashion-MNIST
+settings the live queue finds 5.2 points more of the mislabels after 10% reviewed than the
+static one (+1.7 to +11.5 where it moves; never worse on any setting of any data set), and
+the 90% interval covers the true count left in 96% of the runs and checkpoints (after 10%
+reviewed: 89%; digits alone: 77-80%).
+
 Determinism: the outcome of :func:`rerank` and :func:`estimate_remaining` depends only on
 the signals and on the *set* of decisions (the order they were given in is irrelevant);
 the posterior draws use a fixed seed. No Streamlit here: pages call these functions.
