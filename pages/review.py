@@ -23,7 +23,9 @@ import pandas as pd
 import streamlit as st
 
 from pages import common
+from tracin_core import active_review as ar
 from tracin_core.checkpoints import CheckpointError
+from tracin_core.rankers import score_table
 from tracin_core.review import ReviewStoreError, final_status, open_items
 from tracin_core.workspace import WorkspaceError
 
@@ -624,6 +626,102 @@ def render_conflicts(ws, store, who, reviewer, table, ranking) -> None:
         }), hide_index=True, width="stretch", height=min(300, 38 + 35 * len(adjudicated)))
 
 
+# ---------------------------------------------------------------- live re-ranking
+# The queue learns from the decisions (tracin_core.active_review): a confirmed mislabel or
+# a confirmed clean label is evidence about the examples like it. The order is recomputed
+# every LIVE_EVERY decisions (a full run of the page; key presses in between rerun only the
+# review fragment), so the queue does not shuffle under the reviewer at each key. The item
+# on show and the claimed item stay: only the queue ahead changes.
+LIVE_EVERY = 10
+
+
+@st.cache_resource(show_spinner="Preparing the queue that learns from the decisions…", max_entries=8)
+def _live_signals(fingerprint: str, method: Optional[str], _ws) -> "ar.ReviewSignals":
+    name = method or DEFAULT_RANKER
+    static = _ws.mislabel_score_arrays([name])[name]
+    return ar.build_signals(static, _ws.ranker_inputs())
+
+
+@st.cache_resource(show_spinner=False, max_entries=64)
+def _live_result(fingerprint: str, method: Optional[str], outcomes: tuple, _sig) -> tuple:
+    """(live scores, estimate) for one set of outcomes (a sorted tuple of (item, bool))."""
+    decided = dict(outcomes)
+    scores = ar.rerank(_sig, decided) if ar.is_active(decided) else None
+    order = ar.queue_order(_sig.static if scores is None else scores, list(decided))
+    return scores, ar.estimate_remaining(_sig, decided, ahead=50, order=order)
+
+
+def _outcome_key(finals: pd.DataFrame) -> tuple:
+    return tuple(sorted(ar.outcomes_from_finals(finals).items()))
+
+
+def live_ranking(ws, method: Optional[str], ranking_table: pd.DataFrame,
+                 finals: pd.DataFrame) -> pd.DataFrame:
+    """The ranking table re-ranked by the decisions so far (when the sidebar switch is on),
+    and the estimate of what is left kept for :func:`render_estimate`. The decisions used
+    are refreshed once LIVE_EVERY of them changed."""
+    live_on = st.sidebar.toggle(
+        "Learn from decisions", value=True, key="rv_live",
+        help="Re-rank the queue as decisions arrive: a confirmed mislabel makes similar "
+             f"examples with the same label more suspicious, a kept label less. Updated every "
+             f"{LIVE_EVERY} decisions; off = the static ranking.")
+    _state().pop("rv_live_estimate", None)
+    try:
+        sig = _live_signals(ws.fingerprint, method, ws)
+    except (WorkspaceError, CheckpointError, ValueError, RuntimeError, OSError) as exc:
+        st.sidebar.caption(f"Learning from decisions unavailable: {common.public_message(exc)}")
+        return ranking_table
+    key = _outcome_key(finals)
+    used = _state().get("rv_live_used")
+    if _state().get("rv_live_workspace") != ws.fingerprint or used is None \
+            or len(set(used) ^ set(key)) >= LIVE_EVERY or not key:
+        used = key  # another workspace, a new batch of decisions, or none left
+    _state()["rv_live_used"], _state()["rv_live_workspace"] = used, ws.fingerprint
+    try:
+        scores, estimate = _live_result(ws.fingerprint, method, used, sig)
+    except ValueError as exc:  # e.g. a decision on an item the training data does not have
+        st.sidebar.caption(f"Learning from decisions unavailable: {common.public_message(exc)}")
+        return ranking_table
+    _state()["rv_live_estimate"] = (estimate, live_on and scores is not None)
+    if not live_on or scores is None:
+        return ranking_table
+    return score_table(scores)
+
+
+def live_due(snap) -> bool:
+    """Whether LIVE_EVERY decisions arrived since the queue was last re-ranked and the
+    estimate last updated (also with the switch off: the estimate follows the decisions)."""
+    if "rv_live_used" not in _state():
+        return False
+    used = set(_state()["rv_live_used"])
+    return len(used ^ set(_outcome_key(snap.finals))) >= LIVE_EVERY
+
+
+def render_estimate() -> None:
+    """Precision of the queue ahead and mislabels left, with their 90% intervals."""
+    kept = _state().get("rv_live_estimate")
+    if kept is None:
+        return
+    est, reranked = kept
+    if est.reviewed == 0:
+        st.caption("**Mislabels left:** no estimate before the first accept / relabel / exclude.")
+        return
+    pct = int(round(100 * est.level))
+    st.markdown(
+        f"**Mislabels left:** about **{est.remaining:,.0f}** of {est.unreviewed:,} unreviewed "
+        f"({pct}% interval {est.remaining_low:,.0f}–{est.remaining_high:,.0f}) · "
+        f"**precision of the next {est.ahead}:** {est.precision_ahead:.0%} "
+        f"({est.precision_ahead_low:.0%}–{est.precision_ahead_high:.0%}) · "
+        f"{'re-ranked by' if reranked else 'from'} {est.reviewed:,} decisions",
+        help="From the decisions so far (accept = clean, relabel / exclude = mislabelled; "
+             "skips and conflicts are no evidence): how often an item is mislabelled as a "
+             "function of its place in the static ranking, fitted on the reviewed head of "
+             "the queue and carried over to the rest. It assumes the unreviewed tail "
+             "follows the same curve: mislabels the ranking cannot see at all are not "
+             "counted. While the reviewed items cannot tell whether the mislabels stop soon "
+             f"or go on, the interval is wide. Updated every {LIVE_EVERY} decisions.")
+
+
 # ----------------------------------------------------------------------------- page
 
 
@@ -718,9 +816,12 @@ def review_view(ws, store, reviewer: str, table: pd.DataFrame, order: list[int],
     except STORE_ERRORS as exc:
         st.error(f"Could not read the review store: {common.public_message(exc)}")
         return
+    if live_due(snap):
+        st.rerun(scope="app")  # re-rank the queue ahead (the claimed item stays)
     # the table is the last full run's (ranking, predictions); what a decision changes (the
     # item's status, the open count) is read from snap.finals: no per-key copy of N rows
     render_status(snap, len(ws.train))
+    render_estimate()
     if mode == "My queue":
         render_queue(ws, store, reviewer, table, order, ranking, snap.decisions, snap.finals)
     else:
@@ -792,15 +893,18 @@ def main() -> None:
     except (WorkspaceError, CheckpointError, ValueError, RuntimeError, OSError) as exc:
         st.error(f"Could not rank the training examples: {common.public_message(exc)}")
         st.stop()
-    filters = sidebar_queue(ws, ranking_table)
-    score_range = score_filter(ranking_table, method or "default")
-
     try:
         other = store.other_data_decisions()
         finals = store.final_decisions()
     except STORE_ERRORS as exc:
         st.error(f"Could not read the review store: {common.public_message(exc)}")
         st.stop()
+    filters = sidebar_queue(ws, ranking_table)
+    live_table = live_ranking(ws, method, ranking_table, finals)
+    score_key = method or "default"
+    if live_table is not ranking_table:
+        ranking_table, ranking_name, score_key = live_table, f"{ranking_name}+live", f"{score_key}-live"
+    score_range = score_filter(ranking_table, score_key)
     if other:
         st.warning(
             f"{other:,} earlier review event(s) for workspace **{common.esc(ws.name)}** were recorded on "
