@@ -637,9 +637,7 @@ LIVE_EVERY = 10
 
 @st.cache_resource(show_spinner="Preparing the queue that learns from the decisions…", max_entries=8)
 def _live_signals(fingerprint: str, method: Optional[str], _ws) -> "ar.ReviewSignals":
-    name = method or DEFAULT_RANKER
-    static = _ws.mislabel_score_arrays([name])[name]
-    return ar.build_signals(static, _ws.ranker_inputs())
+    return _ws.review_signals(method)  # kept beside the store (precompute writes the default's)
 
 
 @st.cache_resource(show_spinner=False, max_entries=64)

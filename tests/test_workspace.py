@@ -389,3 +389,25 @@ def test_randproj_results_carry_exact_scores(demo):
     i = next(iter(common))
     s = [float(r.proponents.set_index("index").loc[i, "score"]) for r in runs]
     assert s[0] == pytest.approx(s[1], rel=1e-6)
+
+
+def test_review_signals_are_kept_beside_the_store(tmp_path, monkeypatch):
+    """The live queue's signals are computed once per workspace content and read back by
+    later instances (a Review page's first visit does not search neighbours again)."""
+    from tracin_core import active_review as ar
+
+    ws = Workspace.demo(cache_dir=tmp_path / "c")
+    first = ws.review_signals()
+    assert first.n == len(ws.train) and first.neighbours.shape == (len(ws.train), 10)
+    files = list((ws.store_dir / "rankings").glob("*-signals.npz"))
+    assert len(files) == 1
+    calls = []
+    monkeypatch.setattr(ar, "build_signals", lambda *a, **k: calls.append(1))
+    again = Workspace.demo(cache_dir=tmp_path / "c").review_signals()
+    assert calls == [] and again.names == first.names
+    for f in ("static", "static_logit", "features", "neighbours", "same_label"):
+        assert np.array_equal(getattr(again, f), getattr(first, f)), f
+    files[0].write_bytes(b"damaged")
+    monkeypatch.undo()
+    redone = Workspace.demo(cache_dir=tmp_path / "c").review_signals()  # recomputed, not trusted
+    assert np.array_equal(redone.features, first.features)

@@ -79,6 +79,7 @@ def _precompute(args) -> int:
                 ws.mislabel_scores()
                 for search in ws.ranking_searches():
                     print(search.describe(), file=sys.stderr)
+            ws.review_signals()  # what the Review page's live queue reads, kept too
             print(f"feature store ready under {ws.store_dir}" + (f" ({world} processes)" if world > 1 else ""))
     finally:
         distributed.shutdown()

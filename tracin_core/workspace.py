@@ -76,8 +76,11 @@ class InfluenceResult:
 def _rankers_code() -> str:
     """Short hash of the rankers' source and of this module (which feeds them): stored
     rankings are recomputed when either changes."""
+    from . import active_review
+
     h = hashlib.sha256(Path(rk.__file__).read_bytes())
     h.update(Path(__file__).read_bytes())
+    h.update(Path(active_review.__file__).read_bytes())
     return h.hexdigest()[:12]
 
 
@@ -553,6 +556,30 @@ class Workspace:
         for v in out.values():
             v.setflags(write=False)
         return out
+
+    def review_signals(self, method: Optional[str] = None):
+        """The signals the live re-ranking of ranking ``method`` (None = the default) reads
+        (:class:`tracin_core.active_review.ReviewSignals`): kept beside the store
+        (``<store>/rankings/<name>-<code>-signals.npz``) like the ranking itself, so a
+        Review page's first visit reads them instead of searching neighbours again."""
+        from . import active_review as ar
+
+        name = method or rk.DEFAULT_RANKER
+        path = self._ranking_path(name).with_name(f"{name}-{_rankers_code()}-signals.npz")
+        fields = ("static", "static_logit", "features", "neighbours", "same_label")
+        try:
+            with np.load(path, allow_pickle=False) as saved:
+                sig = ar.ReviewSignals(**{f: saved[f] for f in fields},
+                                       names=tuple(str(x) for x in saved["names"]))
+            if sig.n == len(self.train):
+                return sig
+        except (OSError, ValueError, KeyError, TypeError):
+            pass  # absent or damaged: computed below
+        static = self.mislabel_score_arrays([name])[name]
+        sig = ar.build_signals(static, self.ranker_inputs())
+        _write_atomic(path, lambda fh: np.savez(fh, **{f: getattr(sig, f) for f in fields},
+                                                names=np.asarray(sig.names)))
+        return sig
 
     def ranking_searches(self, method: Optional[str] = None) -> list[rk.NeighbourSearch]:
         """How the neighbour searches behind the kept ranking ``method`` (None = the
