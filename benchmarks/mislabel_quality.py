@@ -304,6 +304,10 @@ def _run_task(name: str, seed: int, schedule: str, noises: tuple[str, ...], rate
     return rows
 
 
+#: score the neighbourhood rankers without features too (their fallback); off: ``--no-fallback``
+FALLBACK_ROWS = [True]
+
+
 def score_rankers(inp: Any, clean_labels: np.ndarray, meta: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per ranker (and per neighbourhood ranker without features): AUC, found@10%/20%."""
     from tracin_core import rankers as rk
@@ -311,7 +315,9 @@ def score_rankers(inp: Any, clean_labels: np.ndarray, meta: dict[str, Any]) -> l
     truth = np.asarray(inp.labels) != np.asarray(clean_labels)
     no_features = dataclasses.replace(inp, features=None)
     runs = [(r, r, inp) for r in rk.available(inp.si_cp is not None, True)]
-    runs += [(f"{r}{NO_FEATURES}", r, no_features) for r in rk.RANKERS if r in rk.USES_FEATURES and r != "combined"]
+    if FALLBACK_ROWS[0]:
+        runs += [(f"{r}{NO_FEATURES}", r, no_features) for r in rk.RANKERS
+                 if r in rk.USES_FEATURES and r != "combined"]
     rows = []
     for ranker, name_in_registry, inputs in runs:
         t4 = time.perf_counter()
@@ -375,7 +381,8 @@ def with_grid_aucs(run: tuple) -> tuple:
     return rows, R, truth, meta
 
 
-def score_dump_for_selection(path: str) -> tuple:
+def score_dump_for_selection(path: str, fallback: bool = True) -> tuple:
+    FALLBACK_ROWS[0] = fallback
     return with_grid_aucs(score_dump(path))
 
 
@@ -561,10 +568,18 @@ def report(df: Any, chosen: dict[str, np.ndarray], args: argparse.Namespace, sec
             f"{g.test_acc.mean():.3f} / {g.clean_acc.mean():.3f} | {pm(d.auc, digits=4)} | {pm(d.f10, pct=True)} | "
             f"{best} ({means.auc[best]:.4f}) | {margin:+.4f} | ≥ {need:+.3f}: {'met' if ok else '**not met**'} |")
     lines += ["", "## Targets (issue #11)", ""]
-    bad = [c for c in checks if not c[1]]
-    lines.append(f"- default ≥ best single signal − 0.005 on every data set x noise x rate x schedule, and ≥ + 0.01 "
-                 f"on Fashion-MNIST with tutorial noise: {len(checks) - len(bad)} of {len(checks)} settings met"
-                 + ("." if not bad else "; **not met** in " + ", ".join(f"{c[0]} ({c[2]:+.4f})" for c in bad) + "."))
+    loose = [c for c in checks if c[2] < TARGET_MARGIN - 1e-12]
+    lines.append(f"- default ≥ best single signal − 0.005 on every data set x noise x rate x schedule: "
+                 f"{len(checks) - len(loose)} of {len(checks)} settings"
+                 + (" (met)." if not loose else "; **not met** in "
+                    + ", ".join(f"{c[0]} ({c[2]:+.4f})" for c in loose) + "."))
+    strict = [c for c in checks if c[3] == FASHION_TUTORIAL_MARGIN]
+    if strict:
+        bad = [c for c in strict if not c[1]]
+        lines.append(f"- Fashion-MNIST with tutorial noise, default ≥ best single signal + 0.01: "
+                     f"{len(strict) - len(bad)} of {len(strict)} settings"
+                     + (" (met)." if not bad else "; **not met** in "
+                        + ", ".join(f"{c[0]} ({c[2]:+.4f})" for c in bad) + "."))
     if len(demo_df):
         dd = demo_df[demo_df.ranker == LODO]
         sh = demo_df[demo_df.ranker == "combined"]
@@ -600,7 +615,7 @@ def report(df: Any, chosen: dict[str, np.ndarray], args: argparse.Namespace, sec
                   "|---|---|---|---|---|---|"]
         for r in means.sort_values("auc", ascending=False).index:
             lines.append(f"| {r} | {means.auc[r]:.4f} | {100 * means.f10[r]:.1f}% | {100 * means.f20[r]:.1f}% | "
-                         f"{worst[r]:.4f} | {ms[r]:.1f} |")
+                         f"{worst[r]:.4f} | {'—' if np.isnan(ms[r]) else f'{ms[r]:.1f}'} |")
 
     lines += ["", "## Every setting", ""]
     for (ds, sch, noise, rate), g in groups:
@@ -615,7 +630,13 @@ def report(df: Any, chosen: dict[str, np.ndarray], args: argparse.Namespace, sec
         lines.append("")
     lines += ["## Rankers", "", f"- `{LODO}`: `rank_mean` with the weights chosen without the data set reported "
               "(see above)."] + [f"- `{n}`: {desc}" for n, (_, desc) in rk.RANKERS.items()]
-    lines += [f"- `<name>{NO_FEATURES}`: the same ranker with `RankerInputs.features=None` (logits as embeddings)."]
+    if df.ranker.str.endswith(NO_FEATURES).any():
+        lines += [f"- `<name>{NO_FEATURES}`: the same ranker with `RankerInputs.features=None` (logits as embeddings)."]
+    else:
+        lines += [f"- (`--no-fallback`: the neighbourhood rankers' rows without features were not computed.)"]
+    lines += ["", "Self-influence over all layers (`self_influence_cp`) is not computed on Fashion-MNIST "
+              "(`NO_ALL_LAYERS`: the TracInCP pass would add about half to each run's time on 2 CPU cores): "
+              "— in its tables."]
     return "\n".join(lines) + "\n"
 
 
@@ -641,6 +662,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                    help="with --dump: train and save the runs, score nothing (score them later with --from-dumps)")
     p.add_argument("--resume", action="store_true",
                    help="with --dump: a run whose file is already there is scored from it, not trained again")
+    p.add_argument("--no-fallback", action="store_true",
+                   help="with --from-dumps: skip the neighbourhood rankers' no-features rows (a third of the time)")
     p.add_argument("--save-results", type=Path, default=None, metavar="FILE",
                    help="pickle the scored runs here (to redo the selection and report with --load-results)")
     p.add_argument("--load-results", nargs="+", type=Path, default=None, metavar="FILE",
@@ -684,7 +707,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                         files.append(str(f))
             if not files:
                 raise SystemExit(f"--from-dumps: no saved runs match in {', '.join(map(str, args.from_dumps))}")
-            results = list(mapper(score_dump_for_selection, files))
+            files.sort(key=lambda f: not Path(f).name.startswith("fashion"))  # the slow ones first
+            results = list(mapper(score_dump_for_selection, files, [not args.no_fallback] * len(files)))
         else:
             tasks = [(d, s, sch, tuple(args.noise), tuple(args.rates), args.quick, args.dump, args.resume,
                       args.dump_only)

@@ -383,7 +383,8 @@ COMBINABLE = ("neighbour_vote_adaptive", "knn_spread", "aum_adaptive", "aum", "l
 #: (digits, wine, breast cancer, Fashion-MNIST; every noise model, rate and schedule): the
 #: grid point with the best mean ROC AUC, data sets weighted equally. The benchmark reports
 #: each data set with weights chosen without it (leave-one-dataset-out).
-COMBINED_WEIGHTS: dict[str, float] = {"neighbour_vote_adaptive": 0.5, "aum_adaptive": 0.5}
+COMBINED_WEIGHTS: dict[str, float] = {"neighbour_vote_adaptive": 0.2, "knn_spread": 0.2, "aum_adaptive": 0.4,
+                                      "self_influence_fast_normalised": 0.2}
 
 
 def rank_mean(inp: RankerInputs, weights: "dict[str, float]") -> np.ndarray:
@@ -411,8 +412,8 @@ def combined(inp: RankerInputs) -> np.ndarray:
 
 
 RANKERS: dict[str, tuple[Callable[[RankerInputs], np.ndarray], str]] = {
-    "combined": (combined, "weighted mean rank of neighbour_vote, losses, AUM and self-influence "
-                           "(weights learnt across data sets)"),
+    "combined": (combined, "weighted mean rank of neighbour_vote_adaptive, knn_spread, aum_adaptive and "
+                           "self_influence_fast_normalised (weights chosen across data sets)"),
     "neighbour_vote": (neighbour_vote, "neighbours' cleaned labels + early predictions: support for the given "
                                        "label relative to its class's average"),
     "knn_disagreement": (knn_disagreement, "share of the 10 nearest neighbours (early checkpoints) with another label"),
