@@ -58,7 +58,9 @@ def test_orientation_known_mislabel_ranks_first(name):
 
 
 @pytest.mark.parametrize("name", ["neighbour_vote", "knn_disagreement", "loss_early", "aum_early",
-                                  "confidence_class_normalised", "self_influence_fast_early"])
+                                  "confidence_class_normalised", "self_influence_fast_early",
+                                  "neighbour_vote_adaptive", "aum_adaptive", "loss_adaptive", "knn_spread",
+                                  "combined"])
 def test_early_rankers_find_a_memorised_mislabel(name):
     inp, bad = constructed(memorised=True)
     assert int(np.argmax(rk.compute(name, inp))) == bad
@@ -68,7 +70,8 @@ def test_early_rankers_find_a_memorised_mislabel(name):
 
 @pytest.mark.parametrize("name", sorted(rk.USES_FEATURES))
 def test_neighbour_rankers_without_features_use_logits(name):
-    inp, bad = constructed(features=False)
+    # memorised: the adaptive rankers' checkpoint weights depend on the neighbourhoods too
+    inp, bad = constructed(memorised=True, features=False)
     assert inp.features is None
     assert int(np.argmax(rk.compute(name, inp))) == bad
     without = rk.compute(name, inp)
@@ -312,6 +315,106 @@ def test_rank_combo_direct(tiny):
     assert np.allclose(rk.compute("rank_combo", inp), want)
 
 
+def _suspects_naive(inp: rk.RankerInputs, k: int = 10) -> np.ndarray:
+    """Items whose given label is not the most common label of their k neighbours (sklearn,
+    early checkpoints, item by item)."""
+    C, N, K = np.shape(inp.logits)
+    early = range(rk.n_early(C))
+    nbrs = [_sk_neighbours(np.asarray(inp.features[c]), k) for c in early]
+    out = []
+    for i in range(N):
+        votes = np.mean([[np.mean([inp.labels[j] == c for j in nb[i]]) for c in range(K)] for nb in nbrs], 0)
+        out.append(int(np.argmax(votes)) != inp.labels[i])
+    return np.array(out)
+
+
+def test_checkpoint_trust_direct(tiny):
+    inp = tiny["inp"]
+    y = inp.labels
+    suspects = _suspects_naive(inp)
+    assert suspects.any()
+    pred = _outputs(tiny).argmax(-1).numpy()
+    mem = np.array([np.mean([pred[c, i] == y[i] for i in np.flatnonzero(suspects)]) for c in range(6)])
+    assert np.allclose(rk.memorisation(inp), mem)
+    assert np.allclose(rk.checkpoint_trust(inp), np.maximum(1 - mem, 1e-3))
+    # a run that memorised the mislabel at the last checkpoint trusts that checkpoint least
+    cons, bad = constructed(memorised=True)
+    t = rk.checkpoint_trust(cons)
+    assert t[-1] < t[0] and t[0] == 1.0
+    assert rk.memorisation(constructed()[0]).max() == 0.0  # nothing memorised: trust 1 everywhere
+
+
+def test_adaptive_losses_direct(tiny):
+    inp = tiny["inp"]
+    out = _outputs(tiny)
+    y = tiny["y"].numpy()
+    t = rk.checkpoint_trust(inp)
+    ce = torch.stack([nn.CrossEntropyLoss(reduction="none")(o, tiny["y"]) for o in out]).numpy()
+    o = out.numpy()
+    margins = np.array([[o[c, i, y[i]] - np.delete(o[c, i], y[i]).max() for i in range(len(y))] for c in range(6)])
+    assert np.allclose(rk.compute("loss_adaptive", inp), (t[:, None] * ce).sum(0) / t.sum(), rtol=1e-5, atol=1e-7)
+    assert np.allclose(rk.compute("aum_adaptive", inp), -(t[:, None] * margins).sum(0) / t.sum(),
+                       rtol=1e-5, atol=1e-6)
+    # equal trust everywhere: the plain checkpoint averages
+    cons, _ = constructed()
+    assert np.allclose(rk.compute("aum_adaptive", cons), rk.compute("aum", cons))
+    assert np.allclose(rk.compute("loss_adaptive", cons), rk.compute("loss_mean", cons))
+
+
+def test_spread_neighbour_rankers_direct(tiny):
+    inp = tiny["inp"]
+    y = inp.labels
+    K = inp.logits.shape[2]
+    assert rk.spread_checkpoints(6) == [0, 2, 5] and rk.spread_checkpoints(1) == [0]
+    assert rk.spread_checkpoints(2) == [0, 1] and rk.spread_checkpoints(10) == [0, 4, 9]
+    cs = [0, 2, 5]
+    nbrs = [_sk_neighbours(np.asarray(inp.features[c]), 10) for c in cs]
+    for c, nb in zip(cs, rk.spread_neighbours(inp)):
+        _check_neighbours(inp.features[c], nb, 10)
+    knn = 1 - np.array([np.mean([np.mean(y[nb[i]] == y[i]) for nb in nbrs]) for i in range(len(y))])
+    got = rk.compute("knn_spread", inp)
+    assert np.allclose(got, knn, atol=1e-5)  # + 1e-6 · tanh(mean loss), the tie-break
+    assert np.array_equal(np.argsort(-got, kind="stable"),
+                          np.lexsort((-rk.compute("loss_mean", inp), -np.round(knn, 9))))
+
+    # neighbour_vote_adaptive item by item: trust-weighted neighbour votes and predictions
+    t = rk.checkpoint_trust(inp)
+    p = torch.softmax(_outputs(tiny), dim=2).numpy()
+    p_w = sum(t[c] * p[c] for c in range(6)) / t.sum()
+    tn = t[cs] / t[cs].sum()
+    n = len(y)
+    labels = list(y)
+    for _ in range(10):
+        q = np.array([[(sum(w * np.mean([labels[j] == c for j in nb[i]]) for w, nb in zip(tn, nbrs)) + p_w[i, c]) / 2
+                       for c in range(K)] for i in range(n)])
+        cleaned = [int(np.argmax(q[i])) for i in range(n)]
+        if cleaned == labels:
+            break
+        labels = cleaned
+    own = q[np.arange(n), y]
+    avg = {c: own[y == c].mean() for c in set(y.tolist())}
+    want = np.array([1 - own[i] / avg[y[i]] for i in range(n)])
+    assert np.allclose(rk.compute("neighbour_vote_adaptive", inp), want, rtol=1e-5, atol=1e-6)
+
+
+def test_rank_mean_and_combined_direct(tiny):
+    inp = tiny["inp"]
+    r = lambda v: rankdata(v) / len(v)  # noqa: E731
+    w = {"neighbour_vote_adaptive": 0.3, "aum": 0.7}
+    want = (0.3 * r(rk.compute("neighbour_vote_adaptive", inp)) + 0.7 * r(rk.compute("aum", inp))) / 1.0
+    assert np.allclose(rk.rank_mean(inp, w), want)
+    ws = rk.COMBINED_WEIGHTS
+    want = sum(v * r(rk.compute(k, inp)) for k, v in ws.items()) / sum(ws.values())
+    assert np.allclose(rk.compute("combined", inp), want)
+    assert set(ws) <= set(rk.COMBINABLE) and not (set(ws) & rk.NEEDS_CP)
+    with pytest.raises(ValueError, match="not combinable"):
+        rk.rank_mean(inp, {"loss_final": 1.0})
+    with pytest.raises(ValueError, match="weights must be"):
+        rk.rank_mean(inp, {"aum": -1.0})
+    with pytest.raises(ValueError, match="at least one"):
+        rk.rank_mean(inp, {})
+
+
 def test_nearest_neighbours_memo_and_edges():
     rng = np.random.default_rng(1)
     x = rng.normal(size=(50, 4)).astype(np.float32)
@@ -394,6 +497,51 @@ def test_benchmark_smoke(tmp_path):
     out = tmp_path / "mq.md"
     assert bench.main(["--quick", "--datasets", "wine", "--noise", "pair", "--rates", "0.1", "--out", str(out)]) == 0
     text = out.read_text()
-    assert "### wine / pair / 10%" in text and f"{rk.DEFAULT_RANKER} **(default)**" in text
+    assert "### wine / long / pair / 10%" in text and "### wine / short / pair / 10%" in text
+    assert f"| {bench.LODO} **(default)**" in text and "Leave-one-dataset-out" in text
     for name in rk.RANKERS:
         assert f"| {name}" in text
+    # the saved runs give the same report
+    dumps = tmp_path / "dumps"
+    assert bench.main(["--quick", "--datasets", "wine", "--noise", "pair", "--rates", "0.1", "--out", str(out),
+                       "--dump", str(dumps), "--dump-only"]) == 0
+    names = sorted(p.name for p in dumps.iterdir())
+    assert names == ["wine-long_pair_0.1_0.npz", "wine-short_pair_0.1_0.npz"]
+    z = np.load(dumps / names[0])
+    assert {"logits", "labels", "weights", "si_fast", "si_cp", "features", "truth"} <= set(z.files)
+    assert (z["labels"] != z["truth"]).mean() == pytest.approx(0.1, abs=0.01)
+    again = tmp_path / "again.md"
+    assert bench.main(["--quick", "--datasets", "wine", "--noise", "pair", "--rates", "0.1", "--out", str(again),
+                       "--from-dumps", str(dumps)]) == 0
+    # the same choice, summary and per-setting tables (the header names the command; the
+    # per-data-set tables hold timings)
+    cut = lambda t: (t[t.index("## The default"):t.index("## Mean ROC AUC")]  # noqa: E731
+                     + t[t.index("## Every setting"):])
+    assert cut(again.read_text()) == cut(text)
+
+
+def test_lodo_never_looks_at_the_held_out_data_set():
+    """The weights reported for a data set are chosen on the others: changing its runs
+    changes nothing in its own weights."""
+    import importlib.util
+
+    from tests.conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("mislabel_quality", REPO / "benchmarks" / "mislabel_quality.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    grid = bench.weight_grid(3, 0.5)
+    assert grid.shape == (6, 3) and np.allclose(grid.sum(1), 1)
+    ds = np.array(["a", "a", "b", "c"])
+    st = np.array(["a/x", "a/x", "b/x", "c/x"])
+    best = np.array([0.9, 0.9, 0.8, 0.8])
+    aucs = np.tile(np.linspace(0.85, 0.95, 6), (4, 1))
+    aucs[2:, 0] = 0.99  # b and c prefer grid point 0
+    aucs[:2, 5] = 1.0  # a prefers point 5
+    assert bench.select_weights(aucs, ds, st, best, exclude="a") == 0
+    changed = aucs.copy()
+    changed[:2] = 0.5  # whatever a's runs say ...
+    assert bench.select_weights(changed, ds, st, best, exclude="a") == 0  # ... a's weights stay
+    # without b, the worst margin decides: c alone prefers 0, a prefers 5; the worst of the two
+    assert bench.select_weights(aucs, ds, st, best, exclude="b") == int(np.argmax(np.minimum(aucs[0] - 0.9,
+                                                                                            aucs[3] - 0.8)))

@@ -311,7 +311,9 @@ def test_cli_precompute_warms_the_store_the_app_opens(tmp_path):
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr
     stores = list((tmp_path / "stores").glob("digits-demo-*"))
-    assert len(stores) == 1 and list((stores[0] / "rankings").glob("neighbour_vote-*.npy"))
+    from tracin_core.rankers import DEFAULT_RANKER
+
+    assert len(stores) == 1 and list((stores[0] / "rankings").glob(f"{DEFAULT_RANKER}-*.npy"))
     # the app's path for the same environment (pages.common: CACHE_DIR / "stores")
     probe = "import pages.common as c, tracin_core.workspace as w; print(c.CACHE_DIR / 'stores', w.DEFAULT_CACHE)"
     app = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120, cwd=REPO)
