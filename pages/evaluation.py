@@ -97,7 +97,8 @@ def _line_width(name: str) -> float:
 #: one clearly different colour per ranking (plotly's 24-colour qualitative palette), the
 #: same ranking in the same colour on every chart; the default ranking drawn in black
 PALETTE = ("#2E91E5", "#E15F99", "#1CA71C", "#FB0D0D", "#DA16FF", "#B68100", "#750D86", "#EB663B",
-           "#511CFB", "#00A08B", "#FB00D1", "#FC0080", "#B2828D", "#6C7C32", "#778AAE", "#862A16")
+           "#511CFB", "#00A08B", "#FB00D1", "#FC0080", "#B2828D", "#6C7C32", "#778AAE", "#862A16",
+           "#A777F1", "#620042", "#1616A7", "#DA60CA", "#6C4516", "#0D2A63", "#AF0038", "#222A2A")
 
 
 def _colour(name: str) -> str:

@@ -83,7 +83,7 @@ def test_ranking_keeps_its_neighbour_search_record(tmp_path, monkeypatch):
     assert ws.ranking_searches() == []  # nothing computed yet
     scores = ws.mislabel_scores()
     searches = Workspace.demo(cache_dir=tmp_path / "c").ranking_searches()  # read back from disk
-    assert [s.method for s in searches] == ["annoy", "annoy"]  # the two early checkpoints
+    assert searches and {s.method for s in searches} == {"annoy"}  # one per checkpoint it looks at
     assert all(s.n == len(scores) and s.recall >= rk.TARGET_RECALL for s in searches)
     assert "recall" in searches[0].describe() and "1,437 rows" in searches[0].describe()
     assert ws.ranking_searches("loss_mean") == []
