@@ -33,7 +33,8 @@ def test_auto_is_exact_up_to_the_threshold_and_annoy_above(monkeypatch):
     monkeypatch.setattr(rk, "EXACT_SEARCH_MAX", 1000)
     with rk.recording_searches() as log:
         approx = rk.nearest_neighbours(x, 10)
-    assert [s.method for s in log] == ["annoy"]
+        assert np.array_equal(rk.nearest_neighbours(x, 10), approx)  # memoised: recorded once
+    assert [s.method for s in log] == ["annoy"] and len(log[0].key) == 16
     info = log[0]
     assert info.sample == rk.RECALL_SAMPLE and info.trees == rk.ANNOY_TREES and info.k == 10
     # the recall it reports is the recall it has, measured here on every row

@@ -127,6 +127,7 @@ class NeighbourSearch:
     trees: int = 0
     search_k: int = 0
     seconds: float = 0.0
+    key: str = ""  # content hash of the rows searched (the same search, memoised, has the same key)
 
     def describe(self) -> str:
         if self.method == "exact":
@@ -147,7 +148,7 @@ def recording_searches() -> Iterator[list[NeighbourSearch]]:
     """Collect a :class:`NeighbourSearch` for every :func:`nearest_neighbours` call made
     in this thread inside the ``with`` block (memoised calls included)."""
     outer = getattr(_SEARCH_LOG, "log", None)
-    log: list[NeighbourSearch] = []
+    log: list[NeighbourSearch] = []  # one entry per distinct search (memoised repeats not again)
     _SEARCH_LOG.log = log
     try:
         yield log
@@ -267,14 +268,14 @@ def nearest_neighbours(emb: np.ndarray, k: int, chunk: int = 2048, method: str =
                     break
                 search_k *= 2
             info = NeighbourSearch("annoy", n, k, recall, sample, ANNOY_TREES, search_k)
-        info = dataclasses.replace(info, seconds=time.perf_counter() - t0)
+        info = dataclasses.replace(info, seconds=time.perf_counter() - t0, key=key[0][:16])
         with _NN_LOCK:
             _NN_CACHE[key] = (result, info)
             while len(_NN_CACHE) > _NN_CACHE_SIZE:
                 _NN_CACHE.popitem(last=False)
         hit = (result, info)
     log = getattr(_SEARCH_LOG, "log", None)
-    if log is not None:
+    if log is not None and all(x.key != hit[1].key or x.k != hit[1].k for x in log):
         log.append(hit[1])
     return hit[0].copy()
 
