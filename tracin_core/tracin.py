@@ -1,10 +1,11 @@
 """Captum-compatible TracIn classes: ``TracInCP``, ``TracInCPFast``, ``TracInCPFastRandProj``.
 
 Constructor arguments follow Captum's order and defaults; keyword-only extras are
-``device``, ``cache_dir``, ``show_progress`` and ``captum_batching``. The difference is structure: the
-first call walks the training data once, computing for all checkpoints at once the
-per-example quantities every score is made of (see :mod:`tracin_core.featurize`),
-and keeps them in a :class:`~tracin_core.store.FeatureStore`. Every later
+``device``, ``cache_dir``, ``show_progress`` and ``captum_batching`` (read a Dataset in
+batches of ``batch_size``, as Captum, instead of the faster pass batch). The difference
+is structure: the first call walks the training data once, computing for all checkpoints
+at once the per-example quantities every score is made of (see
+:mod:`tracin_core.featurize`), and keeps them in a :class:`~tracin_core.store.FeatureStore`. Every later
 ``influence()`` / ``self_influence()`` on the same instance reads the store.
 
 Scores: ``TI(j, i) = Σ_c η_c ⟨∇ℓ'_j(θ_c), ∇ℓ_i(θ_c)⟩`` (test ``j``, training ``i``).
@@ -110,8 +111,6 @@ def _example_total(data: Any) -> Optional[int]:
         if isinstance(bs, BatchSampler):
             n = len(bs.sampler)
             return n // bs.batch_size * bs.batch_size if bs.drop_last else n
-        if data.batch_size is None:  # batches given whole (a one-batch loader)
-            return None
     except (AttributeError, TypeError):
         return None
     return None
@@ -546,9 +545,12 @@ class _TracInBase:
         """Self-influence ``SI_i = Σ_c η_c ‖∇ℓ_i(θ_c)‖²``, shape ``(n,)``.
 
         ``inputs=None`` scores the training set (read from the store); otherwise the
-        given batch or DataLoader (with ``loss_fn``). ``outer_loop_by_checkpoints``
-        is accepted for Captum compatibility and has no effect: all checkpoints are
-        always handled in one pass.
+        given batch or DataLoader (with ``loss_fn``). ``outer_loop_by_checkpoints``: with
+        ``inputs`` given, one pass over them per checkpoint (Captum's loop order, one
+        checkpoint's features in memory at a time; the same sums, bitwise); without, no
+        effect (the training set's store holds every checkpoint's terms, from one pass).
+        ``show_progress``: bars with Captum's texts (``… Processing batch``, and with
+        the checkpoint loop ``… Processing checkpoint``).
         """
         weights = self._weights()
         show = show_progress or self.show_progress
@@ -567,13 +569,17 @@ class _TracInBase:
                                   f"Using {self.get_name()} to compute self influence. Processing checkpoint",
                                   unit="checkpoint")
             cols = []
-            for snap in self.snapshots:
-                bar = _progress_bar(show, total, desc)
-                feats = self._features(inputs, self.loss_fn, cache=False, progress=bar, snapshots=[snap])
-                bar.close()  # type: ignore[attr-defined]
-                cols.append(feats["c0/self"])
-                outer(1)
-            outer.close()  # type: ignore[attr-defined]
+            try:
+                for snap in self.snapshots:
+                    bar = _progress_bar(show, total, desc)
+                    try:
+                        feats = self._features(inputs, self.loss_fn, cache=False, progress=bar, snapshots=[snap])
+                    finally:
+                        bar.close()  # type: ignore[attr-defined]
+                    cols.append(feats["c0/self"])
+                    outer(1)
+            finally:
+                outer.close()  # type: ignore[attr-defined]
         else:
             bar = _progress_bar(show, _example_total(inputs), desc)
             try:
