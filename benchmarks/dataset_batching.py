@@ -7,11 +7,16 @@ of construction + ``self_influence()`` + ``influence(test)`` for each of the thr
 the largest score difference against the DataLoader's.
 
     nice -n 10 python benchmarks/dataset_batching.py [--n 10000] [--batch-sizes 8,32,128]
+
+Every run appends its table (with date, machine and command) to
+``benchmarks/results/dataset_batching.md``.
 """
 from __future__ import annotations
 
 import argparse
+import datetime
 import os
+import platform
 import sys
 import tempfile
 import time
@@ -39,10 +44,21 @@ def main() -> None:
         torch.manual_seed(c)
         torch.save({"model_state_dict": TutorialCifarNet().state_dict(), "learning_rate": 0.01},
                    os.path.join(folder, f"checkpoint-{c}.pt"))
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, n={args.n}, "
-          f"{args.checkpoints} checkpoints, TutorialCifarNet, float32")
-    print("| class | B | train data | time (s) | max abs diff of scores vs DataLoader(B) | max abs diff of self-influence |")
-    print("|---|---|---|---|---|---|")
+    out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "dataset_batching.md")
+    lines: list[str] = []
+
+    def say(line: str) -> None:
+        print(line, flush=True)
+        lines.append(line)
+
+    say(f"## {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.node()}, "
+        f"`python benchmarks/dataset_batching.py {' '.join(sys.argv[1:])}`")
+    say("")
+    say(f"torch {torch.__version__}, threads {torch.get_num_threads()}, n={args.n}, "
+        f"{args.checkpoints} checkpoints, TutorialCifarNet, float32")
+    say("")
+    say("| class | B | train data | time (s) | max abs diff of scores vs DataLoader(B) | max abs diff of self-influence |")
+    say("|---|---|---|---|---|---|")
     for cls, n in ((TracInCPFast, args.n), (TracInCP, args.n // 5)):
         ds = TensorDataset(x[:n], y[:n])
         for b in (int(v) for v in args.batch_sizes.split(",")):
@@ -62,8 +78,10 @@ def main() -> None:
                 results[label] = (time.perf_counter() - t0, sc, si)
             ref = results["DataLoader(B)"]
             for label, (t, sc, si) in results.items():
-                print(f"| {cls.__name__} (n={n}) | {b} | {label} | {t:.2f} | "
-                      f"{(sc - ref[1]).abs().max().item():.1e} | {(si - ref[2]).abs().max().item():.1e} |")
+                say(f"| {cls.__name__} (n={n}) | {b} | {label} | {t:.2f} | "
+                    f"{(sc - ref[1]).abs().max().item():.1e} | {(si - ref[2]).abs().max().item():.1e} |")
+    with open(out, "a", encoding="utf-8") as fh:
+        fh.write("\n".join(lines) + "\n\n")
 
 
 if __name__ == "__main__":
