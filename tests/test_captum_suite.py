@@ -164,15 +164,31 @@ def test_invalid_checkpoints_message_starts_with_captums(setup, tmp_path, cls, r
 # --------------------------------------------------------------------------- Dataset vs DataLoader
 
 
+class _ItemDataset(torch.utils.data.Dataset):
+    """A plain map-style Dataset (decoded one item at a time, no batch decoder)."""
+
+    def __init__(self, base: TensorDataset) -> None:
+        self.base = base
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int):
+        return self.base[i]
+
+
 @pytest.mark.parametrize("cls,reduction", [(TracInCP, "mean"), (TracInCPFast, "mean"), (TracInCP, "sum")])
 @pytest.mark.parametrize("batch_size", [3, 7])
-def test_dataset_with_captum_batching_is_bitwise_the_dataloader(setup, cls, reduction, batch_size):
+@pytest.mark.parametrize("plain", [False, True], ids=["TensorDataset", "plain Dataset"])
+def test_dataset_with_captum_batching_is_bitwise_the_dataloader(setup, cls, reduction, batch_size, plain):
     """captum_batching=True: a Dataset is read in batches of batch_size, so every result is
     bitwise a DataLoader(dataset, batch_size)'s (Captum's two paths are bitwise equal).
     By default the Dataset is read in larger batches: equal up to rounding."""
-    loader = _make(cls, setup, DataLoader(setup["train"], batch_size), reduction, batch_size)
-    exact = _make(cls, setup, setup["train"], reduction, batch_size, captum_batching=True)
-    default = _make(cls, setup, setup["train"], reduction, batch_size)
+    ds = _ItemDataset(setup["train"]) if plain else setup["train"]
+    loader = _make(cls, setup, DataLoader(ds, batch_size), reduction, batch_size)
+    exact = _make(cls, setup, ds, reduction, batch_size, captum_batching=True)
+    default = _make(cls, setup, ds, reduction, batch_size)
+    assert exact._pass_loader.batch_size == batch_size and default._pass_loader.batch_size > batch_size
     ref = loader.influence(setup["test"])
     assert torch.equal(exact.influence(setup["test"]), ref)
     assert torch.equal(exact.self_influence(), loader.self_influence())
