@@ -436,7 +436,7 @@ def test_bad_arguments_say_what_to_change(cnn_setup):
     for bad_k in (0, -1, 2.5, True):
         with pytest.raises(ValueError, match="k must be a positive int or None"):
             tr.influence(cnn_setup["test"], k=bad_k)
-    with pytest.raises(ValueError, match="inputs is required"):
+    with pytest.raises(ValueError, match="`inputs` argument is required"):
         tr.influence(None)
     with pytest.raises(TypeError, match="batch tuple"):
         tr.influence(cnn_setup["test"][0])  # a bare tensor, no labels

@@ -18,6 +18,7 @@ _EXPORTS = {
     "AnnoyNearestNeighbors": "tracin_core.nearest_neighbors",
     "load_checkpoint": "tracin_core.checkpoints",
     "CheckpointError": "tracin_core.checkpoints",
+    "TracInArgumentError": "tracin_core.errors",
     "Workspace": "tracin_core.workspace",
     "ReviewStore": "tracin_core.review",
 }

@@ -31,6 +31,8 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 from torch.utils.data import DataLoader
 
+from .errors import TracInArgumentError
+
 Term = tuple  # ("factor", a_name, d_name) | ("dense", g_name)
 
 _LOCKS: "weakref.WeakKeyDictionary[nn.Module, threading.RLock]" = weakref.WeakKeyDictionary()
@@ -130,7 +132,7 @@ def take_snapshots(
     snaps = []
     for ckpt in checkpoints:
         if ckpt is None:
-            raise ValueError("checkpoints: None is not a checkpoint")
+            raise TracInArgumentError("None returned from `checkpoints`, cannot load: checkpoints: None is not a checkpoint")
         lr = load_func(model, ckpt)
         lr = 1.0 if lr is None else float(lr)
         state = {

@@ -10,6 +10,7 @@ from typing import Callable, Mapping, NamedTuple, Optional, Sequence
 import torch
 from torch import Tensor
 
+from .errors import TracInArgumentError
 from .featurize import Term
 
 #: upper bound on the elements of one (n_test × rows) score block
@@ -75,11 +76,16 @@ def iter_score_blocks(
         yield start, score_block(test, lambda name: get_rows(name, start, stop), terms, weights)
 
 
-def influence_matrix(test, get_rows, n_train, terms, weights, aggregate: bool = False) -> Tensor:
-    """Scores ``(n_test, n_train)``, or ``(1, n_train)`` summed over tests when ``aggregate``."""
+def influence_matrix(test, get_rows, n_train, terms, weights, aggregate: bool = False,
+                     progress: Optional[Callable[[int], None]] = None) -> Tensor:
+    """Scores ``(n_test, n_train)``, or ``(1, n_train)`` summed over tests when ``aggregate``.
+
+    ``progress(rows)`` is called after each block of training rows."""
     blocks = []
     for _, s in iter_score_blocks(test, get_rows, n_train, terms, weights):
         blocks.append(s.sum(0, keepdim=True) if aggregate else s)
+        if progress is not None:
+            progress(s.shape[1])
     return torch.cat(blocks, dim=1)
 
 
@@ -88,7 +94,7 @@ class TopK:
 
     def __init__(self, k: int, proponents: bool) -> None:
         if not isinstance(k, int) or isinstance(k, bool) or k < 1:
-            raise ValueError(f"k must be a positive int or None, got {k!r}")
+            raise TracInArgumentError(f"k must be a positive int or None, got {k!r}")
         self.k = k
         self.sign = 1.0 if proponents else -1.0
         self.values: Optional[Tensor] = None
@@ -115,8 +121,9 @@ class TopK:
         return KMostInfluentialResults(self.indices.cpu().long(), (self.values * self.sign).cpu())
 
 
-def top_k(test, get_rows, n_train, terms, weights, k: int, proponents: bool, aggregate: bool = False):
-    """Exact top-k over all training rows, blockwise."""
+def top_k(test, get_rows, n_train, terms, weights, k: int, proponents: bool, aggregate: bool = False,
+          progress: Optional[Callable[[int], None]] = None):
+    """Exact top-k over all training rows, blockwise (``progress(rows)`` after each block)."""
     n_test = 1 if aggregate else next(iter(test.values())).shape[0]
     acc = TopK(k, proponents)
     dtype = torch.float32
@@ -125,6 +132,8 @@ def top_k(test, get_rows, n_train, terms, weights, k: int, proponents: bool, agg
             s = s.sum(0, keepdim=True)
         dtype = s.dtype
         acc.add(start, s)
+        if progress is not None:
+            progress(s.shape[1])
     return acc.result(n_test, dtype)
 
 

@@ -1,10 +1,11 @@
 """Captum-compatible TracIn classes: ``TracInCP``, ``TracInCPFast``, ``TracInCPFastRandProj``.
 
 Constructor arguments follow Captum's order and defaults; keyword-only extras are
-``device``, ``cache_dir`` and ``show_progress``. The difference is structure: the
-first call walks the training data once, computing for all checkpoints at once the
-per-example quantities every score is made of (see :mod:`tracin_core.featurize`),
-and keeps them in a :class:`~tracin_core.store.FeatureStore`. Every later
+``device``, ``cache_dir``, ``show_progress`` and ``captum_batching`` (read a Dataset in
+batches of ``batch_size``, as Captum, instead of the faster pass batch). The difference
+is structure: the first call walks the training data once, computing for all checkpoints
+at once the per-example quantities every score is made of (see
+:mod:`tracin_core.featurize`), and keeps them in a :class:`~tracin_core.store.FeatureStore`. Every later
 ``influence()`` / ``self_influence()`` on the same instance reads the store.
 
 Scores: ``TI(j, i) = Σ_c η_c ⟨∇ℓ'_j(θ_c), ∇ℓ_i(θ_c)⟩`` (test ``j``, training ``i``).
@@ -26,6 +27,7 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, SequentialSample
 from .batching import batch_decode_enabled, batch_decoder, collated
 from .checkpoints import load_into_model, resolve_checkpoints
 from .distributed import barrier, rank_world
+from .errors import TracInArgumentError
 from .featurize import (
     Featurizer,
     FinalLayerFeaturizer,
@@ -43,7 +45,7 @@ from .nearest_neighbors import AnnoyNearestNeighbors, NearestNeighbors
 from .scoring import KMostInfluentialResults, TopK, influence_matrix, score_block, top_k, weighted_self
 from .store import MANIFEST, FeatureStore
 
-__all__ = ["TracInCP", "TracInCPFast", "TracInCPFastRandProj", "KMostInfluentialResults"]
+__all__ = ["TracInCP", "TracInCPFast", "TracInCPFastRandProj", "KMostInfluentialResults", "TracInArgumentError"]
 
 Batch = Union[tuple, list]
 
@@ -58,13 +60,15 @@ PASS_BATCH = 512
 SCORE_CACHE_ELEMENTS = 1 << 24
 
 
-def _progress_bar(enabled: bool, total: Optional[int], desc: str, callback=None):
-    """A callable advancing a tqdm bar (when enabled) and/or a ``callback(done, total)``."""
+def _progress_bar(enabled: bool, total: Optional[int], desc: str, callback=None, unit: str = "ex"):
+    """A callable advancing a tqdm bar (when enabled) and/or a ``callback(done, total)``.
+
+    Bars count examples (``unit="ex"``), whatever the batching; Captum's count batches."""
     bar = None
     if enabled:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=total, desc=desc, unit="ex")
+        bar = tqdm(total=total, desc=desc, unit=unit)
     state = {"done": 0}
 
     def advance(n: int) -> None:
@@ -95,6 +99,23 @@ def _dataset_len(loader: DataLoader) -> Optional[int]:
     return None
 
 
+def _example_total(data: Any) -> Optional[int]:
+    """Examples a batch tuple or DataLoader yields (a progress bar's total); None if unknown."""
+    if isinstance(data, (tuple, list)):
+        try:
+            return len(data[-1])
+        except TypeError:
+            return None
+    try:
+        bs = data.batch_sampler
+        if isinstance(bs, BatchSampler):
+            n = len(bs.sampler)
+            return n // bs.batch_size * bs.batch_size if bs.drop_last else n
+    except (AttributeError, TypeError):
+        return None
+    return None
+
+
 def _tensor_digest(h: "hashlib._Hash", x: Any) -> None:
     if isinstance(x, Tensor):
         t = x.detach().cpu().contiguous()
@@ -105,6 +126,27 @@ def _tensor_digest(h: "hashlib._Hash", x: Any) -> None:
             _tensor_digest(h, v)
     else:
         h.update(repr(x).encode())
+
+
+_INPUTS_REQUIRED = (
+    "`inputs` argument is required. If you wish to calculate self influence scores, "
+    "please use the `self_influence` method instead."
+)
+
+
+def _check_k(k: Any) -> None:
+    if k is not None and (not isinstance(k, int) or isinstance(k, bool) or k < 1):
+        raise TracInArgumentError(f"k must be a positive int or None, got {k!r}")
+
+
+def _resolve_checkpoints(checkpoints: Any) -> list:
+    """:func:`resolve_checkpoints`, its errors starting with Captum's wording."""
+    try:
+        return resolve_checkpoints(checkpoints)
+    except ValueError as e:
+        msg = str(e)
+        msg = msg[len("checkpoints: "):] if msg.startswith("checkpoints: ") else msg
+        raise ValueError(f"Invalid checkpoints provided for TracIn class: {msg} (argument `checkpoints`)") from None
 
 
 class _TracInBase:
@@ -129,6 +171,7 @@ class _TracInBase:
         device: Optional[Union[str, torch.device]] = None,
         cache_dir: Optional[Union[str, os.PathLike]] = None,
         show_progress: bool = False,
+        captum_batching: bool = False,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -140,7 +183,7 @@ class _TracInBase:
             model.to(self.device)
         else:
             self.device = model_device(model)
-        self.checkpoints = resolve_checkpoints(checkpoints)
+        self.checkpoints = _resolve_checkpoints(checkpoints)
         self.checkpoints_load_func = checkpoints_load_func or load_into_model
         if not callable(self.checkpoints_load_func):
             raise TypeError("checkpoints_load_func must be callable as f(model, checkpoint) -> learning rate")
@@ -154,7 +197,8 @@ class _TracInBase:
             self.train_dataloader = train_dataset
         elif isinstance(train_dataset, Dataset) or hasattr(train_dataset, "__getitem__"):
             if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-                raise ValueError(
+                raise TracInArgumentError(
+                    "since the `train_dataset` argument was a `Dataset`, `batch_size` must be an int: "
                     f"batch_size must be a positive int when train_dataset is a Dataset, got {batch_size!r}"
                 )
             self.train_dataloader = DataLoader(train_dataset, batch_size, shuffle=False)
@@ -163,17 +207,22 @@ class _TracInBase:
                 f"train_dataset must be a torch Dataset or DataLoader, got {type(train_dataset).__name__}"
             )
         # The pass decodes in batches of PASS_BATCH examples whatever batch_size says:
-        # per-example quantities do not depend on the batching; small batches keep peak
-        # memory low and large ones keep per-batch overhead low.
+        # per-example quantities do not depend on the batching (up to the last bits: BLAS
+        # and conv kernels sum in an order that depends on the batch's size); small batches
+        # keep peak memory low and large ones keep per-batch overhead low.
+        # captum_batching=True batches a Dataset by batch_size, as Captum does: scores are
+        # then bitwise those of a DataLoader(train_dataset, batch_size).
         # Datasets whose batches can provably be decoded in one go (torchvision's image
         # datasets with ToTensor/Normalize, TensorDataset) are: same tensors, bitwise.
+        self.captum_batching = bool(captum_batching)
         self._pass_loader = self.train_dataloader
         if not isinstance(train_dataset, DataLoader):
+            pass_batch = batch_size if self.captum_batching else self._pass_batch
             fast = batch_decoder(train_dataset) if batch_decode_enabled() else None
             if fast is not None:
-                self._pass_loader = DataLoader(fast, self._pass_batch, shuffle=False, collate_fn=collated)
-            elif batch_size != self._pass_batch:
-                self._pass_loader = DataLoader(train_dataset, self._pass_batch, shuffle=False)
+                self._pass_loader = DataLoader(fast, pass_batch, shuffle=False, collate_fn=collated)
+            elif batch_size != pass_batch:
+                self._pass_loader = DataLoader(train_dataset, pass_batch, shuffle=False)
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.show_progress = show_progress
         self._snapshots: Optional[list[Snapshot]] = None
@@ -244,8 +293,12 @@ class _TracInBase:
         return None
 
     # ------------------------------------------------------------ the pass
-    def _train_store(self, show_progress: bool = False, progress: Optional[Callable] = None) -> FeatureStore:
+    def _train_store(self, show_progress: bool = False, progress: Optional[Callable] = None,
+                     desc: Optional[str] = None) -> FeatureStore:
         """The training set's feature store, computing it (one pass) on first use.
+
+        ``desc``: the progress bar's text for the pass (the calling method's, in
+        Captum's wording), shown when ``show_progress`` or the instance's flag is set.
 
         Inside :func:`tracin_core.distributed.sharded` with an initialised process group
         (``torchrun``), every rank computes its share of the batches into the same on-disk store.
@@ -272,19 +325,20 @@ class _TracInBase:
 
         store = open_store()
         if world == 1:
-            if not store.complete and not self._derive_store(store, n, show_progress, progress):
-                result = self._run_pass(store, store.is_done, show_progress, progress)
+            if not store.complete and not self._derive_store(store, n, show_progress, progress, desc):
+                result = self._run_pass(store, store.is_done, show_progress, progress, desc)
                 store.finish(result.n)
         else:
             if rank == 0 and not store.complete and not store.dims:
                 # batch 0 fixes the arrays' shapes: rank 0 allocates the files first
-                self._run_pass(store, lambda b: b != 0, False, None)
+                self._run_pass(store, lambda b: b != 0, False, None, desc)
                 store.save_progress()
             barrier()
             store = open_store()
             if not store.complete:
                 done = set(store.done)
-                result = self._run_pass(store, lambda b: b in done or b % world != rank, show_progress, progress)
+                result = self._run_pass(store, lambda b: b in done or b % world != rank, show_progress, progress,
+                                        desc)
                 store.save_progress()
             barrier()  # every rank's rows are written
             if rank == 0 and not store.complete:
@@ -302,16 +356,21 @@ class _TracInBase:
         return store
 
     def _derive_store(self, store: FeatureStore, n: Optional[int], show_progress: bool = False,
-                      progress: Optional[Callable] = None) -> bool:
+                      progress: Optional[Callable] = None, desc: Optional[str] = None) -> bool:
         """Fill ``store`` from another store instead of a pass over the data; False when
         there is none to derive from (the base classes never derive)."""
         return False
 
+    def _pass_desc(self) -> str:
+        """Progress text of a training pass no public method asked for (precompute)."""
+        return f"Using {self.get_name()} to compute features for training batches"
+
     def _run_pass(self, store: FeatureStore, skip: Callable[[int], bool], show_progress: bool,
-                  progress: Optional[Callable]):
+                  progress: Optional[Callable], desc: Optional[str] = None):
         """One pass over the batches not ``skip``-ped, written into ``store``."""
         n = _dataset_len(self.train_dataloader)
-        bar = _progress_bar(show_progress or self.show_progress, n, f"{self.get_name()}: training pass", progress)
+        bar = _progress_bar(show_progress or self.show_progress, n if n is not None else
+                            _example_total(self.train_dataloader), desc or self._pass_desc(), progress)
         try:
             return run_pass(
                 self.model,
@@ -352,10 +411,16 @@ class _TracInBase:
     def _after_store(self, store: FeatureStore) -> None:
         """Hook for subclasses (RandProj builds its index here)."""
 
-    def _features(self, inputs: Union[Batch, DataLoader], loss_fn, cache: bool = True) -> dict[str, Tensor]:
-        """Per-example arrays of ``inputs`` (a batch or a DataLoader), in memory, on device."""
+    def _features(self, inputs: Union[Batch, DataLoader], loss_fn, cache: bool = True,
+                  progress: Optional[Callable[[int], None]] = None,
+                  snapshots: Optional[list[Snapshot]] = None) -> dict[str, Tensor]:
+        """Per-example arrays of ``inputs`` (a batch or a DataLoader), in memory, on device.
+
+        ``snapshots``: the checkpoints to featurize at (default: all; arrays are named
+        ``c0/…`` in the given list's order). ``progress(n)``: called per batch of n.
+        """
         key = None
-        if cache and isinstance(inputs, (tuple, list)):
+        if cache and snapshots is None and isinstance(inputs, (tuple, list)):
             h = hashlib.sha1()
             _tensor_digest(h, inputs)
             h.update(str(id(loss_fn)).encode())
@@ -368,7 +433,8 @@ class _TracInBase:
             for k, v in arrays.items():
                 parts.setdefault(k, []).append(v)
 
-        run_pass(self.model, as_loader(inputs), self.snapshots, self._featurizer(), loss_fn, consume, self.device)
+        run_pass(self.model, as_loader(inputs), self.snapshots if snapshots is None else snapshots,
+                 self._featurizer(), loss_fn, consume, self.device, progress=progress)
         if not parts:
             raise ValueError("inputs: no examples were given")
         feats = {k: torch.cat(v, 0) for k, v in parts.items()}
@@ -403,12 +469,16 @@ class _TracInBase:
         proponents highest first, opponents (``proponents=False``) most negative first.
         """
         if inputs is None:
-            raise ValueError("inputs is required; for self-influence call self_influence()")
-        if k is not None and (not isinstance(k, int) or isinstance(k, bool) or k < 1):
-            raise ValueError(f"k must be a positive int or None, got {k!r}")
-        store = self._train_store(show_progress)
+            raise TracInArgumentError(_INPUTS_REQUIRED)
+        _check_k(k)
+        if k is None:
+            desc = f"Using {self.get_name()} to compute influence for training batches"
+        else:
+            desc = (f"Using {self.get_name()} to perform computation for getting "
+                    f"{'proponents' if proponents else 'opponents'}. Processing training batches")
+        store = self._train_store(show_progress, desc=desc)
         test = self._features(inputs, self.test_loss_fn)
-        return self._score(store, test, k, proponents, aggregate, show_progress)
+        return self._score(store, test, k, proponents, aggregate, show_progress, desc)
 
     def influence_of(self, inputs: Batch, train_indices: Tensor) -> Tensor:
         """Exact scores of chosen training examples: ``train_indices`` (n_test, m) ->
@@ -433,7 +503,15 @@ class _TracInBase:
             rows.append(score_block(one, train_rows, self._terms(), self._weights())[0])
         return torch.stack(rows).cpu() if rows else torch.empty(0, idx.shape[1])
 
-    def _score(self, store, test, k, proponents, aggregate, show_progress):
+    def _score(self, store, test, k, proponents, aggregate, show_progress, desc):
+        """Scores or top-k of ``test`` against the store, a progress bar (``desc``) over its rows."""
+        bar = _progress_bar(show_progress or self.show_progress, store.n, desc)
+        try:
+            return self._score_rows(store, test, k, proponents, aggregate, bar)
+        finally:
+            bar.close()  # type: ignore[attr-defined]
+
+    def _score_rows(self, store, test, k, proponents, aggregate, bar):
         terms = self._terms()
         dtype = next(iter(test.values())).dtype
         getter = self._rows_getter(store, dtype)
@@ -444,8 +522,10 @@ class _TracInBase:
             # opponents call after the proponents call (or k=None) costs no products
             cached = self._score_cache
             if cached is None or cached[0] is not test or cached[1] != aggregate:
-                scores = influence_matrix(test, getter, store.n, terms, weights, aggregate)
+                scores = influence_matrix(test, getter, store.n, terms, weights, aggregate, progress=bar)
                 self._score_cache = cached = (test, aggregate, scores)
+            else:
+                bar(store.n)  # served from the latest query's score matrix
             scores = cached[2]
             if k is None:
                 return scores.cpu().clone()
@@ -453,8 +533,8 @@ class _TracInBase:
             acc.add(0, scores)
             return acc.result(scores.shape[0], scores.dtype)
         if k is None:
-            return influence_matrix(test, getter, store.n, terms, weights, aggregate).cpu()
-        return top_k(test, getter, store.n, terms, weights, k, proponents, aggregate)
+            return influence_matrix(test, getter, store.n, terms, weights, aggregate, progress=bar).cpu()
+        return top_k(test, getter, store.n, terms, weights, k, proponents, aggregate, progress=bar)
 
     def self_influence(
         self,
@@ -465,16 +545,47 @@ class _TracInBase:
         """Self-influence ``SI_i = Σ_c η_c ‖∇ℓ_i(θ_c)‖²``, shape ``(n,)``.
 
         ``inputs=None`` scores the training set (read from the store); otherwise the
-        given batch or DataLoader (with ``loss_fn``). ``outer_loop_by_checkpoints``
-        is accepted for Captum compatibility and has no effect: all checkpoints are
-        always handled in one pass.
+        given batch or DataLoader (with ``loss_fn``). ``outer_loop_by_checkpoints``: with
+        ``inputs`` given, one pass over them per checkpoint (Captum's loop order, one
+        checkpoint's features in memory at a time; the same sums, bitwise); without, no
+        effect (the training set's store holds every checkpoint's terms, from one pass).
+        ``show_progress``: bars with Captum's texts (``… Processing batch``, and with
+        the checkpoint loop ``… Processing checkpoint``).
         """
         weights = self._weights()
+        show = show_progress or self.show_progress
+        desc = f"Using {self.get_name()} to compute self influence. Processing batch"
         if inputs is None:
-            store = self._train_store(show_progress)
+            store = self._train_store(show_progress, desc=desc)
+            bar = _progress_bar(show, store.n, desc)  # reading the store's self-terms
             cols = [store.array(f"c{c}/self") for c in range(len(weights))]
+            bar(store.n)
+            bar.close()  # type: ignore[attr-defined]
+        elif outer_loop_by_checkpoints:
+            # Captum's loop order, on request: one pass over ``inputs`` per checkpoint
+            # (peak memory of one checkpoint's features; C passes instead of one)
+            total = _example_total(inputs)
+            outer = _progress_bar(show, len(self.snapshots),
+                                  f"Using {self.get_name()} to compute self influence. Processing checkpoint",
+                                  unit="checkpoint")
+            cols = []
+            try:
+                for snap in self.snapshots:
+                    bar = _progress_bar(show, total, desc)
+                    try:
+                        feats = self._features(inputs, self.loss_fn, cache=False, progress=bar, snapshots=[snap])
+                    finally:
+                        bar.close()  # type: ignore[attr-defined]
+                    cols.append(feats["c0/self"])
+                    outer(1)
+            finally:
+                outer.close()  # type: ignore[attr-defined]
         else:
-            feats = self._features(inputs, self.loss_fn, cache=False)
+            bar = _progress_bar(show, _example_total(inputs), desc)
+            try:
+                feats = self._features(inputs, self.loss_fn, cache=False, progress=bar)
+            finally:
+                bar.close()  # type: ignore[attr-defined]
             cols = [feats[f"c{c}/self"] for c in range(len(weights))]
         return weighted_self(cols, weights).cpu()
 
@@ -503,15 +614,24 @@ class TracInCPFast(_TracInBase):
         device: Optional[Union[str, torch.device]] = None,
         cache_dir: Optional[Union[str, os.PathLike]] = None,
         show_progress: bool = False,
+        captum_batching: bool = False,
         store_outputs: bool = False,
     ) -> None:
         if loss_fn is None:
-            raise ValueError("loss_fn is required for TracInCPFast (e.g. nn.CrossEntropyLoss(reduction='sum'))")
+            raise TracInArgumentError(
+                "loss function must not be none: loss_fn is required for TracInCPFast "
+                "(e.g. nn.CrossEntropyLoss(reduction='sum'))"
+            )
         super().__init__(
             model, train_dataset, checkpoints, checkpoints_load_func, loss_fn, batch_size, test_loss_fn,
-            device=device, cache_dir=cache_dir, show_progress=show_progress,
+            device=device, cache_dir=cache_dir, show_progress=show_progress, captum_batching=captum_batching,
         )
-        self.final_fc_layer_name, self.final_fc_layer = resolve_module(model, final_fc_layer, "final_fc_layer")
+        try:
+            self.final_fc_layer_name, self.final_fc_layer = resolve_module(model, final_fc_layer, "final_fc_layer")
+        except ValueError as e:
+            if isinstance(final_fc_layer, str):  # Captum's wording first, for code matching on it
+                raise ValueError(f'Invalid final_fc_layer str: "{final_fc_layer}" provided! {e}') from None
+            raise
         self.vectorize = vectorize
         # store_outputs: also keep each checkpoint's model outputs (for loss/margin rankers)
         self._fz = FinalLayerFeaturizer(self.final_fc_layer, keep_outputs=store_outputs)
@@ -556,11 +676,12 @@ class TracInCP(_TracInBase):
         device: Optional[Union[str, torch.device]] = None,
         cache_dir: Optional[Union[str, os.PathLike]] = None,
         show_progress: bool = False,
+        captum_batching: bool = False,
         feature_memory: int = DEFAULT_FEATURE_MEMORY,
     ) -> None:
         super().__init__(
             model, train_dataset, checkpoints, checkpoints_load_func, loss_fn, batch_size, test_loss_fn,
-            device=device, cache_dir=cache_dir, show_progress=show_progress,
+            device=device, cache_dir=cache_dir, show_progress=show_progress, captum_batching=captum_batching,
         )
         self.sample_wise_grads_per_batch = sample_wise_grads_per_batch
         self.layers = layers
@@ -643,12 +764,12 @@ class TracInCP(_TracInBase):
         emb = torch.cat(parts, dim=1)
         return (emb.sum(0, keepdim=True) if aggregate else emb).cpu()
 
-    def _score(self, store, test, k, proponents, aggregate, show_progress):
+    def _score(self, store, test, k, proponents, aggregate, show_progress, desc):
         if all(store.has(f"c{c}/{name}") for c in range(len(self.checkpoints)) for name in self._fz.dims):
-            return super()._score(store, test, k, proponents, aggregate, show_progress)
-        return self._streaming_score(test, k, proponents, aggregate, show_progress)
+            return super()._score(store, test, k, proponents, aggregate, show_progress, desc)
+        return self._streaming_score(test, k, proponents, aggregate, show_progress, desc)
 
-    def _streaming_score(self, test, k, proponents, aggregate, show_progress):
+    def _streaming_score(self, test, k, proponents, aggregate, show_progress, desc):
         """Features too large to keep: one more pass, scoring each batch as it comes."""
         from .scoring import TopK, score_block
 
@@ -667,8 +788,7 @@ class TracInCP(_TracInBase):
             else:
                 blocks.append(s.cpu())
 
-        bar = _progress_bar(show_progress or self.show_progress, _dataset_len(self.train_dataloader),
-                            "TracInCP: scoring pass", None)
+        bar = _progress_bar(show_progress or self.show_progress, _example_total(self.train_dataloader), desc, None)
         try:
             run_pass(self.model, self._pass_loader, self.snapshots, self._fz, self.loss_fn, consume,
                      self.device, progress=bar)
@@ -710,15 +830,16 @@ class TracInCPFastRandProj(TracInCPFast):
         device: Optional[Union[str, torch.device]] = None,
         cache_dir: Optional[Union[str, os.PathLike]] = None,
         show_progress: bool = False,
+        captum_batching: bool = False,
         candidates: int = 4,
     ) -> None:
         super().__init__(
             model, final_fc_layer, train_dataset, checkpoints, checkpoints_load_func, loss_fn,
             batch_size, test_loss_fn, vectorize, device=device, cache_dir=cache_dir,
-            show_progress=show_progress,
+            show_progress=show_progress, captum_batching=captum_batching,
         )
         if projection_dim is not None and (not isinstance(projection_dim, int) or projection_dim < 1):
-            raise ValueError(f"projection_dim must be a positive int or None, got {projection_dim!r}")
+            raise TracInArgumentError(f"projection_dim must be a positive int or None, got {projection_dim!r}")
         self.projection_dim = projection_dim
         self.seed = seed
         self.nearest_neighbors = nearest_neighbors if nearest_neighbors is not None else AnnoyNearestNeighbors()
@@ -797,7 +918,7 @@ class TracInCPFastRandProj(TracInCPFast):
         return None
 
     def _derive_store(self, store: FeatureStore, n: Optional[int], show_progress: bool = False,
-                      progress: Optional[Callable] = None) -> bool:
+                      progress: Optional[Callable] = None, desc: Optional[str] = None) -> bool:
         """The embeddings from a TracInCPFast store of the same settings (its final-layer
         inputs ``a`` and output gradients ``δ`` are what the pass would compute), block by
         block in the pass's batches: no second pass over the data."""
@@ -809,7 +930,7 @@ class TracInCPFastRandProj(TracInCPFast):
         proj_d, proj_a = self._projections()
         step = int(getattr(self._pass_loader, "batch_size", None) or 4096)
         bar = _progress_bar(show_progress or self.show_progress, n,
-                            f"{self.get_name()}: embeddings from the TracInCPFast store", progress)
+                            f"Using {self.get_name()} to compute embeddings from the TracInCPFast store", progress)
         try:
             for b, start in enumerate(range(0, n, step)):
                 stop = min(n, start + step)
@@ -827,6 +948,9 @@ class TracInCPFastRandProj(TracInCPFast):
             bar.close()  # type: ignore[attr-defined]
         store.finish(n)
         return True
+
+    def _pass_desc(self) -> str:
+        return f"Using {self.get_name()} to compute embeddings for training batches"
 
     def _after_store(self, store: FeatureStore) -> None:
         # one (n, C·d) array: in memory, the store's own buffer (no second copy)
@@ -866,9 +990,8 @@ class TracInCPFastRandProj(TracInCPFast):
         (Captum's default is ``k=5``; here ``k=None`` means scores, as in the other classes.)
         """
         if inputs is None:
-            raise ValueError("inputs is required; TracInCPFastRandProj has no self_influence (use TracInCPFast)")
-        if k is not None and (not isinstance(k, int) or isinstance(k, bool) or k < 1):
-            raise ValueError(f"k must be a positive int or None, got {k!r}")
+            raise TracInArgumentError(_INPUTS_REQUIRED + " (TracInCPFastRandProj has none: use TracInCPFast)")
+        _check_k(k)
         test = self._embedding(self._features(inputs, self.test_loss_fn)).cpu()
         train = self._train_embedding
         if k is None:

@@ -1,0 +1,14 @@
+"""Exceptions shared by the TracIn classes."""
+from __future__ import annotations
+
+__all__ = ["TracInArgumentError"]
+
+
+class TracInArgumentError(ValueError, AssertionError):
+    """An argument of a TracIn class or method is missing or invalid.
+
+    Subclasses both ``ValueError`` (what the rest of ``tracin_core`` raises for a bad
+    argument) and ``AssertionError`` (what Captum raises for the same argument, from an
+    ``assert``), so that ``except ValueError`` and Captum-style ``except AssertionError``
+    both catch it. The message names the argument at fault.
+    """
