@@ -68,25 +68,30 @@ print(json.dumps({{"seconds": time.perf_counter() - t}}))
 
 def run_step(cmd: list[str], env: dict[str, str], stderr: list[str] | None = None) -> tuple[float, float, str]:
     """(wall seconds, peak RSS MB, stdout) of one process, RSS sampled every 50 ms; its
-    stderr lines are appended to ``stderr`` when given."""
+    stderr lines are appended to ``stderr`` when given. Output goes to temporary files, not
+    pipes: a full pipe (a million-row progress bar) would stall the process being timed."""
     import psutil
 
-    t = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    ps = psutil.Process(proc.pid)
-    peak = 0
-    while proc.poll() is None:
-        try:
-            peak = max(peak, ps.memory_info().rss)
-        except psutil.Error:
-            pass
-        time.sleep(0.05)
-    out, err = proc.communicate()
+    with tempfile.TemporaryFile("w+") as out_f, tempfile.TemporaryFile("w+") as err_f:
+        t = time.perf_counter()
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out_f, stderr=err_f, text=True)
+        ps = psutil.Process(proc.pid)
+        peak = 0
+        while proc.poll() is None:
+            try:
+                peak = max(peak, ps.memory_info().rss)
+            except psutil.Error:
+                pass
+            time.sleep(0.05)
+        seconds = time.perf_counter() - t
+        out_f.seek(0)
+        err_f.seek(0)
+        out, err = out_f.read(), err_f.read()
     if stderr is not None:
         stderr.extend(err.splitlines())
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{err[-3000:]}")
-    return time.perf_counter() - t, peak / 2**20, out
+    return seconds, peak / 2**20, out
 
 
 def app_steps(cache: Path, keys: int, picks: int, workspace: str = "fashion", config: Path | None = None,
