@@ -593,18 +593,16 @@ def report(df: Any, chosen: dict[str, np.ndarray], args: argparse.Namespace, sec
 
     # ---- per data set
     order = [LODO] + [r for r in df.groupby("ranker").auc.mean().sort_values(ascending=False).index if r != LODO]
-    per = df.groupby(["dataset", "ranker"]).auc.mean().unstack("dataset")
-    lines += ["", "## Mean ROC AUC per data set (mean over its noise models, rates, schedules and seeds)", "",
-              "| ranking | " + " | ".join(datasets) + " |", "|---|" + "---|" * len(datasets)]
-    for r in order:
-        lines.append(f"| {r} | " + " | ".join("—" if np.isnan(per.loc[r, d]) else f"{per.loc[r, d]:.4f}"
-                                             for d in datasets) + " |")
-    f10 = df.groupby(["dataset", "ranker"]).f10.mean().unstack("dataset")
-    lines += ["", "Found in the first 10% of the queue (same means):", "",
-              "| ranking | " + " | ".join(datasets) + " |", "|---|" + "---|" * len(datasets)]
-    for r in order:
-        lines.append(f"| {r} | " + " | ".join("—" if np.isnan(f10.loc[r, d]) else f"{100 * f10.loc[r, d]:.1f}%"
-                                             for d in datasets) + " |")
+    def per_dataset(column: str, title: str, fmt: Callable[[float], str]) -> None:
+        means = df.groupby(["dataset", "ranker"])[column].mean().unstack("dataset")
+        lines.extend(["", title, "", "| ranking | " + " | ".join(datasets) + " |", "|---|" + "---|" * len(datasets)])
+        for r in order:
+            lines.append(f"| {r} | " + " | ".join("—" if np.isnan(means.loc[r, d]) else fmt(means.loc[r, d])
+                                                 for d in datasets) + " |")
+
+    per_dataset("auc", "## Mean ROC AUC per data set (mean over its noise models, rates, schedules and seeds)",
+                lambda v: f"{v:.4f}")
+    per_dataset("f10", "Found in the first 10% of the queue (same means):", lambda v: f"{100 * v:.1f}%")
     for d in datasets:
         g = df[df.dataset == d]
         worst = g.groupby(["schedule", "noise", "rate", "ranker"]).auc.mean().groupby("ranker").min()
