@@ -342,9 +342,15 @@ def main(argv: list[str] | None = None) -> int:
     r["all_rankings_s"], r["all_rankings_peak_mb"], _ = run_step(
         [sys.executable, "-m", "tracin_core", "precompute", "fashion", "--all-rankings"], env)
     r.update(app_steps(cache, args.keys, args.picks))
-    m = million_steps(args.million, args.keys, args.million_dir) if args.million else None
-
     cmd = "python benchmarks/app_scale.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    report(args.out, cmd, r, None, pending=bool(args.million))  # kept even if the large half stops
+    m = million_steps(args.million, args.keys, args.million_dir) if args.million else None
+    print(report(args.out, cmd, r, m))
+    return 0
+
+
+def report(out: Path, cmd: str, r: dict, m: dict | None, pending: bool = False) -> str:
+    """Write the tables (and the raw figures as ``.json``) to ``out``; returns the text."""
     text = (f"# The app and the engine at 60,000 images (built-in Fashion-MNIST workspace)"
             + (f" and at {m['n']:,}" if m else "") + "\n\n"
             f"- date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC\n"
@@ -353,11 +359,12 @@ def main(argv: list[str] | None = None) -> int:
     text += "".join(f"\n- {line}" for line in r["ranking_searches"]) + "\n"
     if m:
         text += f"\n## {m['n']:,} images (`npy` kind, memory-mapped)\n\n" + table(rows_1m(m, r))
-    print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
-    args.out.with_suffix(".json").write_text(json.dumps({"60k": r, "large": m}, indent=2) + "\n")
-    return 0
+    elif pending:
+        text += "\n(The large half was still running when this was written.)\n"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    out.with_suffix(".json").write_text(json.dumps({"60k": r, "large": m}, indent=2) + "\n")
+    return text
 
 
 if __name__ == "__main__":
