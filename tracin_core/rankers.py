@@ -305,21 +305,46 @@ def spread_neighbours(inp: RankerInputs, k: int = 10) -> list[np.ndarray]:
 
 
 def neighbour_label_shares(inp: RankerInputs, k: int = 10, labels: Optional[np.ndarray] = None,
-                           neighbours: Optional[list[np.ndarray]] = None) -> np.ndarray:
+                           neighbours: Optional[list[np.ndarray]] = None,
+                           weights: Optional[np.ndarray] = None) -> np.ndarray:
     """(N, K): share of each class among the ``k`` nearest neighbours' ``labels`` (the given
-    labels by default), averaged over the early checkpoints."""
+    labels by default), averaged over the neighbour sets (the early checkpoints' by
+    default); ``weights`` (one per set, summing to 1) makes it a weighted mean."""
     C, N, K = np.shape(inp.logits)
     lab = _labels(inp) if labels is None else np.asarray(labels, dtype=np.int64)
     nbrs = early_neighbours(inp, k) if neighbours is None else neighbours
     shares = np.zeros((N, K))
     rows = np.arange(N, dtype=np.int64)[:, None] * K
-    for nn in nbrs:
+    for i, nn in enumerate(nbrs):
         if nn.shape[1]:  # class counts among the neighbours (N·k integers, not an (N, k, K) one-hot)
-            counts = np.bincount((rows + lab[nn]).ravel(), minlength=N * K).reshape(N, K)
-            shares += counts / nn.shape[1]
+            part = np.bincount((rows + lab[nn]).ravel(), minlength=N * K).reshape(N, K) / nn.shape[1]
         else:
-            shares[np.arange(N), lab] += 1.0
-    return shares / len(nbrs)
+            part = np.eye(K)[lab]
+        shares += part if weights is None else weights[i] * part
+    return shares / len(nbrs) if weights is None else shares
+
+
+def _cleaned_vote(inp: RankerInputs, p: np.ndarray, nbrs: list[np.ndarray], k: int, max_rounds: int,
+                  weights: Optional[np.ndarray] = None) -> np.ndarray:
+    """The vote shared by :func:`neighbour_vote` and :func:`neighbour_vote_adaptive`:
+    ``q = (neighbours' label shares + p) / 2`` with the neighbours' labels cleaned to a
+    fixed point (at most ``max_rounds`` votes), then 1 − q(given label) over its class's
+    average q (confident learning's per-class threshold)."""
+    y = _labels(inp)
+    n, K = p.shape
+    labels = y
+    for _ in range(max(1, int(max_rounds))):
+        q = (neighbour_label_shares(inp, k, labels=labels, neighbours=nbrs, weights=weights) + p) / 2.0
+        cleaned = q.argmax(axis=1)
+        if np.array_equal(cleaned, labels):
+            break
+        labels = cleaned
+    own = q[np.arange(n), y]
+    thr = np.ones(K)
+    for c in range(K):
+        if (y == c).any():
+            thr[c] = max(own[y == c].mean(), 1e-12)
+    return 1.0 - own / thr[y]
 
 
 # --------------------------------------------------------------------------- rankers
@@ -425,23 +450,7 @@ def neighbour_vote(inp: RankerInputs, k: int = 10, max_rounds: int = 10) -> np.n
     and the neighbourhoods find hard is not suspicious just for that.
     """
     p = probabilities(inp)
-    p_early = p[:n_early(len(p))].mean(0)
-    y = _labels(inp)
-    n, K = p_early.shape
-    nbrs = early_neighbours(inp, k)
-    labels = y
-    for _ in range(max(1, int(max_rounds))):
-        q = (neighbour_label_shares(inp, k, labels=labels, neighbours=nbrs) + p_early) / 2.0
-        cleaned = q.argmax(axis=1)
-        if np.array_equal(cleaned, labels):
-            break
-        labels = cleaned
-    own = q[np.arange(n), y]
-    thr = np.ones(K)
-    for c in range(K):
-        if (y == c).any():
-            thr[c] = max(own[y == c].mean(), 1e-12)
-    return 1.0 - own / thr[y]
+    return _cleaned_vote(inp, p[:n_early(len(p))].mean(0), early_neighbours(inp, k), k, max_rounds)
 
 
 def memorisation(inp: RankerInputs, k: int = 10) -> np.ndarray:
@@ -486,27 +495,9 @@ def neighbour_vote_adaptive(inp: RankerInputs, k: int = 10, max_rounds: int = 10
     of every checkpoint, each weighted by its trust; then the same per-class normalisation."""
     p = probabilities(inp)
     t = checkpoint_trust(inp, k)
-    p_w = (t[:, None, None] * p).sum(0) / t.sum()
     cs = spread_checkpoints(len(p))
-    nbrs = spread_neighbours(inp, k)
-    tn = t[cs] / t[cs].sum()
-    y = _labels(inp)
-    n, K = p_w.shape
-    eye = np.eye(K)
-    labels = y
-    for _ in range(max(1, int(max_rounds))):
-        shares = sum(w * (eye[labels][nn].mean(axis=1) if nn.shape[1] else eye[labels]) for w, nn in zip(tn, nbrs))
-        q = (shares + p_w) / 2.0
-        cleaned = q.argmax(axis=1)
-        if np.array_equal(cleaned, labels):
-            break
-        labels = cleaned
-    own = q[np.arange(n), y]
-    thr = np.ones(K)
-    for c in range(K):
-        if (y == c).any():
-            thr[c] = max(own[y == c].mean(), 1e-12)
-    return 1.0 - own / thr[y]
+    return _cleaned_vote(inp, (t[:, None, None] * p).sum(0) / t.sum(), spread_neighbours(inp, k), k, max_rounds,
+                         weights=t[cs] / t[cs].sum())
 
 
 def _rank01(x: np.ndarray) -> np.ndarray:
