@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import threading
 from pathlib import Path
 from typing import Optional
@@ -228,12 +227,7 @@ def section_rankings(ws, scores: dict[str, np.ndarray], truth: Optional[np.ndarr
 def _corrected_labels(ws) -> tuple[np.ndarray, int]:
     """Labels after the review store's decisions (-1 = excluded) and the number of decided items."""
     store = common.review_store(ws)
-    given = ws.train.labels.numpy().astype(np.int64)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = store.export_corrected_labels(Path(tmp) / "corrected.csv", given_labels=given.tolist())
-        df = pd.read_csv(path)
-    labels = df.sort_values("index")["label"].to_numpy().astype(np.int64)
-    excluded = df.sort_values("index")["excluded"].to_numpy().astype(bool)
+    labels, excluded = store.corrected_labels(ws.train.labels.numpy().astype(np.int64).tolist())
     labels[excluded] = -1
     decided = len(store.final_decisions())
     return labels, decided

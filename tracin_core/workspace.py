@@ -219,7 +219,7 @@ class Workspace:
         ``flagged`` (``"exclude"``, ``"keep"`` or a list of flags), when given, replaces
         ``[train] flagged``: what to do with the items the training set's
         ``labels_override`` flags (excluded, ambiguous, outlier, duplicate; default
-        ``"exclude"``, see :func:`tracin_core.datasets.read_labels_override`).
+        ``"exclude"``, see :func:`tracin_core.labels_csv.read_labels_csv`).
 
         ``check_factory(factory_string)`` runs right after the file is parsed, before any
         module is imported or any data read; it raises to refuse the factory (the app
