@@ -32,6 +32,7 @@ from torch.func import functional_call, grad, vmap
 from torch.utils.data import DataLoader
 
 from .errors import TracInArgumentError
+from .store import SELF, array_name
 
 Term = tuple  # ("factor", a_name, d_name) | ("dense", g_name)
 
@@ -724,8 +725,8 @@ def run_pass(
                 featurizer.prepare(model, snap, inputs, labels)
                 feats = featurizer(model, snap, inputs, labels, loss_fn)
                 for name, t in feats.items():
-                    out[f"c{c}/{name}"] = t
-                out[f"c{c}/self"] = self_term(feats, featurizer.terms).unsqueeze(1)
+                    out[array_name(c, name)] = t
+                out[array_name(c, SELF)] = self_term(feats, featurizer.terms).unsqueeze(1)
             consume(bi, start, out)
             start += n
             if progress:

@@ -407,7 +407,7 @@ class Workspace:
                 # the training pass already stored every checkpoint's outputs: reuse the
                 # final checkpoint's instead of another pass over the training data
                 store = self._engine("fast")._train_store()
-                logits = store.array(f"c{len(self.checkpoints) - 1}/o").float()
+                logits = store.outputs(len(self.checkpoints) - 1).float()
                 prob = torch.softmax(logits, dim=1).numpy()
                 self._pred_cache[split] = (prob.argmax(1), prob)
             if split not in self._pred_cache:
@@ -503,16 +503,16 @@ class Workspace:
         with self._lock:
             store = eng._train_store()
             C = len(self.checkpoints)
-            logits = np.stack([store.array(f"c{c}/o").double().numpy() for c in range(C)])
-            si_fast = np.stack([store.array(f"c{c}/self").double().numpy()[:, 0] for c in range(C)])
+            logits = np.stack([store.outputs(c).double().numpy() for c in range(C)])
+            si_fast = np.stack([store.self_terms(c).double().numpy() for c in range(C)])
             si_cp = None
             if with_cp:
                 cp = self._engine("cp")
                 cstore = cp._train_store()
-                si_cp = np.stack([cstore.array(f"c{c}/self").double().numpy()[:, 0] for c in range(C)])
+                si_cp = np.stack([cstore.self_terms(c).double().numpy() for c in range(C)])
             # per-checkpoint views of the (memory-mapped) store, not one stacked copy: the
             # neighbourhood rankers read the early checkpoints only (1.5 GB saved at 1M rows)
-            features = [store.array(f"c{c}/a").float().numpy() for c in range(C)]
+            features = [store.layer_inputs(c).float().numpy() for c in range(C)]
         return rk.RankerInputs(logits, self.train.labels.numpy(), np.asarray(self.learning_rates), si_fast, si_cp,
                                features=features)
 
