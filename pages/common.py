@@ -322,14 +322,14 @@ def way_back(spec: Optional[dict[str, Any]] = None) -> None:
             st.page_link(page_file("workspace.py"), label="Open another workspace →")
 
 
-def ensure_store(ws: Workspace, method: str = "fast") -> None:
-    """Build the workspace's feature store once, with a progress bar and counts."""
-    engine = ws._engine(method)
-    store = getattr(engine, "_store", None)
-    if (store is not None and store.complete) or getattr(engine, "loaded", False) or \
-            getattr(engine, "build_seconds", 0.0):  # an InfluenceIndex already built or read back
+def ensure_store(ws: Workspace, method: str = "fast", **opts: Any) -> None:
+    """Build the workspace's feature store for engine ``method`` (``opts``: its options,
+    ``layers=[...]``, ``projection_dim=``) once, with a progress bar and counts."""
+    if ws.store_ready(method, **opts):
         return
-    bar = st.progress(0.0, text="Computing per-example features (one pass over the training data)…")
+    text = (f"Computing {method} features (one pass over the training data)…" if opts
+            else "Computing per-example features (one pass over the training data)…")
+    bar = st.progress(0.0, text=text)
     total_n = len(ws.train)
 
     def progress(done: int, total: Optional[int]) -> None:
@@ -337,7 +337,7 @@ def ensure_store(ws: Workspace, method: str = "fast") -> None:
         bar.progress(min(1.0, done / max(1, total)), text=f"Training pass: {done:,} / {total:,} examples")
 
     try:
-        ws.precompute([method], progress=progress)
+        ws.ensure_store(method, progress=progress, **opts)
     except Exception as exc:  # noqa: BLE001 - shown in words, with the way back, never a traceback
         bar.empty()
         st.error(f"Computing the training features of “{esc(ws.name)}” failed: {type(exc).__name__}: "
@@ -441,31 +441,6 @@ def sidebar_summary(ws: Optional[Workspace]) -> None:
         )
 
 
-def ensure_engine_store(ws: Workspace, method: str = "fast", **opts: Any) -> None:
-    """Like :func:`ensure_store`, for an engine with options (``layers=[...]``, ``projection_dim=``).
-
-    ``Workspace.precompute`` only builds the default engines, so this calls the engine's
-    training pass itself (under the workspace's lock), with the same progress bar.
-    """
-    if not opts:
-        ensure_store(ws, method)
-        return
-    engine = ws._engine(method, **opts)
-    store = getattr(engine, "_store", None)
-    if store is not None and store.complete:
-        return
-    bar = st.progress(0.0, text=f"Computing {method} features (one pass over the training data)…")
-    total_n = len(ws.train)
-
-    def progress(done: int, total: Optional[int]) -> None:
-        total = total or total_n
-        bar.progress(min(1.0, done / max(1, total)), text=f"Training pass: {done:,} / {total:,} examples")
-
-    with ws._lock:
-        engine._train_store(progress=progress)
-    bar.empty()
-
-
 # ------------------------------------------------------------------ review page helpers
 # Read-only tables shared by every session, keyed by the workspace fingerprint (a changed
 # checkpoint, dataset or label override is a new key). Callers must not modify them.
@@ -483,30 +458,11 @@ def mislabel_table(ws: Workspace, method: Optional[str] = None):
 
 @st.cache_resource(show_spinner=False, max_entries=8)
 def _train_predictions(fingerprint: str, _ws: Workspace):
-    pred = _ws.predictions("train").set_index("index", drop=False)
-    probs = np.asarray(_ws.class_probabilities("train"))
-    given = pred["label"].to_numpy()
-    predicted = pred["predicted"].to_numpy()
-    rows = np.arange(len(pred))
-    if probs.shape[1] > 1:
-        second = np.argsort(-probs, axis=1, kind="stable")[:, 1]
-    else:
-        second = predicted
-    suggested = np.where(predicted != given, predicted, second)
-    pred["suggested"] = suggested
-    pred["suggested_probability"] = probs[rows, suggested]
-    pred["given_probability"] = probs[rows, np.clip(given, 0, probs.shape[1] - 1)]
-    return pred
+    return _ws.train_predictions()
 
 
 def train_predictions(ws: Workspace):
-    """The model's view of every training example at the final checkpoint, computed once.
-
-    Columns of ``ws.predictions("train")`` (index, label, predicted, probability, correct)
-    plus ``suggested`` (the predicted class, or the second most probable one when the
-    prediction equals the given label), ``suggested_probability`` and
-    ``given_probability``. Indexed by ``index``.
-    """
+    """``ws.train_predictions()`` (with the suggested labels), computed once."""
     return _train_predictions(ws.fingerprint, ws)
 
 

@@ -73,9 +73,7 @@ def _labels_key(labels: np.ndarray) -> str:
 
 
 def _cp_ready(ws) -> bool:
-    engine = ws._engine("cp")
-    store = getattr(engine, "_store", None)
-    return bool(store is not None and store.complete)
+    return ws.store_ready("cp")
 
 
 def _is_demo(ws) -> bool:

@@ -50,6 +50,7 @@ FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", 
                          "Sneaker", "Bag", "Ankle boot")
 #: the training set's pixel mean and standard deviation (on the 0-1 scale)
 FASHION_MNIST_NORMALIZE = (0.2860, 0.3530)
+MNIST_NORMALIZE = (0.1307, 0.3081)
 CIFAR10_CLASSES = (
     "airplane", "automobile", "bird", "cat", "deer",
     "dog", "frog", "horse", "ship", "truck",
@@ -188,6 +189,56 @@ class LabeledDataset(Dataset):
     @property
     def input_shape(self) -> tuple[int, ...]:
         return tuple(self._get_input(0).shape) if self._length else ()
+
+    def input_normalization(self) -> tuple[float, float]:
+        """``(mean, std)`` of this data's inputs on the 0..1 scale: a pixel ``x`` in
+        0..255 becomes ``(x/255 - mean)/std``. MNIST and Fashion-MNIST: their published
+        constants; ``npy``: its ``normalize``; the rest (digits' ``(x/16 - 0.5)/0.5``
+        is the same map, CIFAR-10, image folders, and tensors by assumption): (0.5, 0.5)."""
+        if self.kind == "mnist":
+            return MNIST_NORMALIZE
+        if self.kind == "fashion_mnist":
+            return FASHION_MNIST_NORMALIZE
+        if self.kind == "npy" and "normalize" in self._params:
+            mean, std = self._params["normalize"]
+            return float(mean), float(std)
+        return (0.5, 0.5)
+
+    def preprocess(self, image: Any, *, invert: bool = False) -> tuple[torch.Tensor, np.ndarray]:
+        """A picture (a ``PIL.Image``) as this data's model input and a uint8 view of it.
+
+        Returns ``(x, pixels)``: ``x`` float32 of shape :attr:`input_shape` (C, H, W),
+        ``pixels`` uint8 (H, W) for one channel or (H, W, 3). The picture is converted to
+        greyscale (one channel) or RGB, resized to (H, W) (box filter when shrinking a
+        greyscale one, else bilinear), inverted when ``invert`` (dark strokes on light
+        paper), and normalised by :meth:`input_normalization` (8x8 greyscale: scaled to
+        digits' 0..16, then ``(x/16 - 0.5)/0.5``).
+        """
+        from PIL import Image
+
+        if not isinstance(image, Image.Image):
+            raise ValueError(f"image must be a PIL.Image.Image, got {type(image).__name__}")
+        c, h, w = (tuple(self.input_shape) + (1, 1, 1))[:3]
+        mean, std = self.input_normalization()
+        if c == 1:
+            shrink = w < image.width and h < image.height
+            g = image.convert("L").resize((w, h), Image.BOX if shrink else Image.BILINEAR)
+            arr = np.asarray(g, dtype=np.float64)
+            if invert:
+                arr = 255.0 - arr
+            if (h, w) == (8, 8):
+                x16 = arr / 255.0 * 16.0
+                x = (x16 / 16.0 - 0.5) / 0.5
+            else:
+                x = (arr / 255.0 - mean) / std
+            return torch.from_numpy(x.astype(np.float32)).unsqueeze(0), np.round(arr).astype(np.uint8)
+        rgb = image.convert("RGB").resize((w, h), Image.BILINEAR)
+        arr = np.asarray(rgb, dtype=np.float64)
+        if invert:
+            arr = 255.0 - arr
+        x = (arr / 255.0 - mean) / std
+        return (torch.from_numpy(x.astype(np.float32)).permute(2, 0, 1).contiguous(),
+                np.round(arr).astype(np.uint8))
 
     def with_labels(self, labels: Sequence[int] | torch.Tensor, excluded: Sequence[bool] | torch.Tensor | None = None) -> "LabeledDataset":
         """A copy sharing the data, with other labels in effect (label -1 marks excluded)."""
@@ -470,7 +521,7 @@ def _load_mnist(root: Path, split: str) -> dict[str, Any]:
         raise FileNotFoundError(f"MNIST root {str(root)!r} does not exist")
     if not (root / "MNIST").exists() and root.name == "MNIST":
         root = root.parent  # pointed at the MNIST folder itself
-    transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.1307,), (0.3081,))])
+    transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((MNIST_NORMALIZE[0],), (MNIST_NORMALIZE[1],))])
     try:
         ds = MNIST(str(root), train=train, transform=transform, download=False)
     except RuntimeError as exc:

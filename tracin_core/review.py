@@ -982,6 +982,19 @@ class ReviewStore:
             row["is_final"] = bool(row["is_final"])
         return rows
 
+    def last_decision(self, reviewer: str) -> int | None:
+        """The item of ``reviewer``'s latest decision still in effect (not undone), the
+        one :meth:`undo` should revert next when a session has no undo stack of its own
+        (a reload, another tab); None when there is none."""
+        reviewer = _check_reviewer(reviewer)
+        rows = self._query(
+            "SELECT item_id FROM events AS e WHERE workspace = ? AND data_hash = ? "
+            "AND reviewer = ? AND action <> 'undo' "
+            "AND NOT EXISTS (SELECT 1 FROM events AS u WHERE u.undoes = e.id) "
+            "ORDER BY id DESC LIMIT 1",
+            (*self._scope, reviewer), "read the last decision")
+        return None if not rows else int(rows[0]["item_id"])
+
     def history(self) -> pd.DataFrame:
         """Every event of this workspace and data hash, in id order (all columns)."""
         cols = ", ".join("NULL AS duplicate_of" if c == "duplicate_of" and self._dup == "NULL"

@@ -378,6 +378,38 @@ class Workspace:
             self._engines[key] = eng
             return eng
 
+    def store_ready(self, method: str = "fast", **opts: Any) -> bool:
+        """Whether engine ``method`` (``"fast"``, ``"cp"``, ``"randproj"``, ``"index"``;
+        ``opts`` as for :meth:`influence`) has its feature store open and complete in this
+        instance (the index: built or read back). A complete store on disk is opened, not
+        recomputed, by :meth:`ensure_store`."""
+        eng = self._engine(method, **opts)
+        if method == "index":
+            return bool(eng.loaded or eng.build_seconds)
+        store = eng._store
+        return bool(store is not None and store.complete)
+
+    def ensure_store(self, method: str = "fast",
+                     progress: Optional[Callable[[int, Optional[int]], None]] = None,
+                     **opts: Any) -> None:
+        """Run engine ``method``'s training pass now unless :meth:`store_ready`
+        (``progress(done, total)`` per batch; ``opts`` as for :meth:`influence`, e.g.
+        ``layers=[...]`` or ``projection_dim=``). Reuses a complete store on disk."""
+        if self.store_ready(method, **opts):
+            return
+        if not opts:
+            self.precompute([method], progress=progress)
+            return
+        eng = self._engine(method, **opts)
+        with self._lock:
+            eng._train_store(progress=progress)
+
+    @staticmethod
+    def ranking_needs_cp(method: Optional[str]) -> bool:
+        """Whether ranking ``method`` (None = the default) reads the all-layer (TracInCP)
+        store, so that ``ensure_store("cp")`` must run before :meth:`mislabel_scores`."""
+        return (method or rk.DEFAULT_RANKER) in rk.NEEDS_CP
+
     def precompute(self, methods: Sequence[str] = ("fast",), progress: Optional[Callable[[int, Optional[int]], None]] = None) -> None:
         """Run the training pass for ``methods`` now (progress(done, total) per batch)."""
         for m in methods:
@@ -424,6 +456,23 @@ class Workspace:
             "index": np.arange(len(ds)), "label": labels, "predicted": pred,
             "probability": prob[np.arange(len(ds)), pred], "correct": pred == labels,
         })
+
+    def train_predictions(self) -> pd.DataFrame:
+        """The model's view of every training example at the final checkpoint: the
+        columns of ``predictions("train")`` (index, label, predicted, probability,
+        correct) plus ``suggested`` (:func:`tracin_core.review_queue.suggested_labels`:
+        the prediction, or the second most probable class when the prediction equals the
+        given label), ``suggested_probability`` and ``given_probability``; indexed by
+        ``index`` (which stays a column)."""
+        from .review_queue import suggested_labels
+
+        pred = self.predictions("train").set_index("index", drop=False)
+        probs = np.asarray(self.class_probabilities("train"))
+        suggested, suggested_p, given_p = suggested_labels(pred["label"].to_numpy(), probs)
+        pred["suggested"] = suggested
+        pred["suggested_probability"] = suggested_p
+        pred["given_probability"] = given_p
+        return pred
 
     def class_probabilities(self, split: str = "test") -> np.ndarray:
         self.predictions(split)
@@ -543,7 +592,7 @@ class Workspace:
         out = {n: self._stored_ranking(n) for n in names}
         missing = [n for n, v in out.items() if v is None]
         if missing:
-            inp = self.ranker_inputs(with_cp=with_cp or "self_influence_cp" in missing)
+            inp = self.ranker_inputs(with_cp=with_cp or any(n in rk.NEEDS_CP for n in missing))
             for n in missing:
                 with rk.recording_searches() as searches:
                     scores = np.asarray(rk.compute(n, inp), dtype=np.float64)
