@@ -22,15 +22,13 @@ import streamlit as st
 from PIL import Image
 
 from tracin_core import ReviewStore, Workspace
+from tracin_core import settings
 from tracin_core.checkpoints import CheckpointError
 from tracin_core.server_config import (
     ConfigError, ServerConfig, allowed, load_server_config,
 )
 from tracin_core.workspace import WorkspaceError
 
-CACHE_DIR = Path(os.environ.get("TRACIN_CACHE", Path.home() / ".cache" / "tracin_audit"))
-UPLOAD_DIR = CACHE_DIR / "uploads"
-REVIEW_DB = Path(os.environ.get("TRACIN_REVIEW_DB", CACHE_DIR / "reviews.sqlite"))
 DEMO_SPEC = {"kind": "demo"}
 DEMO_NAME = "demo"
 FASHION_SPEC = {"kind": "fashion"}
@@ -56,7 +54,7 @@ def hide_server_paths(text: str) -> str:
     """``text`` with the app's own folders (cache, uploads, zip extraction) shortened."""
     import tempfile
 
-    for folder, shown in ((UPLOAD_DIR, "<upload>"), (CACHE_DIR, "<cache>"),
+    for folder, shown in ((settings.upload_dir(), "<upload>"), (settings.cache_dir(), "<cache>"),
                           (Path(tempfile.gettempdir()), "<tmp>")):
         text = text.replace(str(folder), shown)
     return text
@@ -73,7 +71,7 @@ def public_message(exc: BaseException) -> str:
 @st.cache_resource(show_spinner=False)
 def _server_config(path_key: str) -> ServerConfig:
     cfg = load_server_config()
-    cfg.check_upload_dir(UPLOAD_DIR)
+    cfg.check_upload_dir(settings.upload_dir())
     return cfg
 
 
@@ -209,12 +207,12 @@ def _load_workspace(key: str) -> Workspace:
     spec = json.loads(key)
     kind = spec["kind"]
     if kind == "demo":
-        return Workspace.demo(cache_dir=CACHE_DIR / "stores")
+        return Workspace.demo(cache_dir=settings.store_cache_dir())
     if kind == "fashion":
-        return Workspace.fashion(cache_dir=CACHE_DIR / "stores")
+        return Workspace.fashion(cache_dir=settings.store_cache_dir())
     cfg = server_config()
     if kind == "listed":  # a name from the server config, never a path from a browser
-        return Workspace.from_toml(cfg.workspace_path(spec["name"]), cache_dir=CACHE_DIR / "stores",
+        return Workspace.from_toml(cfg.workspace_path(spec["name"]), cache_dir=settings.store_cache_dir(),
                                    check_factory=cfg.check_factory)
     if kind == "custom":  # built on the Workspace page from checked uploads and data roots
         from tracin_core.models import ARCHITECTURES
@@ -232,7 +230,7 @@ def _load_workspace(key: str) -> Workspace:
             learning_rates=spec.get("learning_rates"),
             train=train,
             test=test,
-            cache_dir=CACHE_DIR / "stores",
+            cache_dir=settings.store_cache_dir(),
             batch_size=int(spec.get("batch_size", 256)),
         )
     raise WorkspaceError(f"unknown workspace kind {kind!r}")
@@ -353,8 +351,9 @@ def _review_store(path: str, workspace: str, data_hash: str) -> ReviewStore:
 
 
 def review_store(ws: Workspace) -> ReviewStore:
-    REVIEW_DB.parent.mkdir(parents=True, exist_ok=True)
-    return _review_store(str(REVIEW_DB), ws.name, ws.data_hash)
+    db = settings.review_db()
+    db.parent.mkdir(parents=True, exist_ok=True)
+    return _review_store(str(db), ws.name, ws.data_hash)
 
 
 def reviewer_name(who: Optional[Identity] = None) -> str:
@@ -420,8 +419,9 @@ def save_upload(data: bytes, suffix: str) -> Path:
         raise ValueError(f"uploads are kept as .pt, .pth, .safetensors or .zip, not {suffix!r}")
     if len(data) > server_config().max_upload_bytes:
         raise ValueError("the upload is over this server's size limit")
-    UPLOAD_DIR.mkdir(parents=True, exist_ok=True)
-    path = UPLOAD_DIR / f"{hashlib.sha256(data).hexdigest()[:32]}{suffix}"
+    folder = settings.upload_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{hashlib.sha256(data).hexdigest()[:32]}{suffix}"
     if not path.exists():
         tmp = path.with_suffix(path.suffix + ".tmp")
         tmp.write_bytes(data)

@@ -16,7 +16,6 @@ same inputs ``Workspace.mislabel_scores`` ranks with), retraining from
 from __future__ import annotations
 
 import hashlib
-import os
 import threading
 from pathlib import Path
 from typing import Optional
@@ -30,7 +29,7 @@ from pages import common
 from tracin_core import rankers as rk
 
 #: epochs for the retraining (the demo's recipe uses 30); tests set it low
-RETRAIN_EPOCHS = int(os.environ.get("TRACIN_RETRAIN_EPOCHS", "30"))
+RETRAIN_EPOCHS = 30  # the Epochs box's default (tests set the box: key "ev_epochs")
 HIST_BINS = 40
 #: points per curve sent to the browser (a 60,000-item queue's curves, thinned, look the same)
 CURVE_POINTS = 500

@@ -25,6 +25,7 @@ import pandas as pd
 import streamlit as st
 
 from pages import common
+from tracin_core import settings
 from tracin_core.checkpoints import CheckpointError, fit_state_dict, read_checkpoint
 from tracin_core.models import ARCHITECTURES, linear_layer_names
 from tracin_core.server_config import PathRefused
@@ -117,7 +118,7 @@ def _ordered_checkpoint_paths(items: list[dict[str, Any]]) -> list[str]:
     So the checked uploads are linked into a folder of their own as ``NNN-<file name>``.
     """
     digest = hashlib.sha256("|".join(f"{it['sha256']}:{it['name']}" for it in items).encode()).hexdigest()[:16]
-    folder = common.UPLOAD_DIR / "checkpoint-sets" / digest
+    folder = settings.upload_dir() / "checkpoint-sets" / digest
     folder.mkdir(parents=True, exist_ok=True)
     out = []
     for i, it in enumerate(items):
@@ -137,7 +138,7 @@ def _ordered_checkpoint_paths(items: list[dict[str, Any]]) -> list[str]:
 def _display_name(path: str) -> str:
     """A checkpoint's file name (uploads: the name it was uploaded under)."""
     p = Path(path)
-    if p.parent.parent == common.UPLOAD_DIR / "checkpoint-sets":
+    if p.parent.parent == settings.upload_dir() / "checkpoint-sets":
         return re.sub(r"^\d{3}-", "", p.name)
     return p.name
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO, isolated_app_cache, write_server_config
+from tracin_core import settings
 from tracin_core.server_config import (
     ACTIONS, AccessDenied, ConfigError, PathRefused, ServerConfig, allowed, load_server_config,
 )
@@ -297,8 +298,8 @@ def test_workspace_url_parameter_is_a_name_never_a_path(env, local_app):
     from pages import common
 
     # step 1 of the attack: a workspace file lands in the upload folder (as any upload does)
-    common.UPLOAD_DIR.mkdir(parents=True, exist_ok=True)
-    uploaded = common.UPLOAD_DIR / "0123456789abcdef0123456789abcdef.zip"
+    settings.upload_dir().mkdir(parents=True, exist_ok=True)
+    uploaded = settings.upload_dir() / "0123456789abcdef0123456789abcdef.zip"
     uploaded.write_text(evil_toml(env["marker"]))
     link = env["base"] / "link.toml"
     link.symlink_to(uploaded)
@@ -379,8 +380,8 @@ def test_hostile_zip_uploads(env, local_app, case):
         at.button(key="open_build").click()
         _run(at)
         assert any("over this server's upload limit of 1 MB; it was not read" in e.value for e in at.error)
-        assert not list(common.UPLOAD_DIR.glob("*.zip")) or all(
-            p.stat().st_size <= 1 << 20 for p in common.UPLOAD_DIR.glob("*.zip"))
+        assert not list(settings.upload_dir().glob("*.zip")) or all(
+            p.stat().st_size <= 1 << 20 for p in settings.upload_dir().glob("*.zip"))
         return
     at.button(key="open_build").click()
     _run(at)
@@ -392,7 +393,7 @@ def test_hostile_zip_uploads(env, local_app, case):
         "png_bomb": "dog/huge.png: DecompressionBombError",
     }[case]
     assert expected.replace("\\", "") in errors.replace("\\", ""), errors
-    assert str(common.CACHE_DIR) not in errors and "tracin_audit_zip_cache" not in errors
+    assert str(settings.cache_dir()) not in errors and "tracin_audit_zip_cache" not in errors
     assert not Path("/tmp/escaped-by-zip.png").exists()
     assert "Active workspace: digits-demo" in _texts(at)  # the server goes on serving
 

@@ -351,8 +351,10 @@ def test_cli_precompute_warms_the_store_the_app_opens(tmp_path):
     from tracin_core.rankers import DEFAULT_RANKER
 
     assert len(stores) == 1 and list((stores[0] / "rankings").glob(f"{DEFAULT_RANKER}-*.npy"))
-    # the app's path for the same environment (pages.common: CACHE_DIR / "stores")
-    probe = "import pages.common as c, tracin_core.workspace as w; print(c.CACHE_DIR / 'stores', w.DEFAULT_CACHE)"
+    # the app's path for the same environment (pages.common: settings.store_cache_dir()) and
+    # a Workspace's default: both read TRACIN_CACHE when called
+    probe = ("import pages.common, tracin_core.settings as s, tracin_core.workspace as w; "
+             "print(s.store_cache_dir(), w.Workspace.demo().cache_dir)")
     app = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120, cwd=REPO)
     assert app.stdout.split() == [str(tmp_path / "stores")] * 2, app.stderr
 

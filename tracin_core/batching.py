@@ -18,7 +18,6 @@ example at a time.
 """
 from __future__ import annotations
 
-import os
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
@@ -147,4 +146,6 @@ def batch_decoder(dataset: Any) -> Optional[BatchDecoded]:
 def batch_decode_enabled() -> bool:
     """False when the environment sets ``TRACIN_BATCH_DECODE=0`` (decode one example at
     a time, as Captum does: for benchmarks and debugging; the results are the same)."""
-    return os.environ.get("TRACIN_BATCH_DECODE", "1").strip().lower() not in ("0", "false", "no", "off")
+    from .settings import env_flag
+
+    return env_flag("TRACIN_BATCH_DECODE")

@@ -19,7 +19,6 @@ positive = the training example's gradient step lowers the test loss (proponent)
 """
 from __future__ import annotations
 
-import os
 import threading
 import weakref
 from contextlib import contextmanager
@@ -232,7 +231,9 @@ def self_term(feats: dict[str, Tensor], terms: Sequence[Term]) -> Tensor:
 def channels_last_enabled() -> bool:
     """False when the environment sets ``TRACIN_CHANNELS_LAST=0`` (run convolutional
     models in the default NCHW layout: for benchmarks and debugging)."""
-    return os.environ.get("TRACIN_CHANNELS_LAST", "1").strip().lower() not in ("0", "false", "no", "off")
+    from .settings import env_flag
+
+    return env_flag("TRACIN_CHANNELS_LAST")
 
 
 def _is_image_batch(x: Any) -> bool:

@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from .checkpoints import CheckpointError, fit_state_dict, read_checkpoint, resolve_checkpoints
 from .datasets import LabeledDataset, load_dataset_config
 from . import rankers as rk
+from . import settings
 
 PathLike = Union[str, os.PathLike]
 
@@ -40,7 +41,6 @@ LOSSES: dict[str, Callable[..., nn.Module]] = {
 #: where feature stores live by default: ``$TRACIN_CACHE/stores`` (else
 #: ``~/.cache/tracin_audit/stores``), the folder the app uses too, so a store built ahead
 #: of time by ``python -m tracin_core precompute`` is the one the app opens
-DEFAULT_CACHE = Path(os.environ.get("TRACIN_CACHE", Path.home() / ".cache" / "tracin_audit")) / "stores"
 DEMO_TOML = Path(__file__).resolve().parent.parent / "assets" / "demo" / "workspace.toml"
 FASHION_TOML = Path(__file__).resolve().parent.parent / "assets" / "fashion" / "workspace.toml"
 
@@ -167,7 +167,7 @@ class Workspace:
         if ground_truth is not None and len(ground_truth) != len(train):
             raise WorkspaceError(f"ground truth has {len(ground_truth)} labels for {len(train)} training examples")
         self.ground_truth = None if ground_truth is None else np.asarray(ground_truth, dtype=np.int64)
-        self.cache_dir = Path(cache_dir) if cache_dir is not None else DEFAULT_CACHE
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else settings.store_cache_dir()
         self._engines: dict[Any, Any] = {}
         self._pred_cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
