@@ -28,6 +28,7 @@ from tracin_core.server_config import (
     ConfigError, ServerConfig, allowed, load_server_config,
 )
 from tracin_core.workspace import WorkspaceError
+from tracin_core.workspace_config import WorkspaceConfig
 
 DEMO_SPEC = {"kind": "demo"}
 DEMO_NAME = "demo"
@@ -214,43 +215,30 @@ def _load_workspace(key: str) -> Workspace:
     if kind == "listed":  # a name from the server config, never a path from a browser
         return Workspace.from_toml(cfg.workspace_path(spec["name"]), cache_dir=settings.store_cache_dir(),
                                    check_factory=cfg.check_factory)
-    if kind == "custom":  # built on the Workspace page from checked uploads and data roots
-        from tracin_core.models import ARCHITECTURES
-
-        arch = ARCHITECTURES[spec["architecture"]]
-        train = load_custom_dataset(spec["dataset"], "train")
-        test = load_custom_dataset(spec["dataset"], "test")
-        kwargs = {"num_classes": train.num_classes} if arch.num_classes_arg else {}
-        return Workspace(
-            name=spec.get("name", "custom"),
-            model_factory=arch.factory_path or arch.factory,
-            model_kwargs=kwargs,
-            final_fc_layer=spec["final_fc_layer"],
-            checkpoints=spec["checkpoints"],
-            learning_rates=spec.get("learning_rates"),
-            train=train,
-            test=test,
-            cache_dir=settings.store_cache_dir(),
-            batch_size=int(spec.get("batch_size", 256)),
-        )
+    if kind == "config":  # built on the Workspace page from checked uploads and data roots
+        config = WorkspaceConfig.from_dict(spec["config"])
+        return Workspace.from_config(config, cache_dir=settings.store_cache_dir(),
+                                     dataset_options=_zip_limits(cfg))
     raise WorkspaceError(f"unknown workspace kind {kind!r}")
 
 
-def load_custom_dataset(dataset: dict[str, Any], split: str):
-    """A "Build one here" dataset (``split`` train/test; None when it has no such part).
+def _zip_limits(cfg: ServerConfig) -> dict[str, int]:
+    return {"max_zip_bytes": cfg.max_zip_bytes, "max_zip_files": cfg.max_zip_files}
+
+
+def load_config_dataset(config: WorkspaceConfig, split: str):
+    """A "Build one here" config's ``split`` (train/test) dataset, None when it has none.
 
     Its paths were checked against the data roots (or are the app's own uploads) when the
-    spec was made; zips are extracted under the server config's caps.
+    config was made; zips are extracted under the server config's caps.
     """
     from tracin_core.datasets import load_dataset
 
-    args = dataset.get(split)
-    if not args:
+    spec = config.train if split == "train" else config.test
+    if spec is None:
         return None
-    cfg = server_config()
-    extra = ({"max_zip_bytes": cfg.max_zip_bytes, "max_zip_files": cfg.max_zip_files}
-             if dataset["kind"] == "image_folder" else {})
-    return load_dataset(dataset["kind"], **args, **extra)
+    extra = _zip_limits(server_config()) if spec.kind == "image_folder" else {}
+    return load_dataset(spec.kind, **spec.load_arguments(), **extra)
 
 
 def set_workspace(spec: dict[str, Any]) -> None:

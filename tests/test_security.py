@@ -413,9 +413,10 @@ def test_class_and_workspace_names_from_users_are_text(env, local_app, tmp_path)
     ckpt = tmp_path / "ckpt.pt"
     torch.manual_seed(0)
     torch.save(ARCHITECTURES["cifar_net"].build().state_dict(), ckpt)
-    spec = {"kind": "custom", "architecture": "cifar_net", "final_fc_layer": "fc3", "checkpoints": [str(ckpt)],
-            "learning_rates": [None], "name": f"{evil} ws",
-            "dataset": {"kind": "image_folder", "train": {"root": str(folder), "image_size": 32}, "test": None}}
+    spec = {"kind": "config", "config": {
+        "name": f"{evil} ws", "model": {"factory": "tracin_core.models:TutorialCifarNet", "final_fc_layer": "fc3"},
+        "checkpoints": {"paths": [str(ckpt)], "learning_rates": [None]},
+        "train": {"kind": "image_folder", "root": str(folder), "image_size": 32}}}
     from streamlit.testing.v1 import AppTest
 
     at = AppTest.from_file(str(REPO / "app.py"), default_timeout=120)

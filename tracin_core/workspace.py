@@ -16,7 +16,6 @@ import hashlib
 import json
 import os
 import threading
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Union
@@ -27,9 +26,11 @@ import torch
 from torch import Tensor, nn
 
 from .checkpoints import CheckpointError, fit_state_dict, read_checkpoint, resolve_checkpoints
-from .datasets import LabeledDataset, load_dataset_config
+from .datasets import LabeledDataset, load_dataset
 from . import rankers as rk
 from . import settings
+from .errors import WorkspaceError
+from .workspace_config import DatasetConfig, WorkspaceConfig
 
 PathLike = Union[str, os.PathLike]
 
@@ -43,10 +44,6 @@ LOSSES: dict[str, Callable[..., nn.Module]] = {
 #: of time by ``python -m tracin_core precompute`` is the one the app opens
 DEMO_TOML = Path(__file__).resolve().parent.parent / "assets" / "demo" / "workspace.toml"
 FASHION_TOML = Path(__file__).resolve().parent.parent / "assets" / "fashion" / "workspace.toml"
-
-
-class WorkspaceError(ValueError):
-    """A workspace file or its parts are wrong; the message says which and why."""
 
 
 @dataclass
@@ -169,6 +166,8 @@ class Workspace:
         self.ground_truth = None if ground_truth is None else np.asarray(ground_truth, dtype=np.int64)
         self.cache_dir = Path(cache_dir) if cache_dir is not None else settings.store_cache_dir()
         self._engines: dict[Any, Any] = {}
+        #: the typed config this workspace was opened from (from_toml / from_config), else None
+        self.config: Optional[WorkspaceConfig] = None
         self._pred_cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
     # ------------------------------------------------------------------ loading
@@ -214,7 +213,8 @@ class Workspace:
     def from_toml(cls, path: PathLike, *, cache_dir: Optional[PathLike] = None, device: Optional[str] = None,
                   check_factory: Optional[Callable[[str], None]] = None,
                   flagged: Optional[str | list[str]] = None) -> "Workspace":
-        """Read a workspace file (design.md §4); relative paths are relative to its folder.
+        """Read a workspace file (:meth:`WorkspaceConfig.from_toml`, README "Workspace
+        files"); relative paths are relative to its folder. Then :meth:`from_config`.
 
         ``flagged`` (``"exclude"``, ``"keep"`` or a list of flags), when given, replaces
         ``[train] flagged``: what to do with the items the training set's
@@ -225,75 +225,74 @@ class Workspace:
         module is imported or any data read; it raises to refuse the factory (the app
         passes :meth:`tracin_core.server_config.ServerConfig.check_factory`).
         """
-        path = Path(path)
-        if path.is_dir():
-            found = sorted(p.name for p in path.glob("*.toml"))
-            hint = (f": it holds {', '.join(found[:5])}" + (" …" if len(found) > 5 else "")) if found else \
-                " (it holds no .toml file)"
-            raise WorkspaceError(f"{path}: is a folder; give the workspace .toml file inside it{hint}")
-        try:
-            cfg = tomllib.loads(path.read_text())
-        except FileNotFoundError:
-            raise WorkspaceError(f"{path}: no such workspace file") from None
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise WorkspaceError(f"{path}: not a valid TOML file ({exc})") from None
-        base = path.resolve().parent
+        config = WorkspaceConfig.from_toml(path)
+        if flagged is not None:
+            train = DatasetConfig.from_dict({**config.train.load_arguments(),
+                                             "kind": config.train.kind, "flagged": flagged},
+                                            "train", where=str(path))
+            config = dataclasses.replace(config, train=train)
+        return cls.from_config(config, cache_dir=cache_dir, device=device, check_factory=check_factory,
+                               source=str(path))
 
-        def table(name: str, required: bool = True) -> dict[str, Any]:
-            t = cfg.get(name)
-            if t is None and not required:
-                return {}
-            if not isinstance(t, dict):
-                raise WorkspaceError(f"{path}: missing [{name}] table")
-            return t
+    @classmethod
+    def from_config(cls, config: WorkspaceConfig, *, cache_dir: Optional[PathLike] = None,
+                    device: Optional[str] = None, check_factory: Optional[Callable[[str], None]] = None,
+                    dataset_options: Optional[dict[str, Any]] = None,
+                    source: Optional[str] = None) -> "Workspace":
+        """Open a :class:`WorkspaceConfig` (read from TOML, built by the app, or read back
+        from beside a store). Relative paths resolve against ``config.base_dir``.
 
-        model = table("model")
-        if "factory" not in model or "final_fc_layer" not in model:
-            raise WorkspaceError(f"{path}: [model] needs 'factory' and 'final_fc_layer'")
-        if not isinstance(model["factory"], str):
-            raise WorkspaceError(f"{path}: [model] factory must be a string 'package.module:callable'")
+        ``check_factory``: as for :meth:`from_toml`; ``dataset_options``: extra
+        ``load_dataset`` arguments for image-folder data (the server's zip caps
+        ``max_zip_bytes`` / ``max_zip_files``). Errors name the table and the field.
+        """
+        where = source or config.name
         if check_factory is not None:
             try:
-                check_factory(model["factory"])
+                check_factory(config.model.factory)
             except (PermissionError, ValueError) as exc:
-                raise WorkspaceError(f"{path}: {exc}") from None
-        ck = table("checkpoints")
-        if "paths" not in ck:
-            raise WorkspaceError(f"{path}: [checkpoints] needs 'paths' (a folder, a glob or a list)")
-        paths = ck["paths"]
-        paths = [str(base / p) for p in paths] if isinstance(paths, list) else str(base / paths)
-        loss = table("loss", required=False)
+                raise WorkspaceError(f"{where}: {exc}") from None
+        base = config.base_dir
+
+        def dataset(spec: Optional[DatasetConfig]) -> Optional[LabeledDataset]:
+            if spec is None:
+                return None
+            extra = dict(dataset_options or {}) if spec.kind == "image_folder" else {}
+            return load_dataset(spec.kind, base_dir=base, **spec.load_arguments(), **extra)
+
         try:
-            train_cfg = table("train") if flagged is None else {**table("train"), "flagged": flagged}
-            train = load_dataset_config(train_cfg, base, section="train")
-            test = load_dataset_config(table("test"), base, section="test") if "test" in cfg else None
+            train = dataset(config.train)
+            test = dataset(config.test)
         except (ValueError, FileNotFoundError) as exc:
-            raise WorkspaceError(f"{path}: {exc}") from None
+            raise WorkspaceError(f"{where}: {exc}") from None
+        assert train is not None
         truth = None
-        evaluation = table("evaluation", required=False)
-        if "ground_truth" in evaluation:
-            gt = pd.read_csv(base / evaluation["ground_truth"])
-            col = evaluation.get("column", "true_label")
+        if config.evaluation.ground_truth is not None:
+            gt = pd.read_csv(config.resolve(config.evaluation.ground_truth))
+            col = config.evaluation.column
             if col not in gt.columns or "index" not in gt.columns:
-                raise WorkspaceError(f"{path}: [evaluation] ground_truth needs columns 'index' and {col!r}")
+                raise WorkspaceError(f"{where}: [evaluation] ground_truth needs columns 'index' and {col!r}")
             truth = gt.sort_values("index")[col].to_numpy()
-        return cls(
-            name=str(cfg.get("name", path.stem)),
-            model_factory=model["factory"],
-            final_fc_layer=model["final_fc_layer"],
-            model_kwargs=model.get("kwargs", {}),
-            checkpoints=paths,
-            learning_rates=ck.get("learning_rates", ck.get("learning_rate")),
+        lrs = config.checkpoints.learning_rates
+        ws = cls(
+            name=config.name,
+            model_factory=config.model.factory,
+            final_fc_layer=config.model.final_fc_layer,
+            model_kwargs=dict(config.model.kwargs),
+            checkpoints=config.checkpoint_paths(),
+            learning_rates=list(lrs) if isinstance(lrs, tuple) else lrs,
             train=train,
             test=test,
-            loss=loss.get("name", "cross_entropy"),
-            reduction=loss.get("reduction", "sum"),
+            loss=config.loss.name,
+            reduction=config.loss.reduction,
             cache_dir=cache_dir,
             device=device,
-            batch_size=int(cfg.get("batch_size", 256)),
+            batch_size=config.batch_size,
             ground_truth=truth,
-            source=str(path),
+            source=source,
         )
+        ws.config = config
+        return ws
 
     @classmethod
     def demo(cls, *, cache_dir: Optional[PathLike] = None, device: Optional[str] = None) -> "Workspace":
@@ -376,7 +375,21 @@ class Workspace:
             else:
                 raise ValueError(f"unknown method {kind!r}; use 'fast', 'cp', 'randproj' or 'index'")
             self._engines[key] = eng
+            self.save_config()
             return eng
+
+    def save_config(self) -> Optional[Path]:
+        """Write :attr:`config` beside the feature stores (``<store_dir>/workspace.json``,
+        :meth:`WorkspaceConfig.to_json`; done when the first engine is made), so a store
+        folder says what it was computed from. Returns the path; None without a config."""
+        if self.config is None:
+            return None
+        from .workspace_config import JSON_NAME
+
+        path = self.store_dir / JSON_NAME
+        if not path.is_file():
+            self.config.to_json(path)
+        return path
 
     def store_ready(self, method: str = "fast", **opts: Any) -> bool:
         """Whether engine ``method`` (``"fast"``, ``"cp"``, ``"randproj"``, ``"index"``;
