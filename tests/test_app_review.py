@@ -582,7 +582,7 @@ def test_apptest_influence_details_link_to_review(review_app):
     detail.click().run()
     assert not at.exception, [e.value for e in at.exception]
     links = [e.proto for e in at.get("page_link")]
-    link = next(l for l in links if l.label.startswith("Review #"))
+    link = next(x for x in links if x.label.startswith("Review #"))
     item = int(re.match(r"Review #(\d+) ", link.label).group(1))
     assert sorted(link.query_string.split("&")) == ["goto=1", f"item={item}"]
 

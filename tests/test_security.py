@@ -295,8 +295,6 @@ def local_app(env, tmp_path_factory):
 
 
 def test_workspace_url_parameter_is_a_name_never_a_path(env, local_app):
-    from pages import common
-
     # step 1 of the attack: a workspace file lands in the upload folder (as any upload does)
     settings.upload_dir().mkdir(parents=True, exist_ok=True)
     uploaded = settings.upload_dir() / "0123456789abcdef0123456789abcdef.zip"
@@ -362,8 +360,6 @@ def test_server_path_fields_stay_inside_the_data_roots(env, local_app):
 
 @pytest.mark.parametrize("case", ["traversal", "bomb", "members", "over_limit", "png_bomb"])
 def test_hostile_zip_uploads(env, local_app, case):
-    from pages import common
-
     members = {
         "traversal": {"cat/a.png": png_bytes(), "../../../../tmp/escaped-by-zip.png": png_bytes()},
         "bomb": {"cat/a.png": png_bytes(), "cat/big.png": b"\0" * (6 << 20)},  # 3 MB over the 2 MB cap

@@ -33,7 +33,7 @@ def _transform_steps(transform: Any) -> Optional[list[Callable[[Tensor], Tensor]
     ``ToTensor`` [+ ``Normalize``...]; None when it is anything else."""
     try:
         from torchvision import transforms as T
-    except Exception:  # torchvision missing or broken: nothing to recognise
+    except Exception:  # noqa: BLE001 - torchvision missing or broken: nothing to recognise
         return None
     steps = list(transform.transforms) if type(transform) is T.Compose else [transform]
     if not steps or type(steps[0]) is not T.ToTensor:
@@ -52,7 +52,7 @@ def _to_tensor_batch(images: Tensor) -> Tensor:
 def _vision_decoder(ds: Any) -> Optional[BatchFn]:
     try:
         from torchvision.datasets import CIFAR10, MNIST
-    except Exception:
+    except Exception:  # noqa: BLE001 - torchvision missing or broken: decode one at a time
         return None
     cls = type(ds)
     if getattr(ds, "target_transform", None) is not None or getattr(ds, "transform", None) is None:

@@ -240,12 +240,14 @@ class LabeledDataset(Dataset):
         return (torch.from_numpy(x.astype(np.float32)).permute(2, 0, 1).contiguous(),
                 np.round(arr).astype(np.uint8))
 
-    def with_labels(self, labels: Sequence[int] | torch.Tensor, excluded: Sequence[bool] | torch.Tensor | None = None) -> "LabeledDataset":
+    def with_labels(self, labels: Sequence[int] | torch.Tensor,
+                    excluded: Sequence[bool] | torch.Tensor | None = None) -> "LabeledDataset":
         """A copy sharing the data, with other labels in effect (label -1 marks excluded)."""
         labels_t = torch.as_tensor(labels, dtype=torch.long).reshape(-1).clone()
         if len(labels_t) != self._length:
             raise ValueError(f"expected {self._length} labels, got {len(labels_t)}")
-        excl = torch.zeros(self._length, dtype=torch.bool) if excluded is None else torch.as_tensor(excluded, dtype=torch.bool).reshape(-1).clone()
+        excl = (torch.zeros(self._length, dtype=torch.bool) if excluded is None
+                else torch.as_tensor(excluded, dtype=torch.bool).reshape(-1).clone())
         if len(excl) != self._length:
             raise ValueError(f"expected {self._length} exclusion flags, got {len(excl)}")
         minus = labels_t == -1
@@ -877,8 +879,9 @@ def extract_zip_safely(
     """Extract a zip of images into a cache folder and return that folder.
 
     Rejects absolute member paths, ``..`` components, symlinks, more than
-    ``max_members`` (default ``MAX_ZIP_MEMBERS``) members and more than ``max_bytes`` (default :data:`MAX_ZIP_UNCOMPRESSED_BYTES`, 1 GiB) uncompressed, declared
-    or actually read. Without ``dest`` the folder is ``<tmp>/tracin_audit_zip_cache_<uid>/<sha256>``
+    ``max_members`` (default ``MAX_ZIP_MEMBERS``) members and more than ``max_bytes``
+    (default :data:`MAX_ZIP_UNCOMPRESSED_BYTES`, 1 GiB) uncompressed, declared or actually
+    read. Without ``dest`` the folder is ``<tmp>/tracin_audit_zip_cache_<uid>/<sha256>``
     and is reused when it already exists; extraction goes to a temporary sibling that is
     renamed into place, so concurrent callers are safe.
     """

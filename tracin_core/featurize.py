@@ -22,7 +22,7 @@ from __future__ import annotations
 import threading
 import weakref
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 
 import torch
@@ -306,7 +306,7 @@ class ChannelsLast:
         try:
             with plan.applied():
                 got = run(_to_channels_last(inputs))
-        except Exception:  # a view or a custom op that needs NCHW: keep NCHW
+        except Exception:  # noqa: BLE001 - a view or a custom op that needs NCHW: keep NCHW
             return None
         for r, g in zip(ref, got):
             if r.shape != g.shape:
@@ -502,7 +502,7 @@ class GradientFeaturizer(Featurizer):
                 covered.add(f"{mname}.bias")
         self.generic_names = [n for n in self.param_names if n not in covered]
         dense = 0
-        for i, (mname, mod, kind, has_bias) in enumerate(self.hooked):
+        for i, (_, mod, kind, has_bias) in enumerate(self.hooked):
             if kind == "factor":
                 self.terms.append(("factor", f"l{i}_a", f"l{i}_d"))
                 self.dims[f"l{i}_a"] = mod.in_features + int(has_bias)

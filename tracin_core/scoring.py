@@ -74,7 +74,7 @@ def iter_score_blocks(
     step = block_rows(n_test, n_train)
     for start in range(0, n_train, step):
         stop = min(n_train, start + step)
-        yield start, score_block(test, lambda name: get_rows(name, start, stop), terms, weights)
+        yield start, score_block(test, lambda name, a=start, b=stop: get_rows(name, a, b), terms, weights)
 
 
 def influence_matrix(test, get_rows, n_train, terms, weights, aggregate: bool = False,

@@ -145,7 +145,7 @@ class FeatureStore:
         try:
             info = json.loads(mf.read_text())
         except (OSError, ValueError) as exc:
-            warnings.warn(f"{mf}: unreadable manifest ({exc}); the store will be rebuilt")
+            warnings.warn(f"{mf}: unreadable manifest ({exc}); the store will be rebuilt", stacklevel=2)
             return
         if info.get("format") != FORMAT_VERSION or info.get("key") != self.key:
             return  # a different computation: start over in this folder
@@ -160,7 +160,7 @@ class FeatureStore:
             for name in self.dims:
                 self._maps[name] = np.load(self.path / _fname(name), mmap_mode=mode)
         except (OSError, ValueError) as exc:
-            warnings.warn(f"{self.path}: store files unreadable ({exc}); the store will be rebuilt")
+            warnings.warn(f"{self.path}: store files unreadable ({exc}); the store will be rebuilt", stacklevel=2)
             self._maps, self.dims, self.done = {}, {}, set()
             return
         self.complete = bool(info.get("complete"))

@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional, Sequence, Union
 
@@ -273,7 +272,7 @@ class _TracInBase:
             for i in sorted({0, n // 2, n - 1}):  # a cheap content check of the data
                 try:
                     _tensor_digest(h, ds[i])  # type: ignore[index]
-                except Exception:
+                except Exception:  # noqa: BLE001 - a best-effort content check: the length still counts
                     pass
         return h.hexdigest()
 
@@ -936,9 +935,11 @@ class TracInCPFastRandProj(TracInCPFast):
                 stop = min(n, start + step)
                 if not store.is_done(b):
                     store.write(b, start, {
-                        array_name(c, EMBEDDING): project_embedding(fast.rows(array_name(c, LAYER_INPUT), start, stop), fast.rows(array_name(c, OUTPUT_GRAD), start, stop),
-                                                     None if proj_d is None else proj_d.cpu(),
-                                                     None if proj_a is None else proj_a.cpu(), snap.learning_rate)
+                        array_name(c, EMBEDDING): project_embedding(
+                            fast.rows(array_name(c, LAYER_INPUT), start, stop),
+                            fast.rows(array_name(c, OUTPUT_GRAD), start, stop),
+                            None if proj_d is None else proj_d.cpu(),
+                            None if proj_a is None else proj_a.cpu(), snap.learning_rate)
                         for c, snap in enumerate(self.snapshots)})
                 bar(stop - start)
         except BaseException:

@@ -16,7 +16,7 @@ import hashlib
 import json
 import os
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Union
 
@@ -25,7 +25,7 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from .checkpoints import CheckpointError, fit_state_dict, read_checkpoint, resolve_checkpoints
+from .checkpoints import fit_state_dict, read_checkpoint, resolve_checkpoints
 from .datasets import LabeledDataset, load_dataset
 from . import rankers as rk
 from . import settings
@@ -423,7 +423,8 @@ class Workspace:
         store, so that ``ensure_store("cp")`` must run before :meth:`mislabel_scores`."""
         return (method or rk.DEFAULT_RANKER) in rk.NEEDS_CP
 
-    def precompute(self, methods: Sequence[str] = ("fast",), progress: Optional[Callable[[int, Optional[int]], None]] = None) -> None:
+    def precompute(self, methods: Sequence[str] = ("fast",),
+                   progress: Optional[Callable[[int, Optional[int]], None]] = None) -> None:
         """Run the training pass for ``methods`` now (progress(done, total) per batch)."""
         for m in methods:
             eng = self._engine(m)
@@ -612,7 +613,8 @@ class Workspace:
                 path = self._ranking_path(n)
                 meta = {"ranking": n, "n": len(scores),
                         "neighbour_searches": [dataclasses.asdict(x) for x in searches]}
-                _write_atomic(path.with_suffix(".json"), lambda fh: fh.write(json.dumps(meta, indent=1).encode()))
+                _write_atomic(path.with_suffix(".json"),
+                              lambda fh, meta=meta: fh.write(json.dumps(meta, indent=1).encode()))
                 _save_npy_atomic(path, scores)
                 out[n] = scores
         for v in out.values():
