@@ -15,7 +15,7 @@ import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 import streamlit as st
@@ -538,16 +538,26 @@ def routed() -> Iterator[None]:
         _ROUTER.active = False
 
 
-def ensure_router() -> None:
+def ensure_router(keep: Sequence[str] = ()) -> None:
     """Send a page run that bypassed app.py back through the router.
 
-    With a ``pages/`` folder next to ``app.py``, Streamlit starts in its legacy
-    multipage mode until a run calls ``st.navigation``: on a freshly started server a
-    first visit straight to a page URL (``/review``) runs the page file alone. Such a
-    run is not inside :func:`routed`; a fresh session is rerun through app.py. (AppTest
-    also runs page files directly after its first run; those runs carry widget events
-    that a rerun would drop, so they go on as they are.)
+    The one workaround for Streamlit's legacy multipage mode (the page scripts live in
+    ``pages/``, a name the project keeps, and Streamlit has no public switch to stop
+    reading that folder): with a ``pages/`` folder next to ``app.py``, Streamlit starts in
+    its legacy mode until a run calls ``st.navigation``, so on a freshly started server a
+    first visit straight to a page URL (``/review``) runs the page file alone. Such a run
+    is not inside :func:`routed`: the private flag
+    ``PagesManager.uses_pages_directory`` is cleared (what ``st.navigation`` does) and a
+    fresh session is rerun through app.py. (AppTest also runs page files directly after
+    its first run; those runs carry widget events that a rerun would drop, so they go on
+    as they are.) ``tests/test_router.py`` fails when Streamlit changes what this relies on.
+
+    ``keep``: keys of buttons whose press in this run must survive that rerun; read them
+    with :func:`pressed`. Every page calls this first.
     """
+    for key in keep:
+        if st.session_state.get(key):
+            st.session_state[f"{key}_pending"] = True
     if getattr(_ROUTER, "active", False):
         return
     try:
@@ -558,3 +568,9 @@ def ensure_router() -> None:
     if not st.session_state.get("_tracin_routed_once"):
         st.session_state["_tracin_routed_once"] = True
         st.rerun()
+
+
+def pressed(key: str, value: bool) -> bool:
+    """Whether button ``key`` was pressed: ``value`` (its ``st.button`` result) or a press
+    that :func:`ensure_router` kept across its rerun."""
+    return bool(value) | bool(st.session_state.pop(f"{key}_pending", False))

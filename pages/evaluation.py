@@ -270,7 +270,7 @@ def section_retrain(ws, scores: dict[str, np.ndarray], truth: np.ndarray) -> Non
                f"{remaining:,} wrong labels left (of {int(truth.sum()):,}).")
     epochs = int(st.number_input("Epochs", min_value=1, max_value=200, value=RETRAIN_EPOCHS, key="ev_epochs",
                                  help="The demo's recipe trains for 30 epochs (a few seconds each run)."))
-    if _clicked("ev_retrain", st.button("Retrain on corrected labels", type="primary", key="ev_retrain")):
+    if common.pressed("ev_retrain", st.button("Retrain on corrected labels", type="primary", key="ev_retrain")):
         runs = [("noisy labels (as given)", given), ("corrected labels", corrected), ("true labels", ws.ground_truth)]
         bar = st.progress(0.0, text="Retraining…")
         results = {}
@@ -297,25 +297,12 @@ def section_retrain(ws, scores: dict[str, np.ndarray], truth: np.ndarray) -> Non
 
 
 # ---------------------------------------------------------------------------- page
+#: the page's buttons: a press in a run that the router reruns is kept (common.ensure_router)
 BUTTONS = ("ev_cp_button", "ev_retrain")
 
 
-def _route() -> None:
-    """``common.ensure_router()``, which may rerun the script (the first visit of a page URL
-    on a fresh server): a button pressed in that run would be lost, so it is remembered."""
-    for key in BUTTONS:
-        if st.session_state.get(key):
-            st.session_state[f"{key}_pending"] = True
-    if hasattr(common, "ensure_router"):
-        common.ensure_router()
-
-
-def _clicked(key: str, pressed: bool) -> bool:
-    return bool(pressed) | bool(st.session_state.pop(f"{key}_pending", False))
-
-
 def main() -> None:
-    _route()
+    common.ensure_router(keep=BUTTONS)
     who = common.require("evaluation", "open the Evaluation page")
     ws = common.current_workspace()
     st.title("Evaluation")
@@ -327,7 +314,7 @@ def main() -> None:
     wanted = st.session_state.setdefault("ev_cp", set())  # fingerprints whose TracInCP pass was asked for
     with_cp = _cp_ready(ws) or ws.fingerprint in wanted
     if not with_cp and who.can("retrain"):
-        if _clicked("ev_cp_button", st.button("Add the all-layer TracInCP ranking (one pass over the training data)",
+        if common.pressed("ev_cp_button", st.button("Add the all-layer TracInCP ranking (one pass over the training data)",
                                               key="ev_cp_button")):
             common.ensure_store(ws, "cp")
             wanted.add(ws.fingerprint)
