@@ -283,6 +283,29 @@ def test_browser_every_page_via_sidebar(page, warm_server):
 
 
 @pytest.mark.browser
+def test_browser_every_page_by_its_url(page, warm_server):
+    """#13 item 8: each page opens by its name typed in the address bar, the first one
+    (Workspace) too; "/" leads to the first page at its own URL, keeping the query."""
+    from urllib.parse import parse_qs, urlparse
+
+    for path, title in (("workspace", "Workspace"), ("influence", "Influence"), ("review", "Review"),
+                        ("evaluation", "Evaluation")):
+        page.goto(f"{warm_server.url}/{path}")
+        page.locator('[data-testid="stMain"] h1').filter(has_text=title).first.wait_for(timeout=90_000)
+        wait_for_app(page, 90_000)
+        page.wait_for_timeout(300)
+        assert page.get_by_text("Page not found").count() == 0, path
+        assert urlparse(page.url).path == f"/{path}", page.url
+        _no_exceptions(page)
+    page.goto(f"{warm_server.url}/?reviewer=ann-by-link")
+    page.locator('[data-testid="stMain"] h1').filter(has_text="Workspace").first.wait_for(timeout=90_000)
+    wait_for_app(page)
+    page.wait_for_function("() => window.location.pathname === '/workspace'")
+    assert parse_qs(urlparse(page.url).query).get("reviewer") == ["ann-by-link"], page.url
+    assert page.get_by_text("Page not found").count() == 0
+
+
+@pytest.mark.browser
 def test_browser_influence_pick_shows_galleries(page, warm_server):
     page.goto(warm_server.url + "/influence")
     _settle(page, "Pick a test image above")
