@@ -728,12 +728,14 @@ def sidebar_queue(ws, ranking_table: pd.DataFrame) -> dict[str, Any]:
     with st.sidebar:
         st.subheader("Queue")
         methods = ws.mislabel_methods()
-        options = [DEFAULT_LABEL] + list(methods)
-        st.selectbox(
+        # one option per ranking, the default first and marked once; what the chosen one
+        # measures is said below it (a tooltip listing them all was cut off)
+        options = sorted(methods, key=lambda name: name != DEFAULT_RANKER)
+        chosen = st.selectbox(
             "Ranking", options, key="rv_ranking",
-            help="Which mislabel score orders the queue.\n\n" + "\n".join(
-                f"- **{name}**: {desc}" for name, desc in methods.items())
-            + f"\n\n{DEFAULT_LABEL} = {DEFAULT_RANKER}")
+            format_func=lambda name: f"{name} {DEFAULT_LABEL}" if name == DEFAULT_RANKER else name,
+            help="Which mislabel score orders the queue (higher: more likely mislabelled).")
+        st.caption(common.esc(methods.get(chosen, "")))
         classes = list(range(len(ws.classes)))
         given = st.multiselect("Given class", classes, key="rv_f_given",
                                format_func=lambda k: common.class_name(ws, k),
@@ -871,8 +873,10 @@ def main() -> None:
         else:
             _state()["rv_mode"] = "My queue"
 
-    choice = _state().get("rv_ranking", DEFAULT_LABEL)
-    method = None if choice in (None, DEFAULT_LABEL) else choice
+    if _state().get("rv_ranking") not in ws.mislabel_methods():
+        _state()["rv_ranking"] = DEFAULT_RANKER  # first visit, or a ranking this version lacks
+    choice = _state()["rv_ranking"]
+    method = None if choice == DEFAULT_RANKER else choice
     if _state().get("rv_ranking_seen", choice) != choice:
         # another ranking: let go of the held item, so the queue starts at the new first one
         _state().pop("rv_current", None)

@@ -256,6 +256,30 @@ def _csv(path: Path) -> list[dict]:
         return list(csv.DictReader(fh))
 
 
+def test_apptest_ranking_selector_one_option_each(review_app):
+    """#13 item 8: one option per ranking, the default first and marked "(default)" once (not
+    a "(default)" option beside its own name); a short help and the chosen ranking's
+    description under the box, instead of a tooltip listing every ranking."""
+    from pages.common import esc
+    from tracin_core import rankers as rk
+
+    at, db = review_app
+    _open_review(at)
+    box = at.selectbox(key="rv_ranking")
+    assert box.options[0] == f"{rk.DEFAULT_RANKER} (default)"
+    assert sorted(o.replace(" (default)", "") for o in box.options) == sorted(rk.RANKERS)
+    assert sum("(default)" in o for o in box.options) == 1 and len(box.options) == len(rk.RANKERS)
+    assert box.value == rk.DEFAULT_RANKER and len(box.help) < 100, box.help
+    captions = [c.value for c in at.sidebar.caption]
+    assert esc(rk.RANKERS[rk.DEFAULT_RANKER][1]) in captions
+    box.set_value("loss_mean").run()
+    assert not at.exception and not at.error
+    assert esc(rk.RANKERS["loss_mean"][1]) in [c.value for c in at.sidebar.caption]
+    item = _apptest_item(at)
+    at.button(key="rv_accept").click().run()
+    assert [(e["item_id"], e["ranking"]) for e in _events(db, "apptest")] == [(item, "loss_mean")]
+
+
 @pytest.mark.browser
 def test_browser_keyboard_undo_reload_export(page, app_server):
     from playwright.sync_api import expect
