@@ -82,6 +82,20 @@ RELABEL_KEY_JS = """
 """
 
 
+# Streamlit draws the key badge (a <kbd>) only on buttons with a shortcut, and refuses
+# shortcut="r": the Relabel button gets the same badge from CSS (size, spacing and opacity
+# of Streamlit's own; the listener above does the key press).
+RELABEL_BADGE_CSS = """
+<style>
+.st-key-rv_relabel button [data-has-shortcut] { display: flex; align-items: center; gap: 8px; }
+.st-key-rv_relabel button [data-has-shortcut]::after {
+  content: "R"; display: flex; font-size: 14px; line-height: 17.5px; letter-spacing: 0.14px;
+  opacity: 0.6;
+}
+</style>
+"""
+
+
 # ---------------------------------------------------------------------------- state
 
 
@@ -948,6 +962,7 @@ def main() -> None:
         if mode == "My queue":
             keep_claim(store, reviewer)
         st.html(RELABEL_KEY_JS, unsafe_allow_javascript=True)
+        st.html(RELABEL_BADGE_CSS)
     else:
         try:
             render_status(store.snapshot(reviewer), len(ws.train))

@@ -585,6 +585,47 @@ def test_browser_flag_keys(page, app_server):
                       (third, "duplicate", first)]
 
 
+BADGES_JS = """
+(keys) => keys.map((key) => {
+  const button = document.querySelector('.st-key-' + key + ' button');
+  if (!button) { return [key, null, 'no button']; }
+  const kbd = button.querySelector('kbd');
+  if (kbd) {
+    const box = kbd.getBoundingClientRect();
+    return [key, kbd.innerText.trim(), box.width > 0 && getComputedStyle(kbd).opacity > 0 ? 'shown' : 'hidden'];
+  }
+  const span = button.querySelector('[data-has-shortcut]');
+  const after = getComputedStyle(span, '::after');
+  const text = after.content.replace(/^"|"$/g, '');
+  // the badge drawn by CSS widens its span beyond the label (by the gap and the letter)
+  const wider = span.getBoundingClientRect().width - span.querySelector('p').getBoundingClientRect().width;
+  const fits = span.getBoundingClientRect().right <= button.getBoundingClientRect().right;
+  return [key, text === 'none' ? null : text,
+          after.display !== 'none' && after.opacity > 0 && wider >= 12 && fits ? 'shown' : 'hidden'];
+})
+"""
+
+
+@pytest.mark.browser
+def test_browser_every_action_button_shows_its_key(page, app_server):
+    """#13 item 6: every action button on the Review page shows its key badge, as
+    Streamlit draws it for shortcuts, Relabel (R, a key Streamlit reserves) included."""
+    who = f"badges{uuid.uuid4().hex[:6]}"
+    _open(page, app_server, who)
+    given = int(re.search(r"Given label:\s*(\d)", page.locator(".st-key-rv_item_panel").inner_text()).group(1))
+    expected = {"rv_accept": "A", "rv_relabel": "R", "rv_exclude": "E", "rv_skip": "S", "rv_undo_btn": "U",
+                "rv_ambiguous": "M", "rv_outlier": "O", "rv_duplicate": "D"}
+    expected.update({f"rv_to_class_{k}": str(k) for k in range(10) if k != given})
+    badges = page.evaluate(BADGES_JS, list(expected))
+    assert {key: (text, shown) for key, text, shown in badges} == {
+        key: (text, "shown") for key, text in expected.items()}
+    # the Relabel badge's key works: R relabels to the class chosen beside it
+    before = _current(page)
+    after, _ = _press(page, "r", before)
+    assert after != before
+    assert [e["action"] for e in _events(_review_db(app_server), who)] == ["relabel"]
+
+
 def test_apptest_link_from_another_page_opens_that_item(review_app):
     """#13 item 6: Influence's detail dialog links to ``review?item=N&goto=1``; the Review
     page then shows item N under "All items", even when this session was on its queue."""
