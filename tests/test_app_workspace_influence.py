@@ -350,6 +350,40 @@ def test_browser_influence_pick_shows_galleries(page, warm_server):
     _no_exceptions(page)
 
 
+IN_VIEW_JS = """(sel) => { const el = document.querySelector(sel); if (!el) return false;
+  const r = el.getBoundingClientRect(); return r.top >= 0 && r.bottom <= window.innerHeight; }"""
+
+
+@pytest.mark.browser
+def test_browser_galleries_in_view_after_pick_at_1280x720(browser, warm_server):
+    """#13 item 8: on a 1280x720 screen the first row of the proponents' gallery is in view
+    after each Pick (and after "By index"), without scrolling by hand."""
+    ctx = browser.new_context(viewport={"width": 1280, "height": 720})
+    pg = ctx.new_page()
+    pg.set_default_timeout(30_000)
+    try:
+        pg.goto(warm_server.url + "/influence")
+        _settle(pg, "Pick a test image above")
+        first_image = '.st-key-gallery_p [data-testid="stImage"]'
+        for i in (3, 12):
+            pg.locator(f".st-key-pick_{i} button").click()  # Playwright scrolls up to the picker
+            _settle(pg, f"Opponents of test #{i}")
+            _expect_galleries(pg, 8)
+            pg.wait_for_function(IN_VIEW_JS, arg=first_image, timeout=10_000)
+            head = pg.locator(".st-key-gallery_p").bounding_box()
+            image = pg.locator(first_image).first.bounding_box()
+            assert 0 <= head["y"] < 720 and image["y"] + image["height"] <= 720, (head, image)
+            assert pg.get_by_text(f"Proponents of test #{i}").is_visible()
+        pg.get_by_role("tab", name="By index").click()
+        pg.locator(".st-key-inf_index_input input").fill("11")
+        pg.locator(".st-key-inf_index_go button").click()
+        _settle(pg, "Opponents of test #11")
+        pg.wait_for_function(IN_VIEW_JS, arg=first_image, timeout=10_000)
+        _no_exceptions(pg)
+    finally:
+        ctx.close()
+
+
 @pytest.mark.browser
 def test_browser_corrupt_checkpoint_is_reported(page, warm_server, tmp_path):
     from tracin_core.models import DigitsCNN
