@@ -806,6 +806,39 @@ def with_status(table: pd.DataFrame, finals: pd.DataFrame, n: int) -> pd.DataFra
     return table
 
 
+def carry_over(ws, store, other: int):
+    """An earlier review of this workspace on other training data carried over here when
+    these labels are its corrected labels (``ReviewStore.carry_over``); once per session
+    and count of such events."""
+    if not other:
+        return None
+    key = (ws.fingerprint, other)
+    kept = _state().get("rv_carry")
+    if kept is None or kept[0] != key:
+        kept = (key, store.carry_over(ws.train.labels.tolist(), ws.train.excluded.tolist()))
+        _state()["rv_carry"] = kept
+    return kept[1]
+
+
+def render_carry_over(ws, other: int, carried) -> None:
+    """Say whether the earlier review on other training data carried over, and if not, why."""
+    if not other or carried is None:
+        return
+    name = common.esc(ws.name)
+    if carried.source is not None:
+        st.info(f"The earlier review of **{name}** carried over: its decisions on "
+                f"{carried.items:,} item(s) hold for these labels (they are its corrected labels), "
+                f"so they count here and the queue goes on after them.", icon=":material/history:")
+        return
+    st.warning(
+        f"{other:,} earlier review event(s) for workspace **{name}** were recorded on other "
+        f"training data and are not carried over: {common.esc(carried.reason)}. A review carries "
+        f"over only to the labels it produced (its **Corrected labels** export loaded as "
+        f"`labels_override` under the same workspace name), because a decision holds for the "
+        f"label it was made on. Those events are kept in the store, not shown or counted here.",
+        icon="⚠️")
+
+
 def render_status(snap, total: int) -> None:
     """Progress, then the last action's message or error."""
     render_progress(snap, total)
@@ -911,6 +944,7 @@ def main() -> None:
         st.stop()
     try:
         other = store.other_data_decisions()
+        carried = carry_over(ws, store, other)
         finals = store.final_decisions()
     except STORE_ERRORS as exc:
         st.error(f"Could not read the review store: {common.public_message(exc)}")
@@ -921,12 +955,7 @@ def main() -> None:
     if live_table is not ranking_table:
         ranking_table, ranking_name, score_key = live_table, f"{ranking_name}+live", f"{score_key}-live"
     score_range = score_filter(ranking_table, score_key)
-    if other:
-        st.warning(
-            f"{other:,} earlier review event(s) for workspace **{common.esc(ws.name)}** were recorded on "
-            f"other training data (a different data hash: the images or labels have changed "
-            f"since). They are kept in the store but not shown or counted here.",
-            icon="⚠️")
+    render_carry_over(ws, other, carried)
 
     # one row per training example, in ranking order
     table = ranking_table.join(

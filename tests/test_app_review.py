@@ -585,6 +585,76 @@ def test_browser_flag_keys(page, app_server):
                       (third, "duplicate", first)]
 
 
+def _demo_copy(folder: Path, labels_override: Path, name: str = WORKSPACE) -> Path:
+    """The demo's workspace file under ``folder`` (absolute paths) with other training labels."""
+    demo = REPO / "assets" / "demo"
+    text = (demo / "workspace.toml").read_text().replace('name = "digits-demo"', f'name = "{name}"')
+    text = text.replace('paths = "checkpoint-*.pt"', f'paths = "{demo}/checkpoint-*.pt"')
+    text = text.replace('labels_override = "labels_override.csv"', f'labels_override = "{labels_override}"')
+    text = text.replace('ground_truth = "labels.csv"', f'ground_truth = "{demo}/labels.csv"')
+    path = folder / f"{labels_override.stem}.toml"
+    path.write_text(text)
+    return path
+
+
+def test_apptest_corrected_labels_carry_the_review_over(tmp_path):
+    """#13 item 2: a workspace that loads the Review page's "Corrected labels" export as
+    labels_override (same workspace name) goes on from the earlier review: its decisions
+    count there, and the queue starts after them (not at an excluded item). Labels that
+    are not that export: the page says plainly why the review does not carry over."""
+    from streamlit.testing.v1 import AppTest
+
+    from tests.conftest import isolated_app_cache, write_server_config
+    from tracin_core import Workspace
+
+    cache = tmp_path / "cache"
+    ws = Workspace.demo(cache_dir=cache / "stores")
+    given = ws.train.labels.tolist()
+    top = [int(i) for i in ws.mislabel_scores()["index"][:3]]
+    store = ReviewStore(cache / "reviews.sqlite", workspace=ws.name, data_hash=ws.data_hash)
+    store.record(top[0], "ann", "exclude", given_label=given[top[0]])  # the queue's first item
+    store.record(top[1], "ann", "relabel", (given[top[1]] + 1) % 10, given_label=given[top[1]])
+    store.record(top[2], "bob", "accept", given_label=given[top[2]])
+    listed = tmp_path / "listed"  # workspace files, outside the app's cache (and its uploads)
+    listed.mkdir()
+    corrected = store.export_corrected_labels(listed / "corrected.csv", given)  # as the page's button
+    tampered = listed / "tampered.csv"  # the relabel undone by hand: not that export any more
+    tampered.write_text(corrected.read_text().replace(
+        f"\n{top[1]},{(given[top[1]] + 1) % 10},", f"\n{top[1]},{given[top[1]]},"))
+    config = write_server_config(listed / "tracin_audit.toml", workspaces={
+        "corrected": _demo_copy(listed, corrected), "tampered": _demo_copy(listed, tampered)})
+
+    def review_page(name: str):
+        at = AppTest.from_file(str(REPO / "app.py"), default_timeout=240)
+        at.query_params["workspace"] = name
+        at.query_params["reviewer"] = "cy"
+        at.run()
+        at.switch_page("pages/review.py")
+        at.run()
+        assert not at.exception, [e.value for e in at.exception]
+        assert not at.error, [e.value for e in at.error]
+        return at
+
+    with isolated_app_cache(cache, config=config):
+        at = review_page("corrected")
+        info = " ".join(i.value for i in at.info)
+        assert "The earlier review of **digits-demo** carried over" in info and "3 item(s)" in info
+        assert not any("other training data" in w.value for w in at.warning)
+        assert "**3 / 1,437** items decided" in at.get("progress")[0].proto.text
+        assert _apptest_item(at) not in top  # the excluded item (and the others) are done
+        at.button(key="rv_accept").click().run()
+        assert not at.exception and not at.error
+        assert len(_events(cache / "reviews.sqlite", "cy")) == 1
+
+        at = review_page("tampered")
+        warning = " ".join(w.value for w in at.warning).replace("\\", "")
+        assert "were recorded on other training data and are not carried over" in warning
+        assert f"item #{top[1]} was relabelled as {(given[top[1]] + 1) % 10} there, but its label here " \
+               f"is {given[top[1]]}" in warning, warning
+        assert "**0 / 1,437** items decided" in at.get("progress")[0].proto.text
+        assert _apptest_item(at) == top[0]  # nothing carried: the queue starts afresh
+
+
 BADGES_JS = """
 (keys) => keys.map((key) => {
   const button = document.querySelector('.st-key-' + key + ' button');
