@@ -403,7 +403,7 @@ def nearest_neighbours(emb: np.ndarray, k: int, chunk: int = 2048, method: str =
     return nearest_neighbours_many([emb], k, chunk, method)[0]
 
 
-def _embeddings(inp: RankerInputs, c: int) -> np.ndarray:
+def checkpoint_embeddings(inp: RankerInputs, c: int) -> np.ndarray:
     """What neighbourhoods are measured in at checkpoint ``c``: final-layer inputs, else logits."""
     if inp.features is not None:
         return np.asarray(inp.features[c])
@@ -412,7 +412,7 @@ def _embeddings(inp: RankerInputs, c: int) -> np.ndarray:
 
 def early_neighbours(inp: RankerInputs, k: int = 10) -> list[np.ndarray]:
     """The ``k`` nearest neighbours (:func:`nearest_neighbours`) at each early checkpoint."""
-    return nearest_neighbours_many([_embeddings(inp, c) for c in range(n_early(len(inp.logits)))], k)
+    return nearest_neighbours_many([checkpoint_embeddings(inp, c) for c in range(n_early(len(inp.logits)))], k)
 
 
 def spread_checkpoints(n_checkpoints: int) -> list[int]:
@@ -424,7 +424,7 @@ def spread_neighbours(inp: RankerInputs, k: int = 10) -> list[np.ndarray]:
     """The ``k`` nearest neighbours (:func:`nearest_neighbours`) at the first, middle and
     last checkpoints (:func:`spread_checkpoints`): three searches, whatever the number of
     checkpoints, and the first one is shared with :func:`early_neighbours`."""
-    return nearest_neighbours_many([_embeddings(inp, c) for c in spread_checkpoints(len(inp.logits))], k)
+    return nearest_neighbours_many([checkpoint_embeddings(inp, c) for c in spread_checkpoints(len(inp.logits))], k)
 
 
 #: above :data:`EXACT_SEARCH_MAX` rows, :func:`memorisation` (one share per checkpoint) is
@@ -620,7 +620,7 @@ def memorisation(inp: RankerInputs, k: int = 10) -> np.ndarray:
         shares = np.zeros((len(rows), K))
         at = np.arange(len(rows), dtype=np.int64)[:, None] * K
         for c in range(n_early(len(inp.logits))):
-            nn = neighbours_of_rows(_embeddings(inp, c), rows, k)
+            nn = neighbours_of_rows(checkpoint_embeddings(inp, c), rows, k)
             shares += np.bincount((at + y[nn]).ravel(), minlength=len(rows) * K).reshape(len(rows), K)
         suspects = rows[shares.argmax(axis=1) != y[rows]]
     else:
