@@ -176,3 +176,26 @@ def test_memorisation_is_estimated_on_a_sample_above_the_exact_size(monkeypatch)
     half = rk.memorisation(inp)
     rk._NN_CACHE.clear()
     assert np.abs(half - full).max() < 0.15 and full.max() > 0.2
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_queue_curves_match_the_one_metric_at_a_time_functions(ties):
+    from sklearn.metrics import roc_curve
+
+    rng = np.random.default_rng(1)
+    truth = rng.random(3000) < 0.1
+    scores = rng.random(3000) + truth
+    if ties:
+        scores = np.round(scores, 1)  # long runs of equal scores: ties count half, in index order
+    q = rk.queue_curves(scores, truth)
+    assert q.auc == pytest.approx(rk.roc_auc(scores, truth), abs=1e-12)
+    assert (q.found10, q.found20) == (rk.found_at(scores, truth, 0.1), rk.found_at(scores, truth, 0.2))
+    fpr, tpr, _ = roc_curve(truth, scores, drop_intermediate=False)
+    assert np.allclose(q.roc[0], fpr) and np.allclose(q.roc[1], tpr)
+    x, y = rk.found_curve(scores, truth)
+    assert np.array_equal(q.found[0], x) and np.allclose(q.found[1], y)
+    for k in (1, 17, 300, 3000):
+        assert q.precision_at(k) == rk.precision_at(scores, truth, k)
+    assert np.isnan(q.precision_at(0))
+    thin = rk.queue_curves(scores, truth, points=50)
+    assert len(thin.found[0]) <= 102 and thin.auc == q.auc
