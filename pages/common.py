@@ -471,7 +471,7 @@ def train_proponents(ws: Workspace, item: int, label: int, k: int = 5):
 _ROUTER = threading.local()
 _HERE = Path(__file__).resolve().parent
 FAVICON = _HERE.parent / "assets" / "favicon.png"
-#: (file, title, url path); the first one is the default page
+#: (file, title, url path); "/" leads to the first one the role may open
 PAGE_TABLE = [
     ("workspace.py", "Workspace", "workspace"),
     ("influence.py", "Influence", "influence"),
@@ -508,12 +508,22 @@ def navigation():
         st.button("Sign out", key="sign_out_norole", on_click=st.logout)
         st.stop()
     rows = [r for r in PAGE_TABLE if who.can(PAGE_ACTION[r[2]])]
-    pages = [st.Page(_HERE / f, title=t, url_path=u, default=(i == 0)) for i, (f, t, u) in enumerate(rows)]
-    nav = st.navigation(pages)
+    pages = [st.Page(_HERE / f, title=t, url_path=u) for f, t, u in rows]
+    # Streamlit serves its default page at "/" only (its url_path is ignored), so no page
+    # is the default: a hidden one at "/" sends the visitor to the first page, whose name
+    # (/workspace) then works in the address bar like every other page's.
+    home = st.Page(lambda: _go_home(pages[0]), title=rows[0][1], url_path="home", default=True,
+                   visibility="hidden")
+    nav = st.navigation([home] + pages)
     st.sidebar.title("TracIn Audit")
     sidebar_identity(who)
     sidebar_summary(current_workspace(show_errors=False))
     return nav
+
+
+def _go_home(first) -> None:
+    """The page at "/": the first page the role may open, at its own URL (query kept)."""
+    st.switch_page(first, query_params=st.query_params.to_dict())
 
 
 def sidebar_identity(who: Identity) -> None:

@@ -43,6 +43,13 @@ def _scores(fingerprint: str, with_cp: bool, _ws) -> dict[str, np.ndarray]:
 
 
 @st.cache_resource(show_spinner=False, max_entries=16)
+def _curves(fingerprint: str, with_cp: bool, _scores: dict[str, np.ndarray],
+            _truth: np.ndarray) -> dict[str, rk.QueueCurves]:
+    """Each ranking's AUC, found@, ROC and found curves and top-k counts, one sort each."""
+    return {name: rk.queue_curves(s, _truth, points=CURVE_POINTS) for name, s in _scores.items()}
+
+
+@st.cache_resource(show_spinner=False, max_entries=16)
 def _has_features(fingerprint: str, _ws) -> bool:
     return _ws.ranker_inputs(with_cp=False).features is not None
 
@@ -111,11 +118,10 @@ def _line(name: str) -> dict:
 LEGEND = dict(font=dict(size=12), itemclick="toggleothers", title=dict(text="click: show only this one"))
 
 
-def roc_figure(scores: dict[str, np.ndarray], truth: np.ndarray, aucs: dict[str, float]) -> go.Figure:
+def roc_figure(curves: dict[str, rk.QueueCurves]) -> go.Figure:
     fig = go.Figure()
-    for name, s in scores.items():
-        fpr, tpr = rk.roc_points(s, truth, points=CURVE_POINTS)
-        fig.add_trace(go.Scatter(x=fpr, y=tpr, mode="lines", name=f"{_label(name)} · AUC {aucs[name]:.4f}",
+    for name, c in curves.items():
+        fig.add_trace(go.Scatter(x=c.roc[0], y=c.roc[1], mode="lines", name=f"{_label(name)} · AUC {c.auc:.4f}",
                                  line=_line(name)))
     fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="random", line=dict(dash="dot", color="gray")))
     fig.update_layout(title="ROC curve (mislabelled vs clean)", xaxis_title="false positive rate",
@@ -124,11 +130,10 @@ def roc_figure(scores: dict[str, np.ndarray], truth: np.ndarray, aucs: dict[str,
     return fig
 
 
-def found_figure(scores: dict[str, np.ndarray], truth: np.ndarray) -> go.Figure:
+def found_figure(curves: dict[str, rk.QueueCurves], truth: np.ndarray) -> go.Figure:
     fig = go.Figure()
-    for name, s in scores.items():
-        x, y = rk.found_curve(s, truth, points=CURVE_POINTS)
-        fig.add_trace(go.Scatter(x=x, y=y, mode="lines", name=_label(name), line=_line(name)))
+    for name, c in curves.items():
+        fig.add_trace(go.Scatter(x=c.found[0], y=c.found[1], mode="lines", name=_label(name), line=_line(name)))
     share = truth.mean()
     fig.add_trace(go.Scatter(x=[0, share, 1], y=[0, 1, 1], mode="lines", name="perfect queue",
                              line=dict(dash="dash", color="black")))
@@ -171,12 +176,11 @@ def histogram_figure(score: np.ndarray, truth: Optional[np.ndarray], name: str) 
     return fig
 
 
-def metrics_table(scores: dict[str, np.ndarray], truth: np.ndarray, k: int) -> pd.DataFrame:
+def metrics_table(curves: dict[str, rk.QueueCurves], k: int) -> pd.DataFrame:
     rows = []
-    for name, s in scores.items():
-        q = rk.quality(s, truth)
-        rows.append({"ranking": _label(name), "AUC": q["auc"], "found@10%": q["found@10%"],
-                     "found@20%": q["found@20%"], f"precision@{k}": rk.precision_at(s, truth, k),
+    for name, c in curves.items():
+        rows.append({"ranking": _label(name), "AUC": c.auc, "found@10%": c.found10,
+                     "found@20%": c.found20, f"precision@{k}": c.precision_at(k),
                      "description": rk.RANKERS[name][1]})
     return pd.DataFrame(rows).sort_values("AUC", ascending=False, kind="stable").reset_index(drop=True)
 
@@ -197,7 +201,8 @@ def section_rankings(ws, scores: dict[str, np.ndarray], truth: Optional[np.ndarr
                 f"Default ranking: **{rk.DEFAULT_RANKER}**.")
     k = st.slider("k (top of the queue)", min_value=1, max_value=n, value=min(n, max(1, n_bad)), key="ev_k",
                   help="Precision in the top k: the share of mislabelled items among the first k of each queue.")
-    table = metrics_table(scores, truth, k)
+    curves = _curves(ws.fingerprint, rk.NEEDS_CP.issubset(scores), scores, truth)
+    table = metrics_table(curves, k)
     st.subheader("Rankings side by side")
     st.dataframe(table, hide_index=True, key="ev_table", column_config={
         "AUC": st.column_config.NumberColumn(format="%.4f"),
@@ -205,15 +210,14 @@ def section_rankings(ws, scores: dict[str, np.ndarray], truth: Optional[np.ndarr
         "found@20%": st.column_config.NumberColumn(format="percent"),
         f"precision@{k}": st.column_config.NumberColumn(format="percent"),
     })
-    aucs = {name: rk.roc_auc(s, truth) for name, s in scores.items()}
     left, right = st.columns(2)
     with left:
-        st.plotly_chart(roc_figure(scores, truth, aucs), key="ev_roc")
+        st.plotly_chart(roc_figure(curves), key="ev_roc")
     with right:
-        st.plotly_chart(found_figure(scores, truth), key="ev_found")
+        st.plotly_chart(found_figure(curves, truth), key="ev_found")
     left, right = st.columns(2)
     with left:
-        st.plotly_chart(precision_figure({nm: rk.precision_at(s, truth, k) for nm, s in scores.items()}, k),
+        st.plotly_chart(precision_figure({nm: c.precision_at(k) for nm, c in curves.items()}, k),
                         key="ev_precision")
     with right:
         name = st.selectbox("Histogram of", list(scores), index=list(scores).index(rk.DEFAULT_RANKER)

@@ -30,6 +30,25 @@ METHODS = {
     "Fast via an index": "index",
 }
 ALL_CLASSES = "All classes"
+# After a pick the results are brought into view: the picker above them is taller than a
+# laptop screen (1280x720), so the galleries would start below the fold. Runs once per new
+# selection (the nonce makes each pick's element new, so its script runs again).
+SCROLL_TO_RESULTS_JS = """
+<script>
+(function () {{
+  var tries = 60;  // nonce {nonce}
+  (function go() {{
+    var box = document.querySelector(".st-key-inf_results");
+    if (box && box.querySelector("[class*='st-key-gallery_'] [data-testid='stImage']")) {{
+      box.style.scrollMarginTop = "3.75rem";  // below Streamlit's top bar
+      box.scrollIntoView({{block: "start"}});
+      return;
+    }}
+    if (tries-- > 0) {{ setTimeout(go, 50); }}
+  }})();
+}})();
+</script>
+"""
 
 
 # ----------------------------------------------------------------------------- cached engine calls
@@ -82,6 +101,7 @@ def _param_layers(ws) -> list[str]:
 # ----------------------------------------------------------------------------- selection state
 def _select_index(i: int) -> None:
     st.session_state["inf_sel"] = {"fp": st.session_state.get("inf_fp"), "kind": "index", "index": int(i)}
+    st.session_state["inf_scroll"] = st.session_state.get("inf_scroll_n", 0) + 1
     st.query_params["test"] = str(int(i))
 
 
@@ -105,6 +125,7 @@ def _select_typed_index(n: int) -> None:
 
 def _select_upload(sha: str) -> None:
     st.session_state["inf_sel"] = {"fp": st.session_state.get("inf_fp"), "kind": "upload", "sha": sha}
+    st.session_state["inf_scroll"] = st.session_state.get("inf_scroll_n", 0) + 1
     if "test" in st.query_params:
         del st.query_params["test"]
 
@@ -411,4 +432,9 @@ sel = _current_selection(ws)
 if sel is None:
     st.info("Pick a test image above to see its proponents and opponents.")
 else:
-    results(ws, sel, *controls)
+    with st.container(key="inf_results"):
+        results(ws, sel, *controls)
+    if "inf_scroll" in st.session_state:  # a new pick: bring its galleries into view
+        st.session_state["inf_scroll_n"] = st.session_state.pop("inf_scroll")
+        st.html(SCROLL_TO_RESULTS_JS.format(nonce=st.session_state["inf_scroll_n"]),
+                unsafe_allow_javascript=True)

@@ -78,6 +78,20 @@ RELABEL_KEY_JS = """
 """
 
 
+# Streamlit draws the key badge (a <kbd>) only on buttons with a shortcut, and refuses
+# shortcut="r": the Relabel button gets the same badge from CSS (size, spacing and opacity
+# of Streamlit's own; the listener above does the key press).
+RELABEL_BADGE_CSS = """
+<style>
+.st-key-rv_relabel button [data-has-shortcut] { display: flex; align-items: center; gap: 8px; }
+.st-key-rv_relabel button [data-has-shortcut]::after {
+  content: "R"; display: flex; font-size: 14px; line-height: 17.5px; letter-spacing: 0.14px;
+  opacity: 0.6;
+}
+</style>
+"""
+
+
 # ---------------------------------------------------------------------------- state
 
 
@@ -714,12 +728,14 @@ def sidebar_queue(ws, ranking_table: pd.DataFrame) -> dict[str, Any]:
     with st.sidebar:
         st.subheader("Queue")
         methods = ws.mislabel_methods()
-        options = [DEFAULT_LABEL] + list(methods)
-        st.selectbox(
+        # one option per ranking, the default first and marked once; what the chosen one
+        # measures is said below it (a tooltip listing them all was cut off)
+        options = sorted(methods, key=lambda name: name != DEFAULT_RANKER)
+        chosen = st.selectbox(
             "Ranking", options, key="rv_ranking",
-            help="Which mislabel score orders the queue.\n\n" + "\n".join(
-                f"- **{name}**: {desc}" for name, desc in methods.items())
-            + f"\n\n{DEFAULT_LABEL} = {DEFAULT_RANKER}")
+            format_func=lambda name: f"{name} {DEFAULT_LABEL}" if name == DEFAULT_RANKER else name,
+            help="Which mislabel score orders the queue (higher: more likely mislabelled).")
+        st.caption(common.esc(methods.get(chosen, "")))
         classes = list(range(len(ws.classes)))
         given = st.multiselect("Given class", classes, key="rv_f_given",
                                format_func=lambda k: common.class_name(ws, k),
@@ -755,6 +771,39 @@ def follow_identity(store, reviewer: str) -> None:
             pass
         _state().pop("rv_current", None)
     _state()["rv_identity"] = reviewer
+
+
+def carry_over(ws, store, other: int):
+    """An earlier review of this workspace on other training data carried over here when
+    these labels are its corrected labels (``ReviewStore.carry_over``); once per session
+    and count of such events."""
+    if not other:
+        return None
+    key = (ws.fingerprint, other)
+    kept = _state().get("rv_carry")
+    if kept is None or kept[0] != key:
+        kept = (key, store.carry_over(ws.train.labels.tolist(), ws.train.excluded.tolist()))
+        _state()["rv_carry"] = kept
+    return kept[1]
+
+
+def render_carry_over(ws, other: int, carried) -> None:
+    """Say whether the earlier review on other training data carried over, and if not, why."""
+    if not other or carried is None:
+        return
+    name = common.esc(ws.name)
+    if carried.source is not None:
+        st.info(f"The earlier review of **{name}** carried over: its decisions on "
+                f"{carried.items:,} item(s) hold for these labels (they are its corrected labels), "
+                f"so they count here and the queue goes on after them.", icon=":material/history:")
+        return
+    st.warning(
+        f"{other:,} earlier review event(s) for workspace **{name}** were recorded on other "
+        f"training data and are not carried over: {common.esc(carried.reason)}. A review carries "
+        f"over only to the labels it produced (its **Corrected labels** export loaded as "
+        f"`labels_override` under the same workspace name), because a decision holds for the "
+        f"label it was made on. Those events are kept in the store, not shown or counted here.",
+        icon="⚠️")
 
 
 def render_status(snap, total: int) -> None:
@@ -838,8 +887,10 @@ def main() -> None:
         else:
             _state()["rv_mode"] = "My queue"
 
-    choice = _state().get("rv_ranking", DEFAULT_LABEL)
-    method = None if choice in (None, DEFAULT_LABEL) else choice
+    if _state().get("rv_ranking") not in ws.mislabel_methods():
+        _state()["rv_ranking"] = DEFAULT_RANKER  # first visit, or a ranking this version lacks
+    choice = _state()["rv_ranking"]
+    method = None if choice == DEFAULT_RANKER else choice
     if _state().get("rv_ranking_seen", choice) != choice:
         # another ranking: let go of the held item, so the queue starts at the new first one
         _state().pop("rv_current", None)
@@ -860,6 +911,7 @@ def main() -> None:
         st.stop()
     try:
         other = store.other_data_decisions()
+        carried = carry_over(ws, store, other)
         finals = store.final_decisions()
     except STORE_ERRORS as exc:
         st.error(f"Could not read the review store: {common.public_message(exc)}")
@@ -870,12 +922,7 @@ def main() -> None:
     if live_table is not ranking_table:
         ranking_table, ranking_name, score_key = live_table, f"{ranking_name}+live", f"{score_key}-live"
     score_range = score_filter(ranking_table, score_key)
-    if other:
-        st.warning(
-            f"{other:,} earlier review event(s) for workspace **{common.esc(ws.name)}** were recorded on "
-            f"other training data (a different data hash: the images or labels have changed "
-            f"since). They are kept in the store but not shown or counted here.",
-            icon="⚠️")
+    render_carry_over(ws, other, carried)
 
     # one row per training example, in ranking order
     table = review_table(ranking_table, preds, finals, len(ws.train))
@@ -898,6 +945,7 @@ def main() -> None:
         if mode == "My queue":
             keep_claim(store, reviewer)
         st.html(RELABEL_KEY_JS, unsafe_allow_javascript=True)
+        st.html(RELABEL_BADGE_CSS)
     else:
         try:
             render_status(store.snapshot(reviewer), len(ws.train))

@@ -148,6 +148,31 @@ def test_build_signals_from_ranker_inputs():
         ar.build_signals(static[:-1], inp)
 
 
+def test_build_signals_above_the_exact_size_reuse_the_first_checkpoints_search(monkeypatch):
+    from tests.test_neighbour_search import _noisy_inputs
+
+    three = _noisy_inputs(n=400)
+    order = [0, 2, 1, 0, 1, 2]  # six checkpoints: two early ones, whose neighbourhoods differ
+    inp = rk.RankerInputs(three.logits[order], three.labels, np.full(6, 0.1), three.si_fast[order], None,
+                          three.features[order])
+    assert rk.n_early(6) == 2
+    static = rk.compute(None, inp)
+    first = rk.nearest_neighbours(rk.checkpoint_embeddings(inp, 0), 5)
+    small = ar.build_signals(static, inp, k=5)  # below the size: every early checkpoint's neighbours
+    col = list(small.names).index("neighbour_disagreement")
+    assert np.array_equal(small.neighbours, first)
+    monkeypatch.setattr(rk, "EXACT_SEARCH_MAX", len(static) - 1)
+    big = ar.build_signals(static, inp, k=5)
+    first = rk.nearest_neighbours(rk.checkpoint_embeddings(inp, 0), 5)  # now through annoy, like the ranking's
+    assert np.array_equal(big.neighbours, first)
+    y = np.asarray(inp.labels)
+    shares = rk.neighbour_label_shares(inp, 5, neighbours=[first])
+    expected = ar._rank_logit(-shares[np.arange(len(y)), y])
+    assert not np.allclose(small.features[:, col], big.features[:, col])  # the second checkpoint left out
+    standardised = (expected - expected.mean()) / max(expected.std(), 1e-12)
+    assert np.allclose(big.features[:, col], standardised)
+
+
 def test_estimate_with_nothing_and_everything_reviewed():
     sig, truth = clusters()
     none = ar.estimate_remaining(sig, {})

@@ -250,6 +250,30 @@ def _csv(path: Path) -> list[dict]:
         return list(csv.DictReader(fh))
 
 
+def test_apptest_ranking_selector_one_option_each(review_app):
+    """#13 item 8: one option per ranking, the default first and marked "(default)" once (not
+    a "(default)" option beside its own name); a short help and the chosen ranking's
+    description under the box, instead of a tooltip listing every ranking."""
+    from pages.common import esc
+    from tracin_core import rankers as rk
+
+    at, db = review_app
+    _open_review(at)
+    box = at.selectbox(key="rv_ranking")
+    assert box.options[0] == f"{rk.DEFAULT_RANKER} (default)"
+    assert sorted(o.replace(" (default)", "") for o in box.options) == sorted(rk.RANKERS)
+    assert sum("(default)" in o for o in box.options) == 1 and len(box.options) == len(rk.RANKERS)
+    assert box.value == rk.DEFAULT_RANKER and len(box.help) < 100, box.help
+    captions = [c.value for c in at.sidebar.caption]
+    assert esc(rk.RANKERS[rk.DEFAULT_RANKER][1]) in captions
+    box.set_value("loss_mean").run()
+    assert not at.exception and not at.error
+    assert esc(rk.RANKERS["loss_mean"][1]) in [c.value for c in at.sidebar.caption]
+    item = _apptest_item(at)
+    at.button(key="rv_accept").click().run()
+    assert [(e["item_id"], e["ranking"]) for e in _events(db, "apptest")] == [(item, "loss_mean")]
+
+
 @pytest.mark.browser
 def test_browser_keyboard_undo_reload_export(page, app_server):
     from playwright.sync_api import expect
@@ -553,6 +577,117 @@ def test_browser_flag_keys(page, app_server):
     events = [(e["item_id"], e["action"], e["duplicate_of"]) for e in _events(db, who)]
     assert events == [(first, "ambiguous", None), (second, "outlier", None),
                       (third, "duplicate", first)]
+
+
+def _demo_copy(folder: Path, labels_override: Path, name: str = WORKSPACE) -> Path:
+    """The demo's workspace file under ``folder`` (absolute paths) with other training labels."""
+    demo = REPO / "assets" / "demo"
+    text = (demo / "workspace.toml").read_text().replace('name = "digits-demo"', f'name = "{name}"')
+    text = text.replace('paths = "checkpoint-*.pt"', f'paths = "{demo}/checkpoint-*.pt"')
+    text = text.replace('labels_override = "labels_override.csv"', f'labels_override = "{labels_override}"')
+    text = text.replace('ground_truth = "labels.csv"', f'ground_truth = "{demo}/labels.csv"')
+    path = folder / f"{labels_override.stem}.toml"
+    path.write_text(text)
+    return path
+
+
+def test_apptest_corrected_labels_carry_the_review_over(tmp_path):
+    """#13 item 2: a workspace that loads the Review page's "Corrected labels" export as
+    labels_override (same workspace name) goes on from the earlier review: its decisions
+    count there, and the queue starts after them (not at an excluded item). Labels that
+    are not that export: the page says plainly why the review does not carry over."""
+    from streamlit.testing.v1 import AppTest
+
+    from tests.conftest import isolated_app_cache, write_server_config
+    from tracin_core import Workspace
+
+    cache = tmp_path / "cache"
+    ws = Workspace.demo(cache_dir=cache / "stores")
+    given = ws.train.labels.tolist()
+    top = [int(i) for i in ws.mislabel_scores()["index"][:3]]
+    store = ReviewStore(cache / "reviews.sqlite", workspace=ws.name, data_hash=ws.data_hash)
+    store.record(top[0], "ann", "exclude", given_label=given[top[0]])  # the queue's first item
+    store.record(top[1], "ann", "relabel", (given[top[1]] + 1) % 10, given_label=given[top[1]])
+    store.record(top[2], "bob", "accept", given_label=given[top[2]])
+    listed = tmp_path / "listed"  # workspace files, outside the app's cache (and its uploads)
+    listed.mkdir()
+    corrected = store.export_corrected_labels(listed / "corrected.csv", given)  # as the page's button
+    tampered = listed / "tampered.csv"  # the relabel undone by hand: not that export any more
+    tampered.write_text(corrected.read_text().replace(
+        f"\n{top[1]},{(given[top[1]] + 1) % 10},", f"\n{top[1]},{given[top[1]]},"))
+    config = write_server_config(listed / "tracin_audit.toml", workspaces={
+        "corrected": _demo_copy(listed, corrected), "tampered": _demo_copy(listed, tampered)})
+
+    def review_page(name: str):
+        at = AppTest.from_file(str(REPO / "app.py"), default_timeout=240)
+        at.query_params["workspace"] = name
+        at.query_params["reviewer"] = "cy"
+        at.run()
+        at.switch_page("pages/review.py")
+        at.run()
+        assert not at.exception, [e.value for e in at.exception]
+        assert not at.error, [e.value for e in at.error]
+        return at
+
+    with isolated_app_cache(cache, config=config):
+        at = review_page("corrected")
+        info = " ".join(i.value for i in at.info)
+        assert "The earlier review of **digits-demo** carried over" in info and "3 item(s)" in info
+        assert not any("other training data" in w.value for w in at.warning)
+        assert "**3 / 1,437** items decided" in at.get("progress")[0].proto.text
+        assert _apptest_item(at) not in top  # the excluded item (and the others) are done
+        at.button(key="rv_accept").click().run()
+        assert not at.exception and not at.error
+        assert len(_events(cache / "reviews.sqlite", "cy")) == 1
+
+        at = review_page("tampered")
+        warning = " ".join(w.value for w in at.warning).replace("\\", "")
+        assert "were recorded on other training data and are not carried over" in warning
+        assert f"item #{top[1]} was relabelled as {(given[top[1]] + 1) % 10} there, but its label here " \
+               f"is {given[top[1]]}" in warning, warning
+        assert "**0 / 1,437** items decided" in at.get("progress")[0].proto.text
+        assert _apptest_item(at) == top[0]  # nothing carried: the queue starts afresh
+
+
+BADGES_JS = """
+(keys) => keys.map((key) => {
+  const button = document.querySelector('.st-key-' + key + ' button');
+  if (!button) { return [key, null, 'no button']; }
+  const kbd = button.querySelector('kbd');
+  if (kbd) {
+    const box = kbd.getBoundingClientRect();
+    return [key, kbd.innerText.trim(), box.width > 0 && getComputedStyle(kbd).opacity > 0 ? 'shown' : 'hidden'];
+  }
+  const span = button.querySelector('[data-has-shortcut]');
+  const after = getComputedStyle(span, '::after');
+  const text = after.content.replace(/^"|"$/g, '');
+  // the badge drawn by CSS widens its span beyond the label (by the gap and the letter)
+  const wider = span.getBoundingClientRect().width - span.querySelector('p').getBoundingClientRect().width;
+  const fits = span.getBoundingClientRect().right <= button.getBoundingClientRect().right;
+  return [key, text === 'none' ? null : text,
+          after.display !== 'none' && after.opacity > 0 && wider >= 12 && fits ? 'shown' : 'hidden'];
+})
+"""
+
+
+@pytest.mark.browser
+def test_browser_every_action_button_shows_its_key(page, app_server):
+    """#13 item 6: every action button on the Review page shows its key badge, as
+    Streamlit draws it for shortcuts, Relabel (R, a key Streamlit reserves) included."""
+    who = f"badges{uuid.uuid4().hex[:6]}"
+    _open(page, app_server, who)
+    given = int(re.search(r"Given label:\s*(\d)", page.locator(".st-key-rv_item_panel").inner_text()).group(1))
+    expected = {"rv_accept": "A", "rv_relabel": "R", "rv_exclude": "E", "rv_skip": "S", "rv_undo_btn": "U",
+                "rv_ambiguous": "M", "rv_outlier": "O", "rv_duplicate": "D"}
+    expected.update({f"rv_to_class_{k}": str(k) for k in range(10) if k != given})
+    badges = page.evaluate(BADGES_JS, list(expected))
+    assert {key: (text, shown) for key, text, shown in badges} == {
+        key: (text, "shown") for key, text in expected.items()}
+    # the Relabel badge's key works: R relabels to the class chosen beside it
+    before = _current(page)
+    after, _ = _press(page, "r", before)
+    assert after != before
+    assert [e["action"] for e in _events(_review_db(app_server), who)] == ["relabel"]
 
 
 def test_apptest_link_from_another_page_opens_that_item(review_app):

@@ -283,6 +283,29 @@ def test_browser_every_page_via_sidebar(page, warm_server):
 
 
 @pytest.mark.browser
+def test_browser_every_page_by_its_url(page, warm_server):
+    """#13 item 8: each page opens by its name typed in the address bar, the first one
+    (Workspace) too; "/" leads to the first page at its own URL, keeping the query."""
+    from urllib.parse import parse_qs, urlparse
+
+    for path, title in (("workspace", "Workspace"), ("influence", "Influence"), ("review", "Review"),
+                        ("evaluation", "Evaluation")):
+        page.goto(f"{warm_server.url}/{path}")
+        page.locator('[data-testid="stMain"] h1').filter(has_text=title).first.wait_for(timeout=90_000)
+        wait_for_app(page, 90_000)
+        page.wait_for_timeout(300)
+        assert page.get_by_text("Page not found").count() == 0, path
+        assert urlparse(page.url).path == f"/{path}", page.url
+        _no_exceptions(page)
+    page.goto(f"{warm_server.url}/?reviewer=ann-by-link")
+    page.locator('[data-testid="stMain"] h1').filter(has_text="Workspace").first.wait_for(timeout=90_000)
+    wait_for_app(page)
+    page.wait_for_function("() => window.location.pathname === '/workspace'")
+    assert parse_qs(urlparse(page.url).query).get("reviewer") == ["ann-by-link"], page.url
+    assert page.get_by_text("Page not found").count() == 0
+
+
+@pytest.mark.browser
 def test_browser_influence_pick_shows_galleries(page, warm_server):
     page.goto(warm_server.url + "/influence")
     _settle(page, "Pick a test image above")
@@ -325,6 +348,40 @@ def test_browser_influence_pick_shows_galleries(page, warm_server):
     page.get_by_text(re.compile(r"Predicted: 7 with probability")).first.wait_for()
     assert "test=" not in page.url
     _no_exceptions(page)
+
+
+IN_VIEW_JS = """(sel) => { const el = document.querySelector(sel); if (!el) return false;
+  const r = el.getBoundingClientRect(); return r.top >= 0 && r.bottom <= window.innerHeight; }"""
+
+
+@pytest.mark.browser
+def test_browser_galleries_in_view_after_pick_at_1280x720(browser, warm_server):
+    """#13 item 8: on a 1280x720 screen the first row of the proponents' gallery is in view
+    after each Pick (and after "By index"), without scrolling by hand."""
+    ctx = browser.new_context(viewport={"width": 1280, "height": 720})
+    pg = ctx.new_page()
+    pg.set_default_timeout(30_000)
+    try:
+        pg.goto(warm_server.url + "/influence")
+        _settle(pg, "Pick a test image above")
+        first_image = '.st-key-gallery_p [data-testid="stImage"]'
+        for i in (3, 12):
+            pg.locator(f".st-key-pick_{i} button").click()  # Playwright scrolls up to the picker
+            _settle(pg, f"Opponents of test #{i}")
+            _expect_galleries(pg, 8)
+            pg.wait_for_function(IN_VIEW_JS, arg=first_image, timeout=10_000)
+            head = pg.locator(".st-key-gallery_p").bounding_box()
+            image = pg.locator(first_image).first.bounding_box()
+            assert 0 <= head["y"] < 720 and image["y"] + image["height"] <= 720, (head, image)
+            assert pg.get_by_text(f"Proponents of test #{i}").is_visible()
+        pg.get_by_role("tab", name="By index").click()
+        pg.locator(".st-key-inf_index_input input").fill("11")
+        pg.locator(".st-key-inf_index_go button").click()
+        _settle(pg, "Opponents of test #11")
+        pg.wait_for_function(IN_VIEW_JS, arg=first_image, timeout=10_000)
+        _no_exceptions(pg)
+    finally:
+        ctx.close()
 
 
 @pytest.mark.browser

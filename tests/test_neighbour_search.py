@@ -116,3 +116,86 @@ def test_thin_curve_keeps_the_shape():
     assert np.trapezoid(t, f) == pytest.approx(rk.roc_auc(scores, truth), abs=0.01)
     short = np.linspace(0, 1, 50)
     assert rk.thin_curve(short, short, 100)[0] is short or np.array_equal(rk.thin_curve(short, short, 100)[0], short)
+
+
+def test_several_searches_side_by_side_match_one_at_a_time(monkeypatch):
+    xs = [_clusters(n=1500, dim=16, seed=s) for s in range(3)]
+    monkeypatch.setattr(rk, "EXACT_SEARCH_MAX", 500)
+    rk._NN_CACHE.clear()
+    monkeypatch.setenv("TRACIN_SEARCH_THREADS", "3")
+    together = rk.nearest_neighbours_many(xs, 10)
+    rk._NN_CACHE.clear()
+    monkeypatch.setenv("TRACIN_SEARCH_THREADS", "1")
+    alone = [rk.nearest_neighbours(x, 10) for x in xs]
+    rk._NN_CACHE.clear()
+    assert all(np.array_equal(a, b) for a, b in zip(together, alone))  # threads never change what is found
+    monkeypatch.setenv("TRACIN_SEARCH_THREADS", "two")
+    with pytest.raises(ValueError, match="TRACIN_SEARCH_THREADS"):
+        rk.search_threads()
+
+
+def test_exact_search_blocks_do_not_change_the_result(monkeypatch):
+    import torch
+
+    x = rk._unit_rows(_clusters(n=600, dim=8))
+    whole = rk._exact_rows(torch.from_numpy(x), np.arange(600), 5)
+    monkeypatch.setattr(rk, "EXACT_BLOCK_ELEMENTS", 600 * 7)  # blocks of 7 rows
+    blocks = rk._exact_rows(torch.from_numpy(x), np.arange(600), 5)
+    assert np.array_equal(whole[0], blocks[0]) and np.allclose(whole[1], blocks[1])
+
+
+def _noisy_inputs(n: int = 600, classes: int = 4, seed: int = 0) -> rk.RankerInputs:
+    """Clustered features, 15% of labels flipped; checkpoint c predicts the flipped labels
+    for a growing share of them (0%, 50%, 90%: memorisation over training)."""
+    rng = np.random.default_rng(seed)
+    true = rng.integers(0, classes, n)
+    centres = rng.normal(scale=3.0, size=(classes, 8))
+    feats = np.stack([centres[true] + rng.normal(size=(n, 8)) for _ in range(3)]).astype(np.float32)
+    labels = true.copy()
+    flip = rng.random(n) < 0.15
+    labels[flip] = (true[flip] + rng.integers(1, classes, flip.sum())) % classes
+    logits = np.zeros((3, n, classes))
+    for c, share in enumerate((0.0, 0.5, 0.9)):
+        pred = true.copy()
+        learnt = flip & (rng.random(n) < share)
+        pred[learnt] = labels[learnt]
+        logits[c, np.arange(n), pred] = 3.0
+    si = np.ones((3, n))
+    return rk.RankerInputs(logits, labels, np.full(3, 0.1), si, None, feats)
+
+
+def test_memorisation_is_estimated_on_a_sample_above_the_exact_size(monkeypatch):
+    inp = _noisy_inputs()
+    full = rk.memorisation(inp)
+    n = len(inp.labels)
+    monkeypatch.setattr(rk, "EXACT_SEARCH_MAX", n - 1)
+    monkeypatch.setattr(rk, "MEMORISATION_SAMPLE", n)  # the "sample" is every row: the same shares
+    rk._NN_CACHE.clear()
+    assert np.array_equal(rk.memorisation(inp), full)
+    monkeypatch.setattr(rk, "MEMORISATION_SAMPLE", n // 2)  # half the rows: close, not equal
+    half = rk.memorisation(inp)
+    rk._NN_CACHE.clear()
+    assert np.abs(half - full).max() < 0.15 and full.max() > 0.2
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_queue_curves_match_the_one_metric_at_a_time_functions(ties):
+    from sklearn.metrics import roc_curve
+
+    rng = np.random.default_rng(1)
+    truth = rng.random(3000) < 0.1
+    scores = rng.random(3000) + truth
+    if ties:
+        scores = np.round(scores, 1)  # long runs of equal scores: ties count half, in index order
+    q = rk.queue_curves(scores, truth)
+    assert q.auc == pytest.approx(rk.roc_auc(scores, truth), abs=1e-12)
+    assert (q.found10, q.found20) == (rk.found_at(scores, truth, 0.1), rk.found_at(scores, truth, 0.2))
+    fpr, tpr, _ = roc_curve(truth, scores, drop_intermediate=False)
+    assert np.allclose(q.roc[0], fpr) and np.allclose(q.roc[1], tpr)
+    x, y = rk.found_curve(scores, truth)
+    assert np.array_equal(q.found[0], x) and np.allclose(q.found[1], y)
+    for k in (1, 17, 300, 3000):
+        assert q.precision_at(k) == rk.precision_at(scores, truth, k)
+    assert np.isnan(q.precision_at(0))
+    thin = rk.queue_curves(scores, truth, points=50)
+    assert len(thin.found[0]) <= 102 and thin.auc == q.auc

@@ -1205,3 +1205,90 @@ def test_final_status_and_open_items_read_only_the_decided_rows(tmp_path):
     f = store.final_decisions()
     status[f["item_id"].to_numpy()] = f["status"].to_numpy()
     assert open_items(f, members) == int(np.isin(status[members], ["undecided", "skipped"]).sum())
+
+
+def _corrected(path: Path) -> tuple[list[int], list[bool]]:
+    """(labels, excluded) a reader makes of a corrected-labels CSV (flagged = "exclude")."""
+    labels, excluded = read_labels_override(path, N_LABELS)
+    return [int(v) for v in labels], [bool(v) for v in excluded]
+
+
+def test_carry_over_to_the_corrected_labels(tmp_path: Path) -> None:
+    """#13 item 2: training data that loads a review's corrected labels has another data
+    hash; that review's decisions carry over to it (once), and its own export is the same."""
+    given = [i % 3 for i in range(N_LABELS)]
+    old = ReviewStore(tmp_path / "r.db", workspace="ws", data_hash="h-old")
+    old.record(0, "ann", "relabel", 2, given_label=given[0], ranking="combined", score=1.5)
+    old.record(1, "ann", "accept", given_label=given[1])
+    old.record(2, "ann", "exclude", given_label=given[2])
+    old.record(3, "bob", "duplicate", given_label=given[3], duplicate_of=7)
+    old.record(4, "ann", "ambiguous", given_label=given[4])
+    old.record(4, "bob", "outlier", given_label=given[4])  # a conflict carries over as one
+    old.record(5, "bob", "skip", given_label=given[5])
+    old.record(6, "ann", "accept", given_label=given[6])
+    old.undo(6, "ann")  # undone: nothing to carry for item 6
+    old.export_corrected_labels(tmp_path / "corrected.csv", given)
+    labels, excluded = _corrected(tmp_path / "corrected.csv")
+    assert labels[0] == 2 and excluded[:4] == [False, False, True, True]
+
+    new = ReviewStore(tmp_path / "r.db", workspace="ws", data_hash="h-new")
+    assert new.final_decisions().empty
+    result = new.carry_over(labels, excluded)
+    assert result == review.CarryOver(source="h-old", events=7, items=6, reason="")
+    cols = ["item_id", "given_label", "final_label", "status", "reviewer", "decided_at", "duplicate_of"]
+    pd.testing.assert_frame_equal(new.final_decisions()[cols], old.final_decisions()[cols])
+    assert set(new.history()["ranking"]) == {"carried over from h-old"}
+    # the next export, from the carried decisions on the corrected labels, is the same file
+    new.export_corrected_labels(tmp_path / "again.csv", labels)
+    assert (tmp_path / "again.csv").read_text() == (tmp_path / "corrected.csv").read_text()
+    # once: a second call (another session) copies nothing and names the source
+    assert new.carry_over(labels, excluded) == review.CarryOver("h-old", 0, 6, "")
+    assert len(new.history()) == 7 and len(old.history()) == 9
+    # kept with their given label instead of excluded (flagged = "keep"): holds as well
+    kept = ReviewStore(tmp_path / "r.db", workspace="ws", data_hash="h-kept")
+    assert kept.carry_over(labels, [False] * N_LABELS).events == 7
+    # other workspaces see nothing
+    assert ReviewStore(tmp_path / "r.db", workspace="other", data_hash="h-new").carry_over(labels) is None
+
+
+def test_carry_over_refused_with_the_reason(tmp_path: Path) -> None:
+    """Labels that are not the earlier review's corrected labels: nothing is copied and the
+    first decision that does not hold is named; the newest review that holds is taken."""
+    given = [1] * N_LABELS
+    old = ReviewStore(tmp_path / "r.db", workspace="ws", data_hash="h-old")
+    old.record(0, "ann", "relabel", 2, given_label=1)
+    old.record(3, "ann", "exclude", given_label=1)
+    new = ReviewStore(tmp_path / "r.db", workspace="ws", data_hash="h-new")
+    result = new.carry_over(given)  # the labels before the review: item 0 is still 1
+    assert result.source is None and result.events == 0
+    assert result.reason == "item #0 was relabelled as 2 there, but its label here is 1"
+    assert new.history().empty
+    relabelled = [2] + given[1:]
+    assert new.carry_over([2, 1, 1, 0] + given[4:]).reason == (
+        "item #3 was marked excluded there, but here it is neither excluded nor kept with "
+        "its label 1 (its label is 0)")
+    assert new.carry_over(relabelled[:2]).reason == "item #3 was decided there, but this training data has 2 items"
+    # decisions recorded here first: an earlier review is not merged into them
+    mine = ReviewStore(tmp_path / "r.db", workspace="ws", data_hash="h-mine")
+    mine.record(5, "cy", "accept", given_label=1)
+    assert mine.carry_over(relabelled).reason == "decisions were recorded on this training data before"
+    assert len(mine.history()) == 1
+    # the newest review that holds: a later one whose decisions these labels break is passed over
+    later = ReviewStore(tmp_path / "r.db", workspace="ws", data_hash="h-later")
+    later.record(1, "ann", "relabel", 0, given_label=1)
+    fresh = ReviewStore(tmp_path / "r.db", workspace="ws", data_hash="h-fresh")
+    assert fresh.carry_over(relabelled).source == "h-mine"  # newer than h-old, older than h-later
+    with pytest.raises(ValueError, match="excluded has 3 entries, labels 10"):
+        fresh.carry_over(relabelled, [False] * 3)
+
+
+def test_carry_problem_rules() -> None:
+    row = dict(item_id=0, given_label=1, final_label=None, status="skipped")
+    assert review.carry_problem([row], [0], [False]) == ""  # a skip names no label
+    assert review.carry_problem([dict(row, status="conflict")], [0], [False]) == ""
+    assert review.carry_problem([dict(row, status="accepted", final_label=1)], [1], [False]) == ""
+    assert "was accepted as 1 there" in review.carry_problem(
+        [dict(row, status="accepted", final_label=1)], [0], [False])
+    assert review.carry_problem([dict(row, status="outlier")], [0], [True]) == ""  # excluded
+    assert review.carry_problem([dict(row, status="outlier")], [1], [False]) == ""  # kept
+    assert review.carry_problem([], [1], [False]) == "that review has no decision in effect"

@@ -151,6 +151,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             _write(ws.mislabel_scores(args.method), args.out)
             for search in ws.ranking_searches(args.method):
                 print(search.describe(), file=sys.stderr)
+            # what the Review page's live queue reads for this ranking, kept beside it (the
+            # neighbour searches are still in memory here; the page would search again)
+            ws.review_signals(args.method)
     except (ValueError, FileNotFoundError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -162,15 +162,23 @@ def _rank_logit(x: np.ndarray) -> np.ndarray:
 def build_signals(static: np.ndarray, inp: rk.RankerInputs, k: int = 10,
                   neighbours: Optional[np.ndarray] = None) -> ReviewSignals:
     """Precompute the signals for ``static`` scores (N,) from ``inp`` (the store's ranker
-    inputs). ``neighbours``: (N, k) nearest neighbours to use; default the first early
-    checkpoint's (:func:`tracin_core.rankers.early_neighbours`)."""
+    inputs). ``neighbours``: (N, k) nearest neighbours to use; default the early
+    checkpoints' (:func:`tracin_core.rankers.early_neighbours`), above
+    :data:`tracin_core.rankers.EXACT_SEARCH_MAX` rows the first checkpoint's only (the
+    search the default ranking already made: another annoy search per early checkpoint
+    would cost minutes at 1,000,000 rows)."""
     static = np.asarray(static, dtype=np.float64).reshape(-1)
     labels = np.asarray(inp.labels, dtype=np.int64).reshape(-1)
     if len(static) != len(labels):
         raise ValueError(f"static: {len(static)} scores for {len(labels)} training labels")
     if not np.all(np.isfinite(static)):
         raise ValueError("static: scores must be finite")
-    nbrs = rk.early_neighbours(inp, k) if neighbours is None else [np.asarray(neighbours)]
+    if neighbours is not None:
+        nbrs = [np.asarray(neighbours)]
+    elif len(labels) > rk.EXACT_SEARCH_MAX:
+        nbrs = [rk.nearest_neighbours(rk.checkpoint_embeddings(inp, 0), k)]
+    else:
+        nbrs = rk.early_neighbours(inp, k)
     cols, names = [], []
     for name in SIGNALS:
         cols.append(_rank_logit(rk.compute(name, inp)))

@@ -435,6 +435,57 @@ def open_items(finals: pd.DataFrame, members: np.ndarray) -> int:
     return int(members.sum()) - int(members[closed].sum())
 
 
+#: the ``ranking`` text of the events :meth:`ReviewStore.carry_over` copies, before the
+#: data hash they were copied from
+CARRIED_FROM = "carried over from "
+
+
+def carry_problem(finals: Sequence[dict[str, Any]], labels: Sequence[int],
+                  excluded: Sequence[bool]) -> str:
+    """Why an earlier review's decisions do not hold for training data with ``labels``
+    (labels in effect, length N) and ``excluded`` (length N); "" when every one does.
+
+    ``finals``: that review's :meth:`ReviewStore.final_decisions` rows (dicts). A decision
+    holds when the data is what its "Corrected labels" export makes of it: an accepted or
+    relabelled item has the final label; a flagged item (excluded, ambiguous, outlier,
+    duplicate) is excluded, or kept with the label it was given (``flagged = "keep"``).
+    Skips and conflicts name no label, so any label fits them. Only the first problem
+    is told.
+    """
+    n = len(labels)
+    if len(excluded) != n:
+        raise ValueError(f"excluded has {len(excluded)} entries, labels {n}")
+    if not finals:
+        return "that review has no decision in effect"
+    for row in finals:
+        item, status = int(row["item_id"]), row["status"]
+        if item >= n:
+            return f"item #{item} was decided there, but this training data has {n:,} items"
+        label, final, given = int(labels[item]), row["final_label"], row["given_label"]
+        if status in ("accepted", "relabelled") and final is not None and label != int(final):
+            return (f"item #{item} was {status} as {int(final)} there, but its label here "
+                    f"is {label}")
+        if status in FLAGS and not excluded[item] and given is not None and label != int(given):
+            return (f"item #{item} was marked {status} there, but here it is neither "
+                    f"excluded nor kept with its label {int(given)} (its label is {label})")
+    return ""
+
+
+@dataclass(frozen=True)
+class CarryOver:
+    """What :meth:`ReviewStore.carry_over` did.
+
+    ``source``: the data hash whose decisions hold here (None: none does); ``events``:
+    decisions copied by this call (0 when they were copied before); ``items``: items
+    decided in that review; ``reason``: why nothing carries over ("" when it does).
+    """
+
+    source: str | None
+    events: int
+    items: int
+    reason: str
+
+
 @dataclass(frozen=True)
 class ReviewSnapshot:
     """One read of a store: :meth:`ReviewStore.decisions`, :meth:`ReviewStore.final_decisions`,
@@ -798,13 +849,7 @@ class ReviewStore:
         return None if row is None else dict(zip([d[0] for d in cur.description], row))
 
     def _insert(self, conn: sqlite3.Connection, **values: Any) -> int:
-        values = dict(workspace=self.workspace, data_hash=self.data_hash,
-                      created_at=_iso(_utcnow()), **values)
-        cols = ", ".join(values)
-        marks = ", ".join("?" for _ in values)
-        cur = conn.execute(f"INSERT INTO events ({cols}) VALUES ({marks})",
-                           tuple(values.values()))
-        return int(cur.lastrowid)  # type: ignore[arg-type]
+        return self._insert_at(conn, _iso(_utcnow()), **values)
 
     def record(self, item_id: int, reviewer: str, action: str,
                new_label: int | None = None, *, given_label: int | None = None,
@@ -1075,6 +1120,87 @@ class ReviewStore:
         rows = self._query("SELECT count(*) AS n FROM events WHERE workspace = ? "
                            "AND data_hash <> ?", self._scope, "read data hashes")
         return int(rows[0]["n"])
+
+    def carry_over(self, labels: Sequence[int],
+                   excluded: Sequence[bool] | None = None) -> CarryOver | None:
+        """Carry an earlier review of this workspace over to this data hash, when this
+        training data is what that review's "Corrected labels" export makes of it.
+
+        ``labels`` / ``excluded``: the labels in effect and the exclusions of this
+        training data (length N). The review store keys decisions by the data they were
+        made on, and loading corrected labels changes that data hash. Each other data
+        hash of this workspace, newest first, is checked with :func:`carry_problem`; the
+        current decisions of the first one that holds throughout are copied here (one
+        transaction; same reviewers, actions, labels, flags and times; ``ranking`` says
+        ``"carried over from <hash>"``), so the queue, counts and exports go on from them.
+        Nothing is copied when this data hash already has events of its own.
+
+        Returns None when no other data hash of this workspace has events; else a
+        :class:`CarryOver` (``events=0`` and the source when copied before).
+        """
+        labels = [int(v) for v in labels]
+        excluded = [False] * len(labels) if excluded is None else [bool(v) for v in excluded]
+        if len(excluded) != len(labels):
+            raise ValueError(f"excluded has {len(excluded)} entries, labels {len(labels)}")
+        rows = self._query("SELECT data_hash, MAX(id) AS last FROM events WHERE workspace = ? "
+                           "AND data_hash <> ? GROUP BY data_hash ORDER BY last DESC",
+                           self._scope, "read data hashes")
+        if not rows:
+            return None
+        here = self._query("SELECT ranking FROM events WHERE workspace = ? AND data_hash = ? "
+                           "ORDER BY id LIMIT 1", self._scope, "read the history")
+        if here:
+            first = here[0]["ranking"] or ""
+            if first.startswith(CARRIED_FROM):
+                prefix = first[len(CARRIED_FROM):]
+                source = next((r["data_hash"] for r in rows if r["data_hash"].startswith(prefix)), prefix)
+                items = len({r["item_id"] for r in self._decision_rows()})
+                return CarryOver(source=source, events=0, items=items, reason="")
+            return CarryOver(source=None, events=0, items=0,
+                             reason="decisions were recorded on this training data before")
+        reason = ""
+        for row in rows:
+            decisions = self._query(self._current_sql, (self.workspace, row["data_hash"]),
+                                    "read decisions")
+            for d in decisions:
+                d["is_final"] = bool(d["is_final"])
+            problem = carry_problem(_final_rows(decisions), labels, excluded)
+            if problem:
+                reason = reason or problem  # the newest review's problem is the one told
+                continue
+            if self.read_only:
+                return CarryOver(source=None, events=0, items=0,
+                                 reason=f"the review store {self.path} is open read-only")
+            return self._copy_decisions(row["data_hash"], decisions)
+        return CarryOver(source=None, events=0, items=0, reason=reason)
+
+    def _copy_decisions(self, source: str, decisions: list[dict[str, Any]]) -> CarryOver:
+        """Copy ``decisions`` (current decisions of data hash ``source``) into this scope."""
+        with self._write("carry the earlier decisions over") as conn:
+            again = conn.execute("SELECT 1 FROM events WHERE workspace = ? AND data_hash = ? "
+                                 "LIMIT 1", self._scope).fetchone()
+            if again is not None:  # another session copied them (or decided) meanwhile
+                copied = 0
+            else:
+                for d in sorted(decisions, key=lambda r: r["event_id"]):
+                    self._insert_at(conn, d["decided_at"], item_id=d["item_id"],
+                                    reviewer=d["reviewer"], action=d["action"],
+                                    given_label=d["given_label"], old_label=d["given_label"],
+                                    new_label=d["final_label"],
+                                    ranking=CARRIED_FROM + source[:16], score=None,
+                                    is_final=int(d["is_final"]), status=d["status"], undoes=None,
+                                    duplicate_of=d["duplicate_of"])
+                copied = len(decisions)
+        return CarryOver(source=source, events=copied,
+                         items=len({d["item_id"] for d in decisions}), reason="")
+
+    def _insert_at(self, conn: sqlite3.Connection, created_at: str, **values: Any) -> int:
+        values = dict(workspace=self.workspace, data_hash=self.data_hash, created_at=created_at,
+                      **values)
+        cols = ", ".join(values)
+        marks = ", ".join("?" for _ in values)
+        cur = conn.execute(f"INSERT INTO events ({cols}) VALUES ({marks})", tuple(values.values()))
+        return int(cur.lastrowid)  # type: ignore[arg-type]
 
     # -- export --------------------------------------------------------------------
 
