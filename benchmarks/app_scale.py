@@ -171,7 +171,7 @@ for s in (4, 8, 12):
     res = eng.influence(batch, k=10)
     times.append(time.perf_counter() - t)
 out = {{"first_s": first, "warm_s": sorted(times)[1]}}
-from tracin_core.influence_index import InfluenceIndex
+from tracin_core.engine.influence_index import InfluenceIndex
 t = time.perf_counter()
 index = InfluenceIndex(eng).build()
 out["index_build_s"] = time.perf_counter() - t
@@ -323,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--million-dir", type=Path, default=REPO / "benchmarks" / "_work" / "million")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "app_scale.md")
     args = ap.parse_args(argv)
-    from tracin_core.datasets import FASHION_MNIST_ROOT
+    from tracin_core.audit.datasets import FASHION_MNIST_ROOT
 
     if not FASHION_MNIST_ROOT.is_dir():
         raise SystemExit("needs Debian's dataset-fashion-mnist: apt-get install dataset-fashion-mnist")

@@ -94,9 +94,9 @@ def ensure_cifar_folder(work: Path, n_train: int, n_test: int, seed: int = 0) ->
     marker = root / "DONE.json"
     if marker.exists():
         return root, json.loads(marker.read_text()).get("writer", "?")
-    writer = "tracin_core.datasets.make_cifar10_folder"
+    writer = "tracin_core.audit.datasets.make_cifar10_folder"
     try:
-        from tracin_core.datasets import make_cifar10_folder
+        from tracin_core.audit.datasets import make_cifar10_folder
 
         make_cifar10_folder(root, n_train, n_test, seed)
         ds_tr, ds_te = load_split(root, True), load_split(root, False)
@@ -135,7 +135,7 @@ def ensure_checkpoints(data_root: Path, n_ckpt: int = 6, n_images: int = 5000, b
 
     Returns ``(sorted paths, description)``.
     """
-    from tracin_core.models import TutorialCifarNet
+    from tracin_core.audit.models import TutorialCifarNet
 
     folder = data_root / "checkpoints"
     marker = folder / "DONE.json"

@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from tracin_core import TracInCP, TracInCPFast  # noqa: E402
-from tracin_core.models import TutorialCifarNet  # noqa: E402
+from tracin_core.audit.models import TutorialCifarNet  # noqa: E402
 
 
 def main() -> None:

@@ -34,7 +34,7 @@ WORKSPACE_TOML = """\
 name = "fashion-million"
 
 [model]
-factory = "tracin_core.models:FashionCNN"
+factory = "tracin_core.audit.models:FashionCNN"
 final_fc_layer = "fc2"
 
 [checkpoints]
@@ -75,8 +75,8 @@ def make(out: Path = DEFAULT_OUT, n: int = 1_000_000, seed: int = 0, shift: int 
     import pandas as pd
     from numpy.lib.format import open_memmap
 
-    from tracin_core.datasets import FASHION_MNIST_ROOT, load_dataset, read_idx
-    from tracin_core.demo import FASHION_DIR
+    from tracin_core.audit.datasets import FASHION_MNIST_ROOT, load_dataset, read_idx
+    from tracin_core.audit.demo import FASHION_DIR
 
     settings = {"n": n, "seed": seed, "shift": shift, "version": 1}
     toml = out / "workspace.toml"

@@ -4,16 +4,16 @@ For every setting — dataset x training schedule x noise model x noise rate —
 
 1. train a model on the clean training labels (the tutorial noise model needs it);
 2. mislabel a seeded random 10% or 20% of the training items with a noise model
-   (:func:`tracin_core.demo.noisy_labels`):
+   (:func:`tracin_core.audit.demo.noisy_labels`):
    ``tutorial`` (Captum's tutorial and the demo: the clean model's most probable *wrong*
    class), ``uniform`` (a random other class), ``pair`` (class ``y`` -> ``y + 1 mod K``);
 3. train a fresh model on the noisy labels with the schedule's epochs, keeping its number
    of checkpoints evenly spread over training (:data:`SCHEDULES`);
-4. build :class:`tracin_core.rankers.RankerInputs` with ``TracInCPFast`` (last layer:
+4. build :class:`tracin_core.audit.rankers.RankerInputs` with ``TracInCPFast`` (last layer:
    per-checkpoint logits, final-layer inputs, self-influence terms) and ``TracInCP`` (all
    layers: self-influence terms; not on Fashion-MNIST, :data:`NO_ALL_LAYERS`) over the
    in-memory checkpoints — one pass each, exactly what a Workspace's feature store holds;
-5. score every ranker in :data:`tracin_core.rankers.RANKERS`: ROC AUC (mislabelled vs
+5. score every ranker in :data:`tracin_core.audit.rankers.RANKERS`: ROC AUC (mislabelled vs
    clean) and the share of the mislabels found in the first 10% / 20% of the queue;
 6. choose the default's weights leave-one-dataset-out (:func:`lodo`): the default reported
    for a data set is ``rankers.rank_mean`` with weights chosen on the *other* data sets
@@ -106,8 +106,8 @@ def load_data(name: str, seed: int = 0) -> dict[str, Any]:
     """``x, y, x_test, y_test`` tensors, class count and model factory for a dataset
     (``fashion``: a seeded random 10,000 of the 60,000 training images, the 10,000 test images)."""
     if name == "fashion":
-        from tracin_core.datasets import load_dataset
-        from tracin_core.models import FashionCNN
+        from tracin_core.audit.datasets import load_dataset
+        from tracin_core.audit.models import FashionCNN
 
         tr, te = load_dataset("fashion_mnist", split="train"), load_dataset("fashion_mnist", split="test")
         idx = np.sort(np.random.default_rng(1000 + seed).choice(len(tr), FASHION_N_TRAIN, replace=False))
@@ -116,8 +116,8 @@ def load_data(name: str, seed: int = 0) -> dict[str, Any]:
         return dict(x=x, y=y.clone(), x_test=xt, y_test=yt.clone(), num_classes=10,
                     factory=lambda: FashionCNN(num_classes=10))
     if name == "digits":
-        from tracin_core.datasets import load_dataset
-        from tracin_core.models import DigitsCNN
+        from tracin_core.audit.datasets import load_dataset
+        from tracin_core.audit.models import DigitsCNN
 
         tr, te = load_dataset("digits", split="train"), load_dataset("digits", split="test")
         x = torch.stack([tr[i][0] for i in range(len(tr))])
@@ -171,7 +171,7 @@ def train_with_checkpoints(name: str, data: dict[str, Any], y: torch.Tensor, see
                            ) -> tuple[nn.Module, list[dict[str, torch.Tensor]], float]:
     """Train (clean: the clean model, seed ``seed``; else the noisy model, seed ``seed + 1``,
     with the epochs and checkpoints of ``SCHEDULES[name][schedule]``)."""
-    from tracin_core import demo
+    from tracin_core.audit import demo
 
     states: list[dict[str, torch.Tensor]] = []
     schedule = schedule or next(iter(SCHEDULES[name]))
@@ -211,8 +211,8 @@ def ranker_inputs(data: dict[str, Any], y_noisy: torch.Tensor, states: list[dict
     pass, ``si_cp=None``, unless ``all_layers``)."""
     from torch.utils.data import TensorDataset
 
-    from tracin_core.rankers import RankerInputs
-    from tracin_core.tracin import TracInCP, TracInCPFast
+    from tracin_core.audit.rankers import RankerInputs
+    from tracin_core.engine.tracin import TracInCP, TracInCPFast
 
     ds = TensorDataset(data["x"], y_noisy)
 
@@ -260,7 +260,7 @@ def dump_name(dataset: str, schedule: str, noise: str, rate: float, seed: int) -
 
 def _run_task(name: str, seed: int, schedule: str, noises: tuple[str, ...], rates: tuple[float, ...],
               quick: bool, dump: Optional[str], resume: bool = False, dump_only: bool = False) -> list[tuple]:
-    from tracin_core import demo
+    from tracin_core.audit import demo
 
     data = load_data(name, seed)
     t0 = time.perf_counter()
@@ -310,7 +310,7 @@ FALLBACK_ROWS = [True]
 
 def score_rankers(inp: Any, clean_labels: np.ndarray, meta: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per ranker (and per neighbourhood ranker without features): AUC, found@10%/20%."""
-    from tracin_core import rankers as rk
+    from tracin_core.audit import rankers as rk
 
     truth = np.asarray(inp.labels) != np.asarray(clean_labels)
     no_features = dataclasses.replace(inp, features=None)
@@ -339,7 +339,7 @@ def parse_dump_name(path: Path) -> dict[str, Any]:
 
 def load_dump(path: Path) -> tuple[Any, np.ndarray, dict[str, Any]]:
     """(RankerInputs, clean labels (N,), meta) from one saved run."""
-    from tracin_core.rankers import RankerInputs
+    from tracin_core.audit.rankers import RankerInputs
 
     z = np.load(path)
     meta = parse_dump_name(path)
@@ -355,7 +355,7 @@ def load_dump(path: Path) -> tuple[Any, np.ndarray, dict[str, Any]]:
 
 def component_ranks(inp: Any) -> np.ndarray:
     """(N, M) float32: each :data:`rankers.COMBINABLE` score as ranks scaled to (0, 1]."""
-    from tracin_core import rankers as rk
+    from tracin_core.audit import rankers as rk
 
     return np.stack([rk._rank01(rk.compute(n, inp)) for n in rk.COMBINABLE], axis=1).astype(np.float32)
 
@@ -374,7 +374,7 @@ def score_dump(path: str) -> tuple[list[dict[str, Any]], np.ndarray, np.ndarray,
 
 def with_grid_aucs(run: tuple) -> tuple:
     """``run`` with ``meta["grid_aucs"]``: (G,) AUC of every :func:`weight_grid` point."""
-    from tracin_core import rankers as rk
+    from tracin_core.audit import rankers as rk
 
     rows, R, truth, meta = run
     meta = dict(meta, grid_aucs=grid_aucs(R, truth, weight_grid(len(rk.COMBINABLE))))
@@ -431,7 +431,7 @@ def select_weights(aucs: np.ndarray, datasets: np.ndarray, settings: np.ndarray,
 
 
 def weights_str(w: np.ndarray) -> str:
-    from tracin_core import rankers as rk
+    from tracin_core.audit import rankers as rk
 
     return ", ".join(f"{n} {x:.1f}" for n, x in zip(rk.COMBINABLE, w) if x > 0)
 
@@ -442,7 +442,7 @@ def lodo(results: list[tuple], grid: np.ndarray) -> tuple[list[dict[str, Any]], 
 
     ``results``: ``(rows, R, truth, meta)`` per run; selection uses the runs of the reported
     seeds only (``meta["selection"]``)."""
-    from tracin_core import rankers as rk
+    from tracin_core.audit import rankers as rk
 
     sel = [r for r in results if r[3].get("selection", True)]
     aucs = np.stack([m["grid_aucs"] for *_, m in sel])
@@ -493,7 +493,7 @@ def setting_name(ds: str, schedule: str, noise: str, rate: float) -> str:
 
 def report(df: Any, chosen: dict[str, np.ndarray], args: argparse.Namespace, seconds: float) -> str:
     """The markdown report: ``df`` has one row per (run, ranker), ``LODO`` rows included."""
-    from tracin_core import rankers as rk
+    from tracin_core.audit import rankers as rk
 
     main_seeds = set(range(args.seed_start, args.seed_start + args.seeds))
     demo_df = df[(df.dataset == DEMO[0]) & (df.schedule == DEMO[1]) & (df.noise == DEMO[2]) & (df.rate == DEMO[3])]
@@ -735,7 +735,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         meta["selection"] = meta["seed"] in seeds
     # `combined` is recomputed with the weights this run chooses (below)
     results = [([r for r in rows if r["ranker"] != "combined"], R, truth, meta) for rows, R, truth, meta in results]
-    from tracin_core import rankers as rk
+    from tracin_core.audit import rankers as rk
 
     lodo_rows, chosen = lodo(results, weight_grid(len(rk.COMBINABLE)))
     seconds = time.perf_counter() - t0

@@ -6,11 +6,11 @@ a reviewer who answers with the truth works down the queue in batches of ``--bat
 decisions (a mislabel is confirmed, a clean label accepted):
 
 - **static**: the ranking's order (``--ranker``, default the Review page's default);
-- **live**: :func:`tracin_core.active_review.rerank` after every batch.
+- **live**: :func:`tracin_core.audit.active_review.rerank` after every batch.
 
 Prints the share of the mislabels found after 5%, 10% and 20% of the items reviewed, live
 against static, per setting (mean over seeds) and averaged; and how often the 90% interval
-of :func:`tracin_core.active_review.estimate_remaining` for the number of mislabels still
+of :func:`tracin_core.audit.active_review.estimate_remaining` for the number of mislabels still
 unreviewed covers the truth, after 2%, 5% and 10% reviewed (live queue, and static).
 Writes ``benchmarks/results/review_simulation.md``.
 
@@ -36,8 +36,8 @@ if str(ROOT) not in sys.path:
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from tracin_core import active_review as ar  # noqa: E402
-from tracin_core import rankers as rk  # noqa: E402
+from tracin_core.audit import active_review as ar  # noqa: E402
+from tracin_core.audit import rankers as rk  # noqa: E402
 
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "review_simulation.md"
 FOUND_AT = (0.05, 0.10, 0.20)
@@ -124,7 +124,7 @@ def report(df: pd.DataFrame, args: argparse.Namespace, seconds: float) -> str:
         f"Runs: {df.file.nunique()} saved runs from `{args.dumps}` (`benchmarks/mislabel_quality.py --dump`). "
         f"Static ranking: `{args.ranker or rk.DEFAULT_RANKER}`. A simulated reviewer answers with the truth, "
         f"{args.batch} decisions per batch; the live queue re-ranks after every batch "
-        "(`tracin_core.active_review.rerank`). found@p: share of the mislabels among the first p of the "
+        "(`tracin_core.audit.active_review.rerank`). found@p: share of the mislabels among the first p of the "
         "items reviewed. Coverage: the 90% interval of `estimate_remaining` for the number of mislabels "
         "still unreviewed contains the true number.",
         "",

@@ -9,7 +9,7 @@ process's max RSS and nothing (store, caches, allocator) leaks between cases.
 
 Data: random images in CIFAR-10's python format, read by torchvision's ``CIFAR10`` with
 the tutorial's transform (both libraries get the same Dataset). Model: the tutorial's
-``Net`` (``tracin_core.models.TutorialCifarNet``) with 6 tutorial-style checkpoints.
+``Net`` (``tracin_core.audit.models.TutorialCifarNet``) with 6 tutorial-style checkpoints.
 """
 from __future__ import annotations
 
@@ -86,8 +86,8 @@ def _setup(args, lib: str):
         import captum.influence  # noqa: F401
         from captum.influence._utils.nearest_neighbors import AnnoyNearestNeighbors  # noqa: F401
     else:
-        import tracin_core.tracin  # noqa: F401
-    from tracin_core.models import TutorialCifarNet
+        import tracin_core.engine.tracin  # noqa: F401
+    from tracin_core.audit.models import TutorialCifarNet
 
     work = Path(args.work)
     root = Path(args.data_root)
@@ -159,17 +159,17 @@ def run_case(args) -> dict:
             models.append(m)
         # decoded before the clock starts (a batch at a time where tracin_core can: the
         # same tensors, bitwise); only the forwards are timed
-        from tracin_core.batching import batch_decoder, collated
+        from tracin_core.engine.batching import batch_decoder, collated
 
         fast = batch_decoder(train_ds)
-        from tracin_core.tracin import PASS_BATCH  # the batch size tracin_core's pass runs
+        from tracin_core.engine.tracin import PASS_BATCH  # the batch size tracin_core's pass runs
 
         loader = (DataLoader(fast, PASS_BATCH, shuffle=False, collate_fn=collated) if fast is not None
                   else DataLoader(train_ds, batch_size=PASS_BATCH, shuffle=False))
         with Timer() as t_dec:
             batches = [x for x, _y in loader]
         assert sum(len(x) for x in batches) == len(train_ds)
-        # channels-last as tracin_core runs it (tracin_core.featurize.ChannelsLast): the
+        # channels-last as tracin_core runs it (tracin_core.engine.featurize.ChannelsLast): the
         # output of the last module returning a 4-D tensor is made NCHW-contiguous again,
         # because the forward `.view`s it
         seen = []
@@ -574,9 +574,9 @@ def build_report(args, results, agree, meta) -> tuple[str, list[tuple[str, bool,
         f"Data: {args.n_train:,} train / {args.n_test_pool:,} test random images in CIFAR-10's python format "
         f"(written by `{meta['writer']}`), read by torchvision `CIFAR10` (md5 checks off) with "
         f"ToTensor + Normalize((0.5,)*3, (0.5,)*3); tracin_core decodes it a batch at a time "
-        "(`tracin_core.batching`: the same tensors, bitwise), Captum one image at a time; the `itemwise` "
+        "(`tracin_core.engine.batching`: the same tensors, bitwise), Captum one image at a time; the `itemwise` "
         "row is tracin_core with that switched off. tracin_core runs the convolutions in channels-last layout "
-        "(verified on the first batch, `tracin_core.featurize.ChannelsLast`); the `nchw` row switches that off.  ",
+        "(verified on the first batch, `tracin_core.engine.featurize.ChannelsLast`); the `nchw` row switches that off.  ",
         f"Model: TutorialCifarNet (the tutorial's `Net`), 6 checkpoints, {meta['ckpt_how']}. "
         "final_fc_layer = `net.fc3` (the tutorial's `list(net.children())[-1]` is relu4 for this Net). "
         "loss_fn = CrossEntropyLoss(reduction='sum'); loader: the tutorial's "

@@ -22,13 +22,13 @@ import streamlit as st
 from PIL import Image
 
 from tracin_core import ReviewStore, Workspace
-from tracin_core import settings
-from tracin_core.checkpoints import CheckpointError
-from tracin_core.server_config import (
+from tracin_core.audit import settings
+from tracin_core.engine.checkpoints import CheckpointError
+from tracin_core.audit.server_config import (
     ConfigError, ServerConfig, allowed, load_server_config,
 )
-from tracin_core.workspace import WorkspaceError
-from tracin_core.workspace_config import WorkspaceConfig
+from tracin_core.audit.workspace import WorkspaceError
+from tracin_core.audit.workspace_config import WorkspaceConfig
 
 DEMO_SPEC = {"kind": "demo"}
 DEMO_NAME = "demo"
@@ -78,7 +78,7 @@ def _server_config(path_key: str) -> ServerConfig:
 
 def server_config() -> ServerConfig:
     """The server config (``tracin_audit.toml``), read once; a bad file stops every page."""
-    from tracin_core.server_config import default_config_path
+    from tracin_core.audit.server_config import default_config_path
 
     try:
         return _server_config(str(default_config_path()))
@@ -232,7 +232,7 @@ def load_config_dataset(config: WorkspaceConfig, split: str):
     Its paths were checked against the data roots (or are the app's own uploads) when the
     config was made; zips are extracted under the server config's caps.
     """
-    from tracin_core.datasets import load_dataset
+    from tracin_core.audit.datasets import load_dataset
 
     spec = config.train if split == "train" else config.test
     if spec is None:

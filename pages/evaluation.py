@@ -9,9 +9,9 @@ Without ground truth: only the score histogram.
 Closing the loop (the demo): retrain the demo's CNN on the corrected labels from the
 review store and compare test accuracy with the noisy and the true labels.
 
-UI only: scores come from ``Workspace.ranker_inputs`` and ``tracin_core.rankers`` (the
+UI only: scores come from ``Workspace.ranker_inputs`` and ``tracin_core.audit.rankers`` (the
 same inputs ``Workspace.mislabel_scores`` ranks with), retraining from
-``tracin_core.demo.retrain_on_labels``.
+``tracin_core.audit.demo.retrain_on_labels``.
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from pages import common
-from tracin_core import rankers as rk
+from tracin_core.audit import rankers as rk
 
 #: epochs for the retraining (the demo's recipe uses 30); tests set it low
 RETRAIN_EPOCHS = 30  # the Epochs box's default (tests set the box: key "ev_epochs")
@@ -63,7 +63,7 @@ def _retrain_results() -> tuple[dict[tuple[str, int], float], threading.Lock]:
 
 def _retrain(labels: np.ndarray, epochs: int, progress=None) -> float:
     """Test accuracy of the demo CNN retrained on ``labels`` (-1 = excluded); computed once."""
-    from tracin_core.demo import retrain_on_labels
+    from tracin_core.audit.demo import retrain_on_labels
 
     key = (_labels_key(labels), int(epochs))
     done, lock = _retrain_results()
@@ -83,7 +83,7 @@ def _cp_ready(ws) -> bool:
 
 
 def _is_demo(ws) -> bool:
-    from tracin_core.workspace import DEMO_TOML
+    from tracin_core.audit.workspace import DEMO_TOML
 
     return ws.source is not None and Path(ws.source).resolve() == DEMO_TOML.resolve()
 

@@ -17,7 +17,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from pages import common
-from tracin_core.datasets import open_image
+from tracin_core.audit.datasets import open_image
 
 PER_PAGE = 40
 GRID_COLS = 10

@@ -23,12 +23,12 @@ import pandas as pd
 import streamlit as st
 
 from pages import common
-from tracin_core import active_review as ar
-from tracin_core.checkpoints import CheckpointError
-from tracin_core.rankers import DEFAULT_RANKER, score_table
-from tracin_core.review import ReviewStoreError, final_status, open_items
-from tracin_core.review_queue import queue_order, review_table
-from tracin_core.workspace import WorkspaceError
+from tracin_core.audit import active_review as ar
+from tracin_core.engine.checkpoints import CheckpointError
+from tracin_core.audit.rankers import DEFAULT_RANKER, score_table
+from tracin_core.audit.review import ReviewStoreError, final_status, open_items
+from tracin_core.audit.review_queue import queue_order, review_table
+from tracin_core.audit.workspace import WorkspaceError
 
 DEFAULT_LABEL = "(default)"
 MODES = ["My queue", "All items", "Conflicts"]
@@ -326,7 +326,7 @@ def render_export(ws, store, who: common.Identity, reviewer: str) -> None:
 
 
 def render_progress(snap, total: int) -> None:
-    """Progress bar and counts from a :class:`~tracin_core.review.ReviewSnapshot`."""
+    """Progress bar and counts from a :class:`~tracin_core.audit.review.ReviewSnapshot`."""
     overall, mine = snap.progress, snap.mine
     # a skip leaves the item open: it is not counted as decided
     decided = int(overall["decided"]) - int(overall.get("skipped", 0))
@@ -627,7 +627,7 @@ def render_conflicts(ws, store, who, reviewer, table, ranking) -> None:
 
 
 # ---------------------------------------------------------------- live re-ranking
-# The queue learns from the decisions (tracin_core.active_review): a confirmed mislabel or
+# The queue learns from the decisions (tracin_core.audit.active_review): a confirmed mislabel or
 # a confirmed clean label is evidence about the examples like it. The order is recomputed
 # every LIVE_EVERY decisions (a full run of the page; key presses in between rerun only the
 # review fragment), so the queue does not shuffle under the reviewer at each key. The item

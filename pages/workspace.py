@@ -8,7 +8,7 @@
 Only admins open or build workspaces (checked here, where it happens); a browser never
 sends a path: it picks names, and relative folders are resolved inside their data root.
 
-UI only: checkpoints are validated with ``tracin_core.checkpoints`` and every score comes
+UI only: checkpoints are validated with ``tracin_core.engine.checkpoints`` and every score comes
 from the ``Workspace`` API (the store is built by :func:`pages.common.ensure_store`).
 """
 from __future__ import annotations
@@ -26,11 +26,11 @@ import pandas as pd
 import streamlit as st
 
 from pages import common
-from tracin_core import settings
-from tracin_core.checkpoints import CheckpointError, fit_state_dict, read_checkpoint
-from tracin_core.models import ARCHITECTURES, linear_layer_names
-from tracin_core.server_config import PathRefused
-from tracin_core.workspace_config import WorkspaceConfig, WorkspaceConfigError
+from tracin_core.audit import settings
+from tracin_core.engine.checkpoints import CheckpointError, fit_state_dict, read_checkpoint
+from tracin_core.audit.models import ARCHITECTURES, linear_layer_names
+from tracin_core.audit.server_config import PathRefused
+from tracin_core.audit.workspace_config import WorkspaceConfig, WorkspaceConfigError
 
 PREVIEW_N = 24
 PREVIEW_COLS = 12
@@ -214,7 +214,7 @@ def show_active(ws) -> None:
 
 # ----------------------------------------------------------------------------- choosers
 def choose_demo() -> None:
-    from tracin_core.datasets import FASHION_MNIST_ROOT
+    from tracin_core.audit.datasets import FASHION_MNIST_ROOT
 
     st.markdown("The scikit-learn digits with a small CNN, six checkpoints and some corrupted "
                 "training labels: ready to use, nothing to train.")
@@ -411,7 +411,7 @@ def _check_fit(arch_key: str, config: WorkspaceConfig,
                good: list[dict[str, Any]]) -> tuple[list[str], int]:
     """Readable reasons why the checkpoints or data do not fit (empty list = fine), and
     the training data's number of classes (0 when it could not be read)."""
-    from tracin_core.datasets import check_image_files
+    from tracin_core.audit.datasets import check_image_files
 
     arch = ARCHITECTURES[arch_key]
     with st.spinner("Checking the data and the checkpoints…"):

@@ -168,7 +168,7 @@ def isolated_app_cache(cache: Path, config: Path | None = None, **env: str) -> I
     mp.setenv("TRACIN_REVIEW_DB", str(cache / "reviews.sqlite"))
     for key, value in env.items():
         mp.setenv(key, value)
-    import pages.common as common  # the paths are read at call time (tracin_core.settings)
+    import pages.common as common  # the paths are read at call time (tracin_core.audit.settings)
     common._load_workspace.clear()
     common._server_config.clear()
     try:

@@ -1,4 +1,4 @@
-"""Live re-ranking and the estimate of the mislabels left (tracin_core.active_review):
+"""Live re-ranking and the estimate of the mislabels left (tracin_core.audit.active_review):
 determinism given a decisions log, orientation of the evidence on tiny hand-made data,
 reviewed items never re-entering the queue, the static fallback, and the interval of the
 estimate on a synthetic calibrated example."""
@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tracin_core import active_review as ar
-from tracin_core import rankers as rk
+from tracin_core.audit import active_review as ar
+from tracin_core.audit import rankers as rk
 
 
 def clusters(seed: int = 0) -> tuple[ar.ReviewSignals, np.ndarray]:

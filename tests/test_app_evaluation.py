@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import REPO, isolated_app_cache, write_server_config
-from tracin_core import rankers as rk
+from tracin_core.audit import rankers as rk
 
 
 PAGE = "pages/evaluation.py"

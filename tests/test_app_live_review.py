@@ -44,8 +44,8 @@ def test_apptest_live_rerank_keeps_the_item_and_shows_the_estimate(review_app): 
 
     # ten more decisions from bob arrive: the next run re-ranks, the item on show stays,
     # though the re-ranked queue would put another item first
-    from tracin_core import active_review as ar
-    from tracin_core.rankers import DEFAULT_RANKER
+    from tracin_core.audit import active_review as ar
+    from tracin_core.audit.rankers import DEFAULT_RANKER
 
     sig = ar.build_signals(ws.mislabel_score_arrays([DEFAULT_RANKER])[DEFAULT_RANKER], ws.ranker_inputs())
     known = {i: True for i in bad} | {i: False for i in clean}

@@ -50,7 +50,7 @@ def review_app(tmp_path, monkeypatch):
     """AppTest of app.py on the Review page, with its own cache folder and review store.
 
     The app reads TRACIN_CACHE / TRACIN_REVIEW_DB when it needs them
-    (tracin_core.settings), so setting the environment is enough.
+    (tracin_core.audit.settings), so setting the environment is enough.
     """
     from streamlit.testing.v1 import AppTest
 
@@ -96,7 +96,7 @@ def test_apptest_accept_undo_and_data_warning(review_app):
     assert not at.exception and not at.error
     mine = _events(db, "apptest")
     assert [(e["action"], e["status"]) for e in mine] == [("accept", "accepted")]
-    from tracin_core.rankers import DEFAULT_RANKER
+    from tracin_core.audit.rankers import DEFAULT_RANKER
 
     assert mine[0]["ranking"] == DEFAULT_RANKER and mine[0]["score"] is not None
     assert mine[0]["item_id"] == item
@@ -255,7 +255,7 @@ def test_apptest_ranking_selector_one_option_each(review_app):
     a "(default)" option beside its own name); a short help and the chosen ranking's
     description under the box, instead of a tooltip listing every ranking."""
     from pages.common import esc
-    from tracin_core import rankers as rk
+    from tracin_core.audit import rankers as rk
 
     at, db = review_app
     _open_review(at)

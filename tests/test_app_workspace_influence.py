@@ -27,7 +27,7 @@ def app_cache(tmp_path_factory):
     """TRACIN_CACHE (and the module-level paths derived from it) under a temporary folder;
     a server config listing the demo's workspace file and a broken one."""
     listed = tmp_path_factory.mktemp("listed")
-    (listed / "broken.toml").write_text('name = "broken"\n[model]\nfactory = "tracin_core.models:DigitsCNN"\n')
+    (listed / "broken.toml").write_text('name = "broken"\n[model]\nfactory = "tracin_core.audit.models:DigitsCNN"\n')
     config = write_server_config(listed / "tracin_audit.toml",
                                  workspaces={"digits-file": DEMO_TOML, "broken": listed / "broken.toml"})
     with isolated_app_cache(tmp_path_factory.mktemp("apptest_cache"), config=config) as cache:
@@ -71,7 +71,7 @@ def test_workspace_page_shows_demo_and_choosers(app_cache):
         assert at.button(key=key) is not None
     assert any(o.startswith("digits_cnn — ") for o in at.selectbox(key="build_arch").options)
     first = at.selectbox(key="build_arch").value
-    from tracin_core.models import ARCHITECTURES
+    from tracin_core.audit.models import ARCHITECTURES
 
     assert at.selectbox(key=f"build_layer_{first}").value == ARCHITECTURES[first].final_fc_layer
     assert list(at.radio(key="build_dataset").options)[0] == "digits (built-in)"
@@ -334,7 +334,7 @@ def test_browser_influence_pick_shows_galleries(page, warm_server):
     import numpy as np
     from PIL import Image
 
-    from tracin_core.datasets import load_dataset
+    from tracin_core.audit.datasets import load_dataset
 
     digit = load_dataset("digits", split="test").image(3)
     buf = io.BytesIO()
@@ -386,7 +386,7 @@ def test_browser_galleries_in_view_after_pick_at_1280x720(browser, warm_server):
 
 @pytest.mark.browser
 def test_browser_corrupt_checkpoint_is_reported(page, warm_server, tmp_path):
-    from tracin_core.models import DigitsCNN
+    from tracin_core.audit.models import DigitsCNN
 
     four_classes = tmp_path / "four-classes.pt"  # right layer names, wrong shapes for 10 digits
     torch.save(DigitsCNN(num_classes=4).state_dict(), four_classes)
@@ -420,7 +420,7 @@ def test_browser_corrupt_checkpoint_is_reported(page, warm_server, tmp_path):
 
 @pytest.mark.browser
 def test_browser_build_workspace_from_uploaded_checkpoints(page, warm_server, tmp_path):
-    from tracin_core.models import DigitsCNN
+    from tracin_core.audit.models import DigitsCNN
 
     files = []
     for n, seed in ((1, 1), (2, 2)):
@@ -469,7 +469,7 @@ def test_every_page_offers_the_way_back_when_the_pass_fails(tmp_path, monkeypatc
     back to the demo, which then opens (#13 item 1)."""
     from streamlit.testing.v1 import AppTest
 
-    from tracin_core.workspace import Workspace
+    from tracin_core.audit.workspace import Workspace
 
     real = Workspace.precompute
 

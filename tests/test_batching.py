@@ -1,4 +1,4 @@
-"""Batch decoding (tracin_core.batching) gives bitwise the tensors of per-example decoding,
+"""Batch decoding (tracin_core.engine.batching) gives bitwise the tensors of per-example decoding,
 and only takes over where it can prove that."""
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from tracin_core import TracInCPFast
-from tracin_core.batching import BatchDecoded, batch_decoder, collated
-from tracin_core.datasets import make_cifar10_folder
+from tracin_core.engine.batching import BatchDecoded, batch_decoder, collated
+from tracin_core.audit.datasets import make_cifar10_folder
 
 T = pytest.importorskip("torchvision.transforms")
 tv_cifar = pytest.importorskip("torchvision.datasets.cifar")
@@ -114,7 +114,7 @@ def test_declines_what_it_cannot_prove_identical(cifar_root):
 
 
 def test_tracin_scores_do_not_depend_on_batch_decoding(cifar_root, monkeypatch):
-    from tracin_core.models import TutorialCifarNet
+    from tracin_core.audit.models import TutorialCifarNet
 
     ds = cifar(cifar_root, T.Compose([T.ToTensor(), T.Normalize((0.5,) * 3, (0.5,) * 3)]))
     torch.manual_seed(0)

@@ -154,7 +154,7 @@ def test_html_in_a_reviewer_name_is_shown_as_text(browser, app_server):
         item = int(cap.inner_text().strip().split("#")[1])
         pg.locator(".st-key-rv_accept button").first.click()
         _settle(pg)
-        from tracin_core.review import ReviewStore
+        from tracin_core.audit.review import ReviewStore
 
         with sqlite3.connect(app_server.review_db) as conn:  # the scope this session writes to
             workspace, data_hash = conn.execute(

@@ -9,7 +9,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 import tracin_core
-from tracin_core.models import TutorialCifarNet
+from tracin_core.audit.models import TutorialCifarNet
 
 if os.environ.get("TRACIN_REQUIRE_CAPTUM") == "1":
     # CI (.ci/run) installs captum from requirements-bench.txt: missing, these tests fail

@@ -1,4 +1,4 @@
-"""Channels-last planning (tracin_core.featurize.ChannelsLast): convolutional models run
+"""Channels-last planning (tracin_core.engine.featurize.ChannelsLast): convolutional models run
 their forward passes in channels-last layout only where that provably gives the same
 numbers, and the scores stay those of the brute-force float64 reference."""
 from __future__ import annotations
@@ -9,8 +9,8 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from tracin_core import TracInCPFast, TracInCPFastRandProj
-from tracin_core.featurize import ChannelsLast, channels_last_enabled
-from tracin_core.models import TutorialCifarNet
+from tracin_core.engine.featurize import ChannelsLast, channels_last_enabled
+from tracin_core.audit.models import TutorialCifarNet
 from tests.reference import examples_of, make_checkpoints, reference_scores
 
 N_TRAIN, N_TEST = 40, 4

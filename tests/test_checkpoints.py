@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from tracin_core import CheckpointError, TracInCPFast, load_checkpoint
-from tracin_core.checkpoints import fit_state_dict, load_into_model, read_checkpoint, resolve_checkpoints
+from tracin_core.engine.checkpoints import fit_state_dict, load_into_model, read_checkpoint, resolve_checkpoints
 from tests.reference import SmallCNN
 
 

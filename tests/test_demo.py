@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from tracin_core import demo
-from tracin_core.datasets import load_dataset
-from tracin_core.models import DigitsCNN
+from tracin_core.audit import demo
+from tracin_core.audit.datasets import load_dataset
+from tracin_core.audit.models import DigitsCNN
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets" / "demo"
 
@@ -145,7 +145,7 @@ def test_shipped_labels():
 def test_shipped_workspace_toml():
     cfg = tomllib.loads((ASSETS / "workspace.toml").read_text())
     assert cfg["name"] == "digits-demo"
-    assert cfg["model"] == {"factory": "tracin_core.models:DigitsCNN", "final_fc_layer": "fc2"}
+    assert cfg["model"] == {"factory": "tracin_core.audit.models:DigitsCNN", "final_fc_layer": "fc2"}
     assert cfg["checkpoints"]["paths"] == "checkpoint-*.pt"
     assert len(sorted(ASSETS.glob(cfg["checkpoints"]["paths"]))) == 6
     assert cfg["train"] == {"kind": "digits", "split": "train", "labels_override": "labels_override.csv"}

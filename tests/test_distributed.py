@@ -16,8 +16,8 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from tracin_core import TracInCPFast, TracInCPFastRandProj
-from tracin_core.distributed import sharded
-from tracin_core.store import FeatureStore, StoreMismatchError
+from tracin_core.engine.distributed import sharded
+from tracin_core.engine.store import FeatureStore, StoreMismatchError
 
 ROOT = Path(__file__).resolve().parent.parent
 

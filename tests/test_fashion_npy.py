@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from tracin_core.batching import batch_decoder
-from tracin_core.datasets import (
+from tracin_core.engine.batching import batch_decoder
+from tracin_core.audit.datasets import (
     FASHION_MNIST_CLASSES, FASHION_MNIST_NORMALIZE, FASHION_MNIST_ROOT, load_dataset, load_dataset_config, read_idx,
 )
 
@@ -165,7 +165,7 @@ def _need_fashion() -> None:
 
 
 def test_fashion_recipe_is_deterministic(tmp_path):
-    from tracin_core import demo
+    from tracin_core.audit import demo
 
     _need_fashion()
     metas = [demo.build_fashion(tmp_path / name, limit=600, epochs=2, clean_epochs=1) for name in ("a", "b")]
@@ -178,9 +178,10 @@ def test_fashion_recipe_is_deterministic(tmp_path):
 def test_shipped_fashion_workspace():
     import json
 
-    from tracin_core import Workspace, demo
-    from tracin_core.checkpoints import load_checkpoint
-    from tracin_core.models import FashionCNN
+    from tracin_core import Workspace
+    from tracin_core.audit import demo
+    from tracin_core.engine.checkpoints import load_checkpoint
+    from tracin_core.audit.models import FashionCNN
 
     assert demo.verify_demo(demo.FASHION_DIR) == []
     meta = json.loads((demo.FASHION_DIR / "meta.json").read_text())
@@ -203,7 +204,7 @@ def test_app_offers_fashion_or_the_apt_command(tmp_path, monkeypatch):
 
     (tmp_path / "cache").mkdir()
     with isolated_app_cache(tmp_path / "cache"):
-        monkeypatch.setattr("tracin_core.datasets.FASHION_MNIST_ROOT", tmp_path / "absent")
+        monkeypatch.setattr("tracin_core.audit.datasets.FASHION_MNIST_ROOT", tmp_path / "absent")
         at = AppTest.from_file(str(REPO / "app.py"), default_timeout=120)
         at.run()
         assert not at.exception
@@ -233,7 +234,7 @@ def test_npy_batches_are_read_from_the_file_not_the_map(tmp_path, monkeypatch):
     the one the memory map gave before (stores built earlier keep their key)."""
     import hashlib
 
-    from tracin_core import datasets as dsmod
+    from tracin_core.audit import datasets as dsmod
 
     rng = np.random.default_rng(2)
     x = rng.integers(0, 256, (70, 9, 7), dtype=np.uint8)

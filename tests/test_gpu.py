@@ -60,7 +60,7 @@ def test_npy_kind_on_cuda(setup, tmp_path):
     """The memory-mapped ``npy`` dataset kind, decoded a batch at a time, scored on cuda."""
     import numpy as np
 
-    from tracin_core.datasets import load_dataset
+    from tracin_core.audit.datasets import load_dataset
 
     paths, _, _ = setup
     g = np.random.default_rng(0)

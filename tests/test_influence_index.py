@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from tracin_core import Workspace
-from tracin_core.influence_index import IndexSettings, InfluenceIndex
+from tracin_core.engine.influence_index import IndexSettings, InfluenceIndex
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""The one labels CSV reader/writer (tracin_core.labels_csv): round trip, the rules for
+"""The one labels CSV reader/writer (tracin_core.audit.labels_csv): round trip, the rules for
 flags and exclusions, and errors that name the file and the line."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tracin_core.labels_csv import FLAGS, read_labels_csv, write_labels_csv
+from tracin_core.audit.labels_csv import FLAGS, read_labels_csv, write_labels_csv
 
 
 def _write(tmp_path: Path, text: str, name: str = "labels.csv") -> Path:

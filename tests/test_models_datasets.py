@@ -13,8 +13,8 @@ import pytest
 import torch
 from torch import nn
 
-from tracin_core import datasets as D
-from tracin_core.datasets import (
+from tracin_core.audit import datasets as D
+from tracin_core.audit.datasets import (
     CIFAR10_CLASSES,
     LabeledDataset,
     digits_split_indices,
@@ -23,7 +23,7 @@ from tracin_core.datasets import (
     load_dataset_config,
     make_cifar10_folder,
 )
-from tracin_core.models import (
+from tracin_core.audit.models import (
     ARCHITECTURES,
     ArchitectureSpec,
     DigitsCNN,
@@ -86,19 +86,32 @@ def test_registry():
 
 
 def test_build_model_accepts_importable_factories():
-    m = build_model("tracin_core.models:DigitsCNN", num_classes=7)
+    m = build_model("tracin_core.audit.models:DigitsCNN", num_classes=7)
     assert isinstance(m, DigitsCNN) and m.fc2.out_features == 7
-    assert isinstance(build_model("tracin_core.models:resnet18", num_classes=3), nn.Module)
+    assert isinstance(build_model("tracin_core.audit.models:resnet18", num_classes=3), nn.Module)
     assert isinstance(build_model("torch.nn:Identity"), nn.Identity)
+
+
+def test_factory_paths_from_before_the_split_still_open():
+    """Workspace files written before tracin_core split into engine/ and audit/ name
+    ``tracin_core.models:…``; they open the same model, and the server still allows them."""
+    from tracin_core.audit.server_config import AccessDenied, ServerConfig
+
+    assert isinstance(build_model("tracin_core.models:DigitsCNN", num_classes=4), DigitsCNN)
+    ServerConfig().check_factory(" tracin_core.models:FashionCNN")
+    with pytest.raises(AccessDenied):
+        ServerConfig().check_factory("tracin_core.modelsx:FashionCNN")
+    with pytest.raises(ValueError, match="has no attribute"):
+        build_model("tracin_core.models:NoSuchNet")
 
 
 @pytest.mark.parametrize("path", [
     "no_such_package_xyz.models:Net",
     "tracin_core.no_such_module:Net",
-    "tracin_core.models:NoSuchNet",
-    "tracin_core/models.py:DigitsCNN",
+    "tracin_core.audit.models:NoSuchNet",
+    "tracin_core/audit/models.py:DigitsCNN",
     "/tmp/evil.py:Net",
-    "tracin_core.models",
+    "tracin_core.audit.models",
     "os:system",
     "builtins:eval",
     "builtins:dict",
@@ -122,7 +135,7 @@ def test_build_model_never_imports_code_outside_sys_path(tmp_path):
 
 def test_build_model_rejects_non_module_results():
     with pytest.raises(ValueError, match="nn.Module"):
-        build_model("tracin_core.datasets:digits_split_indices")
+        build_model("tracin_core.audit.datasets:digits_split_indices")
 
 
 # --------------------------------------------------------------------------- cifar10

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_curve
 
-from tracin_core import rankers as rk
+from tracin_core.audit import rankers as rk
 
 
 def _clusters(n: int = 3000, dim: int = 16, centres: int = 30, seed: int = 0) -> np.ndarray:
@@ -76,7 +76,7 @@ def test_sampled_recall_counts_ties_and_misses():
 
 
 def test_ranking_keeps_its_neighbour_search_record(tmp_path, monkeypatch):
-    from tracin_core.workspace import Workspace
+    from tracin_core.audit.workspace import Workspace
 
     rk._NN_CACHE.clear()
     monkeypatch.setattr(rk, "EXACT_SEARCH_MAX", 500)  # the demo's 1,437 rows go through annoy

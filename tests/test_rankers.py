@@ -12,9 +12,9 @@ from sklearn.neighbors import NearestNeighbors
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from tracin_core import demo
-from tracin_core import rankers as rk
-from tracin_core.tracin import TracInCP, TracInCPFast
+from tracin_core.audit import demo
+from tracin_core.audit import rankers as rk
+from tracin_core.engine.tracin import TracInCP, TracInCPFast
 
 ALL = list(rk.RANKERS)
 

@@ -11,9 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
-from tracin_core.datasets import FASHION_MNIST_NORMALIZE, MNIST_NORMALIZE, LabeledDataset, load_dataset
-from tracin_core.review import ReviewStore
-from tracin_core.review_queue import (
+from tracin_core.audit.datasets import FASHION_MNIST_NORMALIZE, MNIST_NORMALIZE, LabeledDataset, load_dataset
+from tracin_core.audit.review import ReviewStore
+from tracin_core.audit.review_queue import (
     UNDECIDED,
     queue_order,
     review_table,

@@ -1,4 +1,4 @@
-"""Tests for tracin_core.review.ReviewStore: semantics, concurrency, crash safety, errors."""
+"""Tests for tracin_core.audit.review.ReviewStore: semantics, concurrency, crash safety, errors."""
 from __future__ import annotations
 
 import json
@@ -18,9 +18,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tracin_core import review
-from tracin_core.labels_csv import read_labels_csv as _read_csv
-from tracin_core.review import (
+from tracin_core.audit import review
+from tracin_core.audit.labels_csv import read_labels_csv as _read_csv
+from tracin_core.audit.review import (
     SCHEMA_VERSION,
     ReviewStore,
     ReviewStoreError,
@@ -214,7 +214,7 @@ def test_sigkill_mid_stream_loses_no_acknowledged_event(tmp_path: Path) -> None:
     ReviewStore(path).close()
     script = textwrap.dedent(f"""
         import sys
-        from tracin_core.review import ReviewStore
+        from tracin_core.audit.review import ReviewStore
         store = ReviewStore({str(path)!r})
         i = 0
         while True:
@@ -564,7 +564,7 @@ def test_corrected_labels_round_trip(store: ReviewStore, tmp_path: Path) -> None
 
 
 def read_labels_override(path, n, base_labels=None, **kw):
-    """The labels CSV reader (tracin_core.labels_csv) with lists out, as these tests compare."""
+    """The labels CSV reader (tracin_core.audit.labels_csv) with lists out, as these tests compare."""
     labels, excluded = _read_csv(path, n, base_labels=base_labels, **kw)
     return labels.tolist(), excluded.tolist()
 
@@ -942,7 +942,7 @@ def test_sigkill_while_flagging_loses_no_acknowledged_event(tmp_path: Path) -> N
     ReviewStore(path, workspace="ws", data_hash="h1").close()
     script = textwrap.dedent(f"""
         import sys
-        from tracin_core.review import ReviewStore
+        from tracin_core.audit.review import ReviewStore
         store = ReviewStore({str(path)!r}, workspace="ws", data_hash="h1")
         i = 0
         while True:
@@ -1132,7 +1132,7 @@ def test_sigkill_during_upgrade_leaves_schema_1_then_upgrades(tmp_path: Path) ->
     before = _raw_events(path)
     script = textwrap.dedent(f"""
         import os, signal
-        from tracin_core import review
+        from tracin_core.audit import review
         real = review.ReviewStore._upgrade_v1
         def upgrade_then_die(self, conn):
             real(self, conn)
@@ -1179,7 +1179,7 @@ def test_final_status_and_open_items_read_only_the_decided_rows(tmp_path):
     final status and adjudicator, and how many of a queue's items are still open."""
     import numpy as np
 
-    from tracin_core.review import final_status, open_items
+    from tracin_core.audit.review import final_status, open_items
 
     store = ReviewStore(tmp_path / "r.sqlite", workspace="w", data_hash="h")
     store.record(1, "ann", "accept", given_label=0)

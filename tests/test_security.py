@@ -1,6 +1,6 @@
 """Nothing a visitor sends becomes a path or code; roles are enforced where actions run.
 
-The engine half checks ``tracin_core.server_config`` and the loaders directly; the app half
+The engine half checks ``tracin_core.audit.server_config`` and the loaders directly; the app half
 drives ``app.py`` in process with AppTest, as an anonymous visitor (local mode: every
 visitor is admin, so the server must still refuse paths and code) and as signed-in users
 of each role (``AppTest.user`` stands in for ``st.user``; the browser tests in
@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO, isolated_app_cache, write_server_config
-from tracin_core import settings
-from tracin_core.server_config import (
+from tracin_core.audit import settings
+from tracin_core.audit.server_config import (
     ACTIONS, AccessDenied, ConfigError, PathRefused, ServerConfig, allowed, load_server_config,
 )
 
@@ -119,13 +119,13 @@ def test_factory_allow_list_is_checked_before_anything_is_imported(tmp_path, mon
         with pytest.raises(AccessDenied, match="not allowed on this server"):
             cfg.check_factory(factory)
     assert not marker.exists() and "evil_factory_mod" not in sys.modules
-    cfg.check_factory("tracin_core.models:DigitsCNN")  # registered architectures: always
+    cfg.check_factory("tracin_core.audit.models:DigitsCNN")  # registered architectures: always
     cfg.check_factory("my_models:Net")
     cfg.check_factory("my_models.sub:Net")  # submodules of an allowed module
 
 
 def test_workspace_file_factory_refused_before_it_runs(tmp_path):
-    from tracin_core.workspace import Workspace, WorkspaceError
+    from tracin_core.audit.workspace import Workspace, WorkspaceError
 
     marker = tmp_path / "marker"
     path = tmp_path / "evil.toml"
@@ -158,7 +158,7 @@ def test_server_config_file(tmp_path, monkeypatch):
         cfg.check_upload_dir(tmp_path / "data" / "uploads")
     cfg.check_upload_dir(tmp_path / "cache" / "uploads")
     # a missing default file gives the defaults; a missing named one is an error
-    monkeypatch.setattr("tracin_core.server_config.default_config_path", lambda: tmp_path / "none.toml")
+    monkeypatch.setattr("tracin_core.audit.server_config.default_config_path", lambda: tmp_path / "none.toml")
     assert load_server_config() == ServerConfig()
     with pytest.raises(ConfigError, match="not found"):
         load_server_config(tmp_path / "none.toml")
@@ -192,7 +192,7 @@ def test_roles_table():
 def test_decompression_bomb_png_is_refused(tmp_path):
     from PIL import Image
 
-    from tracin_core.datasets import check_image_files, load_dataset, open_image
+    from tracin_core.audit.datasets import check_image_files, load_dataset, open_image
 
     assert Image.MAX_IMAGE_PIXELS is not None  # nothing switched PIL's limit off
     with pytest.raises(Image.DecompressionBombError):
@@ -214,7 +214,7 @@ def test_decompression_bomb_png_is_refused(tmp_path):
 
 
 def test_zip_caps(tmp_path):
-    from tracin_core.datasets import extract_zip_safely
+    from tracin_core.audit.datasets import extract_zip_safely
 
     many = tmp_path / "many.zip"
     many.write_bytes(make_zip({f"a/{i}.png": b"x" for i in range(20)}))
@@ -398,7 +398,7 @@ def test_class_and_workspace_names_from_users_are_text(env, local_app, tmp_path)
     """Class names come from folder names, the workspace name from a text field."""
     import torch
 
-    from tracin_core.models import ARCHITECTURES
+    from tracin_core.audit.models import ARCHITECTURES
 
     evil = "<img src=x onerror=alert(1)>"
     folder = tmp_path / "imgs"
@@ -410,7 +410,7 @@ def test_class_and_workspace_names_from_users_are_text(env, local_app, tmp_path)
     torch.manual_seed(0)
     torch.save(ARCHITECTURES["cifar_net"].build().state_dict(), ckpt)
     spec = {"kind": "config", "config": {
-        "name": f"{evil} ws", "model": {"factory": "tracin_core.models:TutorialCifarNet", "final_fc_layer": "fc3"},
+        "name": f"{evil} ws", "model": {"factory": "tracin_core.audit.models:TutorialCifarNet", "final_fc_layer": "fc3"},
         "checkpoints": {"paths": [str(ckpt)], "learning_rates": [None]},
         "train": {"kind": "image_folder", "root": str(folder), "image_size": 32}}}
     from streamlit.testing.v1 import AppTest

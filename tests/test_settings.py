@@ -1,4 +1,4 @@
-"""Settings from the environment are read when called (tracin_core.settings), so a
+"""Settings from the environment are read when called (tracin_core.audit.settings), so a
 change of environment after import is seen, and no module keeps a stale path."""
 from __future__ import annotations
 
@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from tracin_core import settings
-from tracin_core.batching import batch_decode_enabled
-from tracin_core.featurize import channels_last_enabled
+from tracin_core.audit import settings
+from tracin_core.engine.batching import batch_decode_enabled
+from tracin_core.engine.featurize import channels_last_enabled
+from tracin_core.engine.switches import env_flag
 
 
 def test_paths_follow_the_environment_at_call_time(tmp_path, monkeypatch):
@@ -27,8 +28,8 @@ def test_paths_follow_the_environment_at_call_time(tmp_path, monkeypatch):
 
 def test_a_workspace_without_cache_dir_uses_the_cache_in_force(tmp_path, monkeypatch):
     from tracin_core import Workspace
-    from tracin_core.datasets import load_dataset
-    from tracin_core.models import DigitsCNN
+    from tracin_core.audit.datasets import load_dataset
+    from tracin_core.audit.models import DigitsCNN
     import torch
 
     monkeypatch.setenv("TRACIN_CACHE", str(tmp_path))
@@ -49,6 +50,6 @@ def test_engine_switches(monkeypatch, value, on):
         else:
             monkeypatch.setenv(name, value)
         assert read() is on
-        assert settings.env_flag(name) is on
+        assert env_flag(name) is on
     monkeypatch.delenv("TRACIN_X_UNSET", raising=False)
-    assert settings.env_flag("TRACIN_X_UNSET", default=False) is False
+    assert env_flag("TRACIN_X_UNSET", default=False) is False

@@ -16,7 +16,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from tracin_core import TracInCP, TracInCPFast
-from tracin_core.store import MANIFEST
+from tracin_core.engine.store import MANIFEST
 from tests.reference import SmallCNN, make_checkpoints
 
 
@@ -72,9 +72,9 @@ def test_store_is_reused_by_a_new_instance(tmp_path, ckpts):
 
 
 def test_interrupted_pass_resumes(tmp_path, ckpts, monkeypatch):
-    import tracin_core.tracin
+    import tracin_core.engine.tracin
 
-    monkeypatch.setattr(tracin_core.tracin, "PASS_BATCH", 4)  # several batches for 30 items
+    monkeypatch.setattr(tracin_core.engine.tracin, "PASS_BATCH", 4)  # several batches for 30 items
     reference = _fast(CountingDataset(), ckpts, None).self_influence()
     ds = CountingDataset(fail_at=17)
     tr = _fast(ds, ckpts, tmp_path / "cache")
@@ -166,7 +166,7 @@ def test_randproj_reuses_the_saved_index(tmp_path, ckpts, monkeypatch):
 @pytest.mark.parametrize("on_disk", [False, True])
 def test_joined_arrays_read_back_side_by_side(tmp_path, on_disk):
     """``joined`` names share one in-memory buffer (no copy on read); on disk they are concatenated."""
-    from tracin_core.store import FeatureStore
+    from tracin_core.engine.store import FeatureStore
 
     g = torch.Generator().manual_seed(0)
     rows = {"c0/e": torch.randn(10, 3, generator=g), "c1/e": torch.randn(10, 2, generator=g),
@@ -187,7 +187,7 @@ def test_joined_arrays_read_back_side_by_side(tmp_path, on_disk):
 def test_named_accessors_read_what_the_pass_wrote(tmp_path):
     """The store's accessors (outputs, self_terms, layer_inputs, output_grads) return the
     arrays a TracInCPFast pass wrote under array_name(c, part), for every checkpoint."""
-    from tracin_core.store import LAYER_INPUT, OUTPUT_GRAD, OUTPUTS, SELF, array_name
+    from tracin_core.engine.store import LAYER_INPUT, OUTPUT_GRAD, OUTPUTS, SELF, array_name
 
     ckpts = make_checkpoints(SmallCNN, tmp_path, 2, dtype=torch.float32)
     ds = CountingDataset(n=12)
@@ -318,7 +318,7 @@ def test_written_pages_are_released_and_the_rows_kept(tmp_path, monkeypatch):
     """While a pass writes an on-disk store, flushed pages are unmapped from the process
     (resident memory flat in N); the rows stay in the file, and a resumed or reopened
     store reads them back. A complete (copy-on-write) store is never released."""
-    from tracin_core import store as st
+    from tracin_core.engine import store as st
 
     released = []
     real = st._release_pages

@@ -161,8 +161,8 @@ def test_self_influence_is_diagonal_and_topk_is_argsort(cnn_setup):
 def test_many_score_blocks_equal_one_block(cnn_setup, monkeypatch, cls, extra):
     """A tiny block size forces the blockwise merge (top-k over several blocks, matrices
     concatenated from blocks); every result must equal the one-block computation."""
-    from tracin_core import scoring
-    from tracin_core import tracin as tracin_module
+    from tracin_core.engine import scoring
+    from tracin_core.engine import tracin as tracin_module
 
     loss = nn.CrossEntropyLoss(reduction="sum")
     tr = cls(SmallCNN().double(), train_dataset=cnn_setup["train"],
@@ -356,7 +356,7 @@ def test_model_moves_batches_to_its_device(cnn_setup, monkeypatch):
     """Every batch (training pass and test inputs) goes through ``to_device`` with the
     model's device (here the CPU: no device= given). The real move, CPU data to a CUDA
     model, is checked by the GPU suite (tests/test_gpu.py)."""
-    from tracin_core import featurize
+    from tracin_core.engine import featurize
 
     seen = []
     real_to_device = featurize.to_device

@@ -11,10 +11,10 @@ import torch
 from torch import nn
 
 from tracin_core import ReviewStore, TracInCPFast, Workspace
-from tracin_core.checkpoints import CheckpointError
-from tracin_core.datasets import load_dataset
-from tracin_core.models import DigitsCNN
-from tracin_core.workspace import DEMO_TOML, WorkspaceError
+from tracin_core.engine.checkpoints import CheckpointError
+from tracin_core.audit.datasets import load_dataset
+from tracin_core.audit.models import DigitsCNN
+from tracin_core.audit.workspace import DEMO_TOML, WorkspaceError
 
 DEMO = DEMO_TOML.parent
 
@@ -130,7 +130,7 @@ def test_toml_errors_name_the_problem(tmp_path):
     toml = (folder / "workspace.toml").read_text()
     cases = {
         "no_model.toml": (toml.replace("[model]", "[modelx]"), r"\[model\]"),
-        "bad_factory.toml": (toml.replace("tracin_core.models:DigitsCNN", "nosuchpkg.mod:Net"), "nosuchpkg"),
+        "bad_factory.toml": (toml.replace("tracin_core.audit.models:DigitsCNN", "nosuchpkg.mod:Net"), "nosuchpkg"),
         "bad_layer.toml": (toml.replace('final_fc_layer = "fc2"', 'final_fc_layer = "fc9"'), "fc9"),
         "bad_kind.toml": (toml.replace('kind = "digits"\nsplit = "train"', 'kind = "nope"\nsplit = "train"'), "nope"),
         "bad_glob.toml": (toml.replace('"checkpoint-*.pt"', '"missing-*.pt"'), "missing-"),
@@ -316,8 +316,8 @@ def test_train_predictions_suggest_a_label_other_than_the_given_one(demo):
 
 def test_rankings_are_kept_beside_the_store(tmp_path, monkeypatch):
     """A ranking is computed once per workspace content and read back by later instances."""
-    from tracin_core import rankers as rk
-    from tracin_core.workspace import Workspace
+    from tracin_core.audit import rankers as rk
+    from tracin_core.audit.workspace import Workspace
 
     ws = Workspace.demo(cache_dir=tmp_path / "c")
     first = ws.mislabel_scores()
@@ -348,19 +348,19 @@ def test_cli_precompute_warms_the_store_the_app_opens(tmp_path):
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr
     stores = list((tmp_path / "stores").glob("digits-demo-*"))
-    from tracin_core.rankers import DEFAULT_RANKER
+    from tracin_core.audit.rankers import DEFAULT_RANKER
 
     assert len(stores) == 1 and list((stores[0] / "rankings").glob(f"{DEFAULT_RANKER}-*.npy"))
     # the app's path for the same environment (pages.common: settings.store_cache_dir()) and
     # a Workspace's default: both read TRACIN_CACHE when called
-    probe = ("import pages.common, tracin_core.settings as s, tracin_core.workspace as w; "
+    probe = ("import pages.common, tracin_core.audit.settings as s, tracin_core.audit.workspace as w; "
              "print(s.store_cache_dir(), w.Workspace.demo().cache_dir)")
     app = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120, cwd=REPO)
     assert app.stdout.split() == [str(tmp_path / "stores")] * 2, app.stderr
 
 
 def test_stored_ranking_is_not_reused_when_labels_or_checkpoints_change(tmp_path):
-    from tracin_core.workspace import Workspace
+    from tracin_core.audit.workspace import Workspace
 
     folder = _copy_demo(tmp_path)
     ws = Workspace.from_toml(folder / "workspace.toml", cache_dir=tmp_path / "c")
@@ -381,8 +381,8 @@ def test_stored_ranking_is_not_reused_when_labels_or_checkpoints_change(tmp_path
 
 
 def test_every_ranking_kept_for_the_evaluation_page(tmp_path, monkeypatch):
-    from tracin_core import rankers as rk
-    from tracin_core.workspace import Workspace
+    from tracin_core.audit import rankers as rk
+    from tracin_core.audit.workspace import Workspace
 
     calls = []
     real = rk.compute
@@ -435,7 +435,7 @@ def test_randproj_results_carry_exact_scores(demo):
 def test_review_signals_are_kept_beside_the_store(tmp_path, monkeypatch):
     """The live queue's signals are computed once per workspace content and read back by
     later instances (a Review page's first visit does not search neighbours again)."""
-    from tracin_core import active_review as ar
+    from tracin_core.audit import active_review as ar
 
     ws = Workspace.demo(cache_dir=tmp_path / "c")
     first = ws.review_signals()

@@ -9,22 +9,22 @@ from pathlib import Path
 import pytest
 
 from tracin_core import Workspace
-from tracin_core.workspace import DEMO_TOML
-from tracin_core.workspace_config import (
+from tracin_core.audit.workspace import DEMO_TOML
+from tracin_core.audit.workspace_config import (
     JSON_NAME,
     CheckpointsConfig,
     DatasetConfig,
     WorkspaceConfig,
     WorkspaceConfigError,
 )
-from tracin_core.errors import WorkspaceError
+from tracin_core.audit.workspace_config import WorkspaceError
 
 TOML = """
 name = "audit"
 batch_size = 64
 
 [model]
-factory = "tracin_core.models:DigitsCNN"
+factory = "tracin_core.audit.models:DigitsCNN"
 final_fc_layer = "fc2"
 kwargs = { num_classes = 10 }
 

@@ -1,4 +1,5 @@
-"""tracin_core: TracIn influence engine (Captum-compatible, one pass over the data).
+"""tracin_core: TracIn influence engine (Captum-compatible, one pass over the data) and
+the audit backend of the app: ``tracin_core.engine`` and ``tracin_core.audit``.
 
 Public names are loaded lazily so that importing one part (say ``ReviewStore``)
 does not import torch-heavy modules it does not need.
@@ -11,17 +12,17 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "TracInCP": "tracin_core.tracin",
-    "TracInCPFast": "tracin_core.tracin",
-    "TracInCPFastRandProj": "tracin_core.tracin",
-    "KMostInfluentialResults": "tracin_core.scoring",
-    "AnnoyNearestNeighbors": "tracin_core.nearest_neighbors",
-    "load_checkpoint": "tracin_core.checkpoints",
-    "CheckpointError": "tracin_core.checkpoints",
-    "TracInArgumentError": "tracin_core.errors",
-    "Workspace": "tracin_core.workspace",
-    "WorkspaceConfig": "tracin_core.workspace_config",
-    "ReviewStore": "tracin_core.review",
+    "TracInCP": "tracin_core.engine.tracin",
+    "TracInCPFast": "tracin_core.engine.tracin",
+    "TracInCPFastRandProj": "tracin_core.engine.tracin",
+    "KMostInfluentialResults": "tracin_core.engine.scoring",
+    "AnnoyNearestNeighbors": "tracin_core.engine.nearest_neighbors",
+    "load_checkpoint": "tracin_core.engine.checkpoints",
+    "CheckpointError": "tracin_core.engine.checkpoints",
+    "TracInArgumentError": "tracin_core.engine.errors",
+    "Workspace": "tracin_core.audit.workspace",
+    "WorkspaceConfig": "tracin_core.audit.workspace_config",
+    "ReviewStore": "tracin_core.audit.review",
 }
 
 __all__ = sorted(_EXPORTS)

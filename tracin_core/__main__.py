@@ -20,7 +20,7 @@ import pandas as pd
 
 
 def _workspace(args):
-    from .workspace import Workspace
+    from .audit.workspace import Workspace
 
     device = getattr(args, "device", None)
     if args.workspace == "demo":
@@ -58,7 +58,7 @@ def _progress(desc: str):
 
 def _precompute(args) -> int:
     """One pass per method; under torchrun every process computes its share of the batches."""
-    from . import distributed
+    from .engine import distributed
 
     args.device = distributed.init_from_env(args.device)
     try:
@@ -126,7 +126,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     args = parser.parse_args(argv)
     if args.cmd == "demo":
-        from .demo import main as demo_main
+        from .audit.demo import main as demo_main
 
         return demo_main(args.rest)
     try:

@@ -1,6 +1,6 @@
 """How tests/data/review_store_v1.sqlite was made: by the schema-1 ReviewStore itself.
 
-    git show cb91b78:tracin_core/review.py > /tmp/v1/review_v1.py
+    git show cb91b78:tracin_core/audit/review.py > /tmp/v1/review_v1.py
     cp tests/data/make_review_store_v1.py /tmp/v1/ && cd /tmp/v1
     python make_review_store_v1.py <repo>/tests/data/review_store_v1.sqlite
 

@@ -52,7 +52,7 @@ class fits), an *outlier* (none of the classes fits) or a *duplicate* of another
 (``duplicate_of``). These are statuses like ``excluded`` (:data:`FLAGS`): the corrected
 labels (:meth:`ReviewStore.export_corrected_labels`) name each flagged item, and whoever
 loads them chooses to exclude flagged items or keep them with their given label
-(``flagged`` of :func:`~tracin_core.labels_csv.read_labels_csv` and of ``datasets.load_dataset``).
+(``flagged`` of :func:`~tracin_core.audit.labels_csv.read_labels_csv` and of ``datasets.load_dataset``).
 
 Schema versions: 1 had no ``duplicate_of`` and no flag actions. Opening a version-1
 file read-write upgrades it in one transaction (the ``events`` table is rebuilt with the
@@ -1266,7 +1266,7 @@ class ReviewStore:
                          ) -> tuple[np.ndarray, np.ndarray]:
         """``(labels, excluded)``: int64 and bool arrays of shape ``(N,)``, what reading
         :meth:`export_corrected_labels`' file back with
-        :func:`~tracin_core.labels_csv.read_labels_csv` gives, without a file.
+        :func:`~tracin_core.audit.labels_csv.read_labels_csv` gives, without a file.
         ``flagged`` chooses which flagged items are excluded (:func:`flagged_set`).
         """
         excluding = flagged_set(flagged)
@@ -1277,10 +1277,10 @@ class ReviewStore:
     def export_corrected_labels(self, path: str | os.PathLike[str],
                                 given_labels: Sequence[int]) -> Path:
         """Write ``index,label,excluded,flag,duplicate_of`` for every training item (a
-        labels override, :func:`~tracin_core.labels_csv.write_labels_csv`; the values
+        labels override, :func:`~tracin_core.audit.labels_csv.write_labels_csv`; the values
         are :meth:`corrected_label_table`'s). excluded: 1 for every flagged item, what a
         reader that knows only ``excluded`` does and what
-        :func:`~tracin_core.labels_csv.read_labels_csv` does by default
+        :func:`~tracin_core.audit.labels_csv.read_labels_csv` does by default
         (``flagged="keep"`` keeps them with their given label instead).
         """
         path = Path(path)

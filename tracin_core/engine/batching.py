@@ -146,6 +146,6 @@ def batch_decoder(dataset: Any) -> Optional[BatchDecoded]:
 def batch_decode_enabled() -> bool:
     """False when the environment sets ``TRACIN_BATCH_DECODE=0`` (decode one example at
     a time, as Captum does: for benchmarks and debugging; the results are the same)."""
-    from .settings import env_flag
+    from .switches import env_flag
 
     return env_flag("TRACIN_BATCH_DECODE")

@@ -164,7 +164,7 @@ ARCHITECTURES: dict[str, ArchitectureSpec] = {
         input_shape=(3, 32, 32),
         description="Captum TracInCP tutorial CIFAR-10 CNN (2 conv + 3 fc layers), 32x32 RGB, 10 classes",
         num_classes_arg=False,
-        factory_path="tracin_core.models:TutorialCifarNet",
+        factory_path="tracin_core.audit.models:TutorialCifarNet",
     ),
     "digits_cnn": ArchitectureSpec(
         name="digits_cnn",
@@ -173,7 +173,7 @@ ARCHITECTURES: dict[str, ArchitectureSpec] = {
         input_shape=(1, 8, 8),
         description="Small CNN for scikit-learn's 8x8 grey digits (the built-in demo)",
         num_classes_arg=True,
-        factory_path="tracin_core.models:DigitsCNN",
+        factory_path="tracin_core.audit.models:DigitsCNN",
     ),
     "fashion_cnn": ArchitectureSpec(
         name="fashion_cnn",
@@ -182,7 +182,7 @@ ARCHITECTURES: dict[str, ArchitectureSpec] = {
         input_shape=(1, 28, 28),
         description="Small CNN for 28x28 grey images (the built-in Fashion-MNIST workspace)",
         num_classes_arg=True,
-        factory_path="tracin_core.models:FashionCNN",
+        factory_path="tracin_core.audit.models:FashionCNN",
     ),
     "resnet18": ArchitectureSpec(
         name="resnet18",
@@ -191,7 +191,7 @@ ARCHITECTURES: dict[str, ArchitectureSpec] = {
         input_shape=(3, 224, 224),
         description="torchvision ResNet-18 (no pretrained weights); 224x224 RGB, also runs at 32x32",
         num_classes_arg=True,
-        factory_path="tracin_core.models:resnet18",
+        factory_path="tracin_core.audit.models:resnet18",
     ),
 }
 
@@ -200,6 +200,19 @@ def linear_layer_names(model: nn.Module) -> list[str]:
     """Qualified names of the model's ``nn.Linear`` submodules, the last defined first."""
     names = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
     return names[::-1]
+
+
+#: modules that moved when tracin_core split into engine/ and audit/: workspace files
+#: (and the workspace.json copies beside existing stores) written before still name them
+MOVED_FACTORY_MODULES = {"tracin_core.models": "tracin_core.audit.models"}
+
+
+def canonical_factory_path(factory_path: str) -> str:
+    """``"package.module:callable"`` with a module that moved (:data:`MOVED_FACTORY_MODULES`)
+    renamed to where it is now; any other text unchanged (stripped)."""
+    text = factory_path.strip()
+    module, sep, attr = text.partition(":")
+    return MOVED_FACTORY_MODULES.get(module.strip(), module) + sep + attr if sep else text
 
 
 _FACTORY_RE = re.compile(
@@ -217,7 +230,7 @@ def resolve_factory(factory_path: str) -> Callable[..., Any]:
     """
     if not isinstance(factory_path, str):
         raise ValueError(f"model factory must be a string 'package.module:callable', got {factory_path!r}")
-    match = _FACTORY_RE.match(factory_path.strip())
+    match = _FACTORY_RE.match(canonical_factory_path(factory_path))
     if match is None:
         raise ValueError(
             f"model factory {factory_path!r} is not of the form 'package.module:callable' "

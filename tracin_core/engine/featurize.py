@@ -231,7 +231,7 @@ def self_term(feats: dict[str, Tensor], terms: Sequence[Term]) -> Tensor:
 def channels_last_enabled() -> bool:
     """False when the environment sets ``TRACIN_CHANNELS_LAST=0`` (run convolutional
     models in the default NCHW layout: for benchmarks and debugging)."""
-    from .settings import env_flag
+    from .switches import env_flag
 
     return env_flag("TRACIN_CHANNELS_LAST")
 

@@ -1,7 +1,7 @@
-"""Exceptions shared across tracin_core (the TracIn classes, the workspace)."""
+"""The engine's exceptions (the TracIn classes and their stores)."""
 from __future__ import annotations
 
-__all__ = ["TracInArgumentError", "WorkspaceError"]
+__all__ = ["TracInArgumentError"]
 
 
 class TracInArgumentError(ValueError, AssertionError):
@@ -12,7 +12,3 @@ class TracInArgumentError(ValueError, AssertionError):
     ``assert``), so that ``except ValueError`` and Captum-style ``except AssertionError``
     both catch it. The message names the argument at fault.
     """
-
-
-class WorkspaceError(ValueError):
-    """A workspace file or its parts are wrong; the message says which and why."""

@@ -6,27 +6,17 @@ the value in force now, and no module keeps a stale copy that must be patched.
 * ``TRACIN_CACHE``: the app's cache folder (default ``~/.cache/tracin_audit``): feature
   stores under ``stores/``, uploads under ``uploads/``;
 * ``TRACIN_REVIEW_DB``: the review store's SQLite file (default
-  ``<TRACIN_CACHE>/reviews.sqlite``);
-* ``TRACIN_BATCH_DECODE`` / ``TRACIN_CHANNELS_LAST``: engine switches (default on),
-  read through :func:`env_flag` by ``batching`` and ``featurize``.
+  ``<TRACIN_CACHE>/reviews.sqlite``).
+
+The engine's own switches (``TRACIN_BATCH_DECODE``, ``TRACIN_CHANNELS_LAST``) are
+:mod:`tracin_core.engine.switches`.
 """
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-__all__ = ["cache_dir", "env_flag", "review_db", "store_cache_dir", "upload_dir"]
-
-_OFF = ("0", "false", "no", "off")
-
-
-def env_flag(name: str, default: bool = True) -> bool:
-    """Environment variable ``name`` as a switch: ``0``/``false``/``no``/``off`` (any
-    case, spaces ignored) is off, any other value on; unset: ``default``."""
-    value = os.environ.get(name)
-    if value is None:
-        return default
-    return value.strip().lower() not in _OFF
+__all__ = ["cache_dir", "review_db", "store_cache_dir", "upload_dir"]
 
 
 def cache_dir() -> Path:

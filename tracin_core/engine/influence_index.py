@@ -8,7 +8,7 @@ matter), found by a randomised SVD of ``sample`` random training rows: an (N, di
 matrix (128 MB at a million rows, 32 directions). A query computes its own reduced ``Φ``,
 takes the ``candidates`` training rows with the largest (or, for opponents, smallest)
 reduced dot products by one matrix product, scores each exactly from the feature store
-(:meth:`tracin_core.tracin.TracInCPFast.influence_of`) and keeps the best ``k``: the scores
+(:meth:`tracin_core.engine.tracin.TracInCPFast.influence_of`) and keeps the best ``k``: the scores
 are exact, only an example outside the candidates can be missing.
 
 Why principal directions, searched exhaustively: per-example gradients live near a
@@ -59,7 +59,7 @@ class IndexSettings:
 class InfluenceIndex:
     """Top-k TracInCPFast influence through a principal-direction index (module docstring).
 
-    ``engine``: a :class:`~tracin_core.tracin.TracInCPFast` whose store is (or will be)
+    ``engine``: a :class:`~tracin_core.engine.tracin.TracInCPFast` whose store is (or will be)
     complete; built on first use, saved beside an on-disk store.
     """
 

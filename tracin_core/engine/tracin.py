@@ -5,7 +5,7 @@ Constructor arguments follow Captum's order and defaults; keyword-only extras ar
 batches of ``batch_size``, as Captum, instead of the faster pass batch). The difference
 is structure: the first call walks the training data once, computing for all checkpoints
 at once the per-example quantities every score is made of (see
-:mod:`tracin_core.featurize`), and keeps them in a :class:`~tracin_core.store.FeatureStore`. Every later
+:mod:`tracin_core.engine.featurize`), and keeps them in a :class:`~tracin_core.engine.store.FeatureStore`. Every later
 ``influence()`` / ``self_influence()`` on the same instance reads the store.
 
 Scores: ``TI(j, i) = Σ_c η_c ⟨∇ℓ'_j(θ_c), ∇ℓ_i(θ_c)⟩`` (test ``j``, training ``i``).
@@ -299,7 +299,7 @@ class _TracInBase:
         ``desc``: the progress bar's text for the pass (the calling method's, in
         Captum's wording), shown when ``show_progress`` or the instance's flag is set.
 
-        Inside :func:`tracin_core.distributed.sharded` with an initialised process group
+        Inside :func:`tracin_core.engine.distributed.sharded` with an initialised process group
         (``torchrun``), every rank computes its share of the batches into the same on-disk store.
         """
         if self._store is not None and self._store.complete:

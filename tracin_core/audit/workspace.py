@@ -25,12 +25,11 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from .checkpoints import fit_state_dict, read_checkpoint, resolve_checkpoints
+from ..engine.checkpoints import fit_state_dict, read_checkpoint, resolve_checkpoints
 from .datasets import LabeledDataset, load_dataset
 from . import rankers as rk
 from . import settings
-from .errors import WorkspaceError
-from .workspace_config import DatasetConfig, WorkspaceConfig
+from .workspace_config import DatasetConfig, WorkspaceConfig, WorkspaceError
 
 PathLike = Union[str, os.PathLike]
 
@@ -42,8 +41,8 @@ LOSSES: dict[str, Callable[..., nn.Module]] = {
 #: where feature stores live by default: ``$TRACIN_CACHE/stores`` (else
 #: ``~/.cache/tracin_audit/stores``), the folder the app uses too, so a store built ahead
 #: of time by ``python -m tracin_core precompute`` is the one the app opens
-DEMO_TOML = Path(__file__).resolve().parent.parent / "assets" / "demo" / "workspace.toml"
-FASHION_TOML = Path(__file__).resolve().parent.parent / "assets" / "fashion" / "workspace.toml"
+DEMO_TOML = Path(__file__).resolve().parents[2] / "assets" / "demo" / "workspace.toml"
+FASHION_TOML = Path(__file__).resolve().parents[2] / "assets" / "fashion" / "workspace.toml"
 
 
 @dataclass
@@ -219,11 +218,11 @@ class Workspace:
         ``flagged`` (``"exclude"``, ``"keep"`` or a list of flags), when given, replaces
         ``[train] flagged``: what to do with the items the training set's
         ``labels_override`` flags (excluded, ambiguous, outlier, duplicate; default
-        ``"exclude"``, see :func:`tracin_core.labels_csv.read_labels_csv`).
+        ``"exclude"``, see :func:`tracin_core.audit.labels_csv.read_labels_csv`).
 
         ``check_factory(factory_string)`` runs right after the file is parsed, before any
         module is imported or any data read; it raises to refuse the factory (the app
-        passes :meth:`tracin_core.server_config.ServerConfig.check_factory`).
+        passes :meth:`tracin_core.audit.server_config.ServerConfig.check_factory`).
         """
         config = WorkspaceConfig.from_toml(path)
         if flagged is not None:
@@ -355,7 +354,7 @@ class Workspace:
         with self._lock:
             if key in self._engines:
                 return self._engines[key]
-            from .tracin import TracInCP, TracInCPFast, TracInCPFastRandProj
+            from ..engine.tracin import TracInCP, TracInCPFast, TracInCPFastRandProj
 
             model = copy.deepcopy(self.model)  # engines never touch the shared model
             common = dict(checkpoints=list(range(len(self._states))), checkpoints_load_func=self._load_func,
@@ -369,7 +368,7 @@ class Workspace:
                 eng = TracInCPFastRandProj(model, self.final_fc_layer, self.train,
                                            projection_dim=opts.get("projection_dim"), cache_dir=cache, **common)
             elif kind == "index":
-                from .influence_index import IndexSettings, InfluenceIndex
+                from ..engine.influence_index import IndexSettings, InfluenceIndex
 
                 eng = InfluenceIndex(self._engine("fast"), IndexSettings(**opts))  # the lock is re-entrant
             else:
@@ -474,7 +473,7 @@ class Workspace:
     def train_predictions(self) -> pd.DataFrame:
         """The model's view of every training example at the final checkpoint: the
         columns of ``predictions("train")`` (index, label, predicted, probability,
-        correct) plus ``suggested`` (:func:`tracin_core.review_queue.suggested_labels`:
+        correct) plus ``suggested`` (:func:`tracin_core.audit.review_queue.suggested_labels`:
         the prediction, or the second most probable class when the prediction equals the
         given label), ``suggested_probability`` and ``given_probability``; indexed by
         ``index`` (which stays a column)."""
@@ -547,7 +546,7 @@ class Workspace:
         embeddings) proposes ``INDEX_CANDIDATES · k`` candidates, TracInCPFast's store gives
         their exact scores, the best ``k`` are kept. The scores shown are therefore exact
         TracInCPFast scores, not projected estimates whose scale changes with the dimension."""
-        from .scoring import KMostInfluentialResults
+        from ..engine.scoring import KMostInfluentialResults
 
         n = len(self.train)
         wide = eng.influence(batch, k=min(n, self.INDEX_CANDIDATES * k), proponents=proponents)
@@ -623,7 +622,7 @@ class Workspace:
 
     def review_signals(self, method: Optional[str] = None):
         """The signals the live re-ranking of ranking ``method`` (None = the default) reads
-        (:class:`tracin_core.active_review.ReviewSignals`): kept beside the store
+        (:class:`tracin_core.audit.active_review.ReviewSignals`): kept beside the store
         (``<store>/rankings/<name>-<code>-signals.npz``) like the ranking itself, so a
         Review page's first visit reads them instead of searching neighbours again."""
         from . import active_review as ar

@@ -90,7 +90,7 @@ def default_config_path() -> Path:
     env = os.environ.get(ENV_VAR, "").strip()
     if env:
         return Path(env).expanduser()
-    return Path(__file__).resolve().parent.parent / "tracin_audit.toml"
+    return Path(__file__).resolve().parents[2] / "tracin_audit.toml"
 
 
 def _inside(path: Path, root: Path) -> bool:
@@ -156,11 +156,11 @@ class ServerConfig:
 
     def check_factory(self, factory: Any) -> None:
         """Refuse a ``module:callable`` factory whose module is not allowed (nothing imported)."""
-        from .models import ARCHITECTURES
+        from .models import ARCHITECTURES, canonical_factory_path
 
         if callable(factory):
             return
-        text = str(factory).strip()
+        text = canonical_factory_path(str(factory))
         registered = {a.factory_path for a in ARCHITECTURES.values() if a.factory_path}
         if text in registered:
             return

@@ -5,7 +5,7 @@ manifest holding the store's key (what it was computed from), shapes, dtype and 
 done-mask of batches, so an interrupted run resumes where it stopped and a finished
 one is reused by any later process with the same key.
 
-Several processes can fill one store (``torchrun``: see :mod:`tracin_core.distributed`):
+Several processes can fill one store (``torchrun``: see :mod:`tracin_core.engine.distributed`):
 each writes its own batches' rows into the shared memory-mapped files; rank 0 owns the
 manifest and the other ranks record their done batches in ``done-rank{r}.json``, which
 rank 0 folds into the manifest when every rank has finished (:meth:`FeatureStore.finish`).

@@ -21,18 +21,21 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping, Optional, Union
 
-from .errors import WorkspaceError
 
 __all__ = ["CheckpointsConfig", "DatasetConfig", "EvaluationConfig", "LossConfig", "ModelConfig",
-           "WorkspaceConfig", "WorkspaceConfigError"]
+           "WorkspaceConfig", "WorkspaceConfigError", "WorkspaceError"]
 
 PathLike = Union[str, os.PathLike]
 JSON_NAME = "workspace.json"  # the copy saved beside a store
 
 
+class WorkspaceError(ValueError):
+    """A workspace file or its parts are wrong; the message says which and why."""
+
+
 class WorkspaceConfigError(WorkspaceError):
     """A workspace config that cannot be used; the message names the field at fault
-    (a :class:`~tracin_core.errors.WorkspaceError`, so a ``ValueError``)."""
+    (a :class:`WorkspaceError`, so a ``ValueError``)."""
 
 
 def _fail(where: str, message: str) -> WorkspaceConfigError:
@@ -134,7 +137,7 @@ def _learning_rates(value: Any, where: str) -> Union[None, float, tuple[Optional
 
 @dataclass(frozen=True)
 class DatasetConfig:
-    """``[train]`` / ``[test]``: the arguments of :func:`tracin_core.datasets.load_dataset`
+    """``[train]`` / ``[test]``: the arguments of :func:`tracin_core.audit.datasets.load_dataset`
     (``kind`` one of its kinds; the others as that function documents them)."""
 
     kind: str
@@ -196,7 +199,7 @@ class DatasetConfig:
 
 @dataclass(frozen=True)
 class LossConfig:
-    """``[loss]``: ``name`` (a key of ``tracin_core.workspace.LOSSES``), ``reduction``
+    """``[loss]``: ``name`` (a key of ``tracin_core.audit.workspace.LOSSES``), ``reduction``
     (``"sum"`` or ``"mean"``)."""
 
     name: str = "cross_entropy"

@@ -4,12 +4,12 @@
 
 or, in your own script run under ``torchrun`` (every rank must make the same calls)::
 
-    with tracin_core.distributed.sharded():
+    with tracin_core.engine.distributed.sharded():
         TracInCPFast(..., cache_dir="store/").self_influence()
 
 Every process (rank) builds the same engine and feature store folder; batch ``b`` of the
 training data is computed by rank ``b % N`` and written straight into the shared
-memory-mapped store (:class:`~tracin_core.store.FeatureStore`), so the result is the
+memory-mapped store (:class:`~tracin_core.engine.store.FeatureStore`), so the result is the
 store a single process writes. Rank 0 first computes batch 0 (it fixes the arrays'
 shapes and allocates the files), the ranks meet at a barrier, each computes its share
 (skipping batches already done by an earlier, interrupted run: it resumes), they meet

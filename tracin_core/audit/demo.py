@@ -2,8 +2,8 @@
 
 Recipe (Captum's TracInCP tutorial, scaled down to scikit-learn's 8x8 digits):
 
-1. The fixed 80/20 split of ``load_digits`` (see :func:`tracin_core.datasets.digits_split_indices`).
-2. Train a :class:`~tracin_core.models.DigitsCNN` on the clean training labels.
+1. The fixed 80/20 split of ``load_digits`` (see :func:`tracin_core.audit.datasets.digits_split_indices`).
+2. Train a :class:`~tracin_core.audit.models.DigitsCNN` on the clean training labels.
 3. Pick a seeded random 10% of the training items (``torch.Generator().manual_seed(seed)``)
    and give each the clean model's most probable *wrong* class; the true labels stay as
    ground truth.
@@ -17,7 +17,7 @@ zero-padded so that names sort by epoch; each ``{"model_state_dict", "learning_r
 (``index,label``: the noisy labels), ``workspace.toml`` and ``meta.json``.
 
 Everything is deterministic on a given machine: seeds, one thread and deterministic
-algorithms while training. Rebuild with ``python -m tracin_core.demo --rebuild``.
+algorithms while training. Rebuild with ``python -m tracin_core.audit.demo --rebuild``.
 """
 from __future__ import annotations
 
@@ -35,8 +35,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from tracin_core.datasets import load_dataset
-from tracin_core.models import DigitsCNN, FashionCNN
+from tracin_core.audit.datasets import load_dataset
+from tracin_core.audit.models import DigitsCNN, FashionCNN
 
 __all__ = [
     "DEMO_DIR",
@@ -53,8 +53,8 @@ __all__ = [
     "main",
 ]
 
-DEMO_DIR = Path(__file__).resolve().parent.parent / "assets" / "demo"
-FASHION_DIR = Path(__file__).resolve().parent.parent / "assets" / "fashion"
+DEMO_DIR = Path(__file__).resolve().parents[2] / "assets" / "demo"
+FASHION_DIR = Path(__file__).resolve().parents[2] / "assets" / "fashion"
 #: the Fashion-MNIST recipe: all 60,000 / 10,000 images, the same noise procedure
 FASHION = {"epochs": 6, "clean_epochs": 3, "batch_size": 128, "learning_rate": 0.05}
 DEFAULT_EPOCHS = 30
@@ -68,11 +68,11 @@ N_CHECKPOINTS = 6
 Progress = Callable[[float, str], None] | None
 
 WORKSPACE_TOML = """\
-# The built-in digits demo (written by `python -m tracin_core.demo --rebuild`).
+# The built-in digits demo (written by `python -m tracin_core.audit.demo --rebuild`).
 name = "digits-demo"
 
 [model]
-factory = "tracin_core.models:DigitsCNN"
+factory = "tracin_core.audit.models:DigitsCNN"
 final_fc_layer = "fc2"
 
 [checkpoints]
@@ -227,7 +227,7 @@ FASHION_TOML = """\
 name = "fashion-mnist"
 
 [model]
-factory = "tracin_core.models:FashionCNN"
+factory = "tracin_core.audit.models:FashionCNN"
 final_fc_layer = "fc2"
 
 [checkpoints]
@@ -265,7 +265,7 @@ def build_fashion(out_dir: str | Path = FASHION_DIR, seed: int = 0, progress: Pr
                   epochs: int = FASHION["epochs"], clean_epochs: int = FASHION["clean_epochs"],
                   limit: int | None = None) -> dict[str, Any]:
     """Build the Fashion-MNIST workspace into ``out_dir`` (the digits recipe on all 60,000
-    training images, :class:`~tracin_core.models.FashionCNN`, batches of 128; about 2.5
+    training images, :class:`~tracin_core.audit.models.FashionCNN`, batches of 128; about 2.5
     minutes on two cores). ``limit`` takes the first images only (for tests)."""
     _report(progress, 0.0, "loading Fashion-MNIST")
     meta = _build(Path(out_dir), "fashion-mnist", _fashion_tensors(limit), FASHION_TOML, seed, progress,
@@ -407,7 +407,7 @@ def verify_demo(out_dir: str | Path = DEMO_DIR) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m tracin_core.demo",
+        prog="python -m tracin_core.audit.demo",
         description="Build or check a built-in workspace: the digits demo (default) or Fashion-MNIST "
                     "(checkpoints, noisy labels, workspace.toml).",
     )

@@ -57,7 +57,7 @@ from typing import Mapping, Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from tracin_core import rankers as rk
+from tracin_core.audit import rankers as rk
 
 __all__ = [
     "ReviewSignals", "ReviewModelConfig", "RemainingEstimate", "build_signals", "outcomes_from_finals",
@@ -68,7 +68,7 @@ __all__ = [
 MISLABEL_STATUSES = frozenset({"relabelled", "excluded"})
 CLEAN_STATUSES = frozenset({"accepted"})
 
-#: other signals (ranker names of :mod:`tracin_core.rankers`) besides the static score
+#: other signals (ranker names of :mod:`tracin_core.audit.rankers`) besides the static score
 SIGNALS = ("loss_early", "aum_early", "loss_mean", "self_influence_fast")
 
 
@@ -163,8 +163,8 @@ def build_signals(static: np.ndarray, inp: rk.RankerInputs, k: int = 10,
                   neighbours: Optional[np.ndarray] = None) -> ReviewSignals:
     """Precompute the signals for ``static`` scores (N,) from ``inp`` (the store's ranker
     inputs). ``neighbours``: (N, k) nearest neighbours to use; default the early
-    checkpoints' (:func:`tracin_core.rankers.early_neighbours`), above
-    :data:`tracin_core.rankers.EXACT_SEARCH_MAX` rows the first checkpoint's only (the
+    checkpoints' (:func:`tracin_core.audit.rankers.early_neighbours`), above
+    :data:`tracin_core.audit.rankers.EXACT_SEARCH_MAX` rows the first checkpoint's only (the
     search the default ranking already made: another annoy search per early checkpoint
     would cost minutes at 1,000,000 rows)."""
     static = np.asarray(static, dtype=np.float64).reshape(-1)
@@ -195,7 +195,7 @@ def build_signals(static: np.ndarray, inp: rk.RankerInputs, k: int = 10,
 
 def outcomes_from_finals(finals: pd.DataFrame) -> dict[int, bool]:
     """Item -> True (confirmed mislabel) / False (confirmed clean) from a
-    :meth:`tracin_core.review.ReviewStore.final_decisions` frame; other statuses left out."""
+    :meth:`tracin_core.audit.review.ReviewStore.final_decisions` frame; other statuses left out."""
     out: dict[int, bool] = {}
     if finals is None or finals.empty:
         return out

@@ -2,7 +2,7 @@
 
 A labels CSV overrides the given labels of a training set (``labels_override`` of a
 workspace's ``[train]`` table). The Review page's "corrected labels" export writes all five
-columns (:meth:`tracin_core.review.ReviewStore.export_corrected_labels`); a hand-written
+columns (:meth:`tracin_core.audit.review.ReviewStore.export_corrected_labels`); a hand-written
 file needs only ``index`` and ``label``. Rules, the same for every reader in the project:
 
 * columns in any order, matched case-insensitively; ``index`` and ``label`` are required;

@@ -151,7 +151,7 @@ class LabeledDataset(Dataset):
     @property
     def decode_batch(self) -> Callable[[Sequence[int]], tuple[torch.Tensor, torch.Tensor]] | None:
         """``decode_batch(indices) -> (inputs, labels)``, bitwise what stacking
-        ``self[i]`` gives (the training pass uses it, :mod:`tracin_core.batching`);
+        ``self[i]`` gives (the training pass uses it, :mod:`tracin_core.engine.batching`);
         None for kinds that decode one example at a time."""
         if self._get_batch is None:
             return None
@@ -1141,7 +1141,7 @@ def load_dataset(
     ``max_zip_bytes`` / ``max_zip_files`` cap the extraction of a zipped image folder
     (defaults :data:`MAX_ZIP_UNCOMPRESSED_BYTES` / :data:`MAX_ZIP_MEMBERS`).
     ``labels_override``: a CSV ``index,label[,excluded,flag,duplicate_of]`` (see
-    :func:`tracin_core.labels_csv.read_labels_csv`); ``flagged``: what to do with the items it flags
+    :func:`tracin_core.audit.labels_csv.read_labels_csv`); ``flagged``: what to do with the items it flags
     (excluded, ambiguous, outlier, duplicate): ``"exclude"`` (default) them, ``"keep"``
     them with their label, or exclude only the flags listed. Relative paths are resolved
     against ``base_dir``.
