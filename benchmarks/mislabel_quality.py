@@ -222,17 +222,21 @@ def ranker_inputs(data: dict[str, Any], y_noisy: torch.Tensor, states: list[dict
 
     common = dict(checkpoints_load_func=load, loss_fn=nn.CrossEntropyLoss(reduction="sum"), batch_size=256)
     fast = TracInCPFast(data["factory"](), "fc2", ds, states, store_outputs=True, **common)
-    store = fast._train_store()
-    cstore = TracInCP(data["factory"](), ds, states, **common)._train_store() if all_layers else None
+    store = fast.train_store()
+    cstore = TracInCP(data["factory"](), ds, states, **common).train_store() if all_layers else None
     C = len(states)
-    arr = lambda st, name: st.array(name).double().numpy()  # noqa: E731
+
+    def per_checkpoint(read) -> np.ndarray:
+        """``read(c)`` (a store accessor) for every checkpoint, stacked: (C, N, ...) float64."""
+        return np.stack([read(c).double().numpy() for c in range(C)])
+
     return RankerInputs(
-        logits=np.stack([arr(store, f"c{c}/o") for c in range(C)]),
+        logits=per_checkpoint(store.outputs),
         labels=y_noisy.numpy().copy(),
         weights=np.asarray(fast.learning_rates, dtype=np.float64),
-        si_fast=np.stack([arr(store, f"c{c}/self")[:, 0] for c in range(C)]),
-        si_cp=np.stack([arr(cstore, f"c{c}/self")[:, 0] for c in range(C)]) if all_layers else None,
-        features=np.stack([arr(store, f"c{c}/a") for c in range(C)]),
+        si_fast=per_checkpoint(store.self_terms),
+        si_cp=per_checkpoint(cstore.self_terms) if all_layers else None,
+        features=per_checkpoint(store.layer_inputs),
     )
 
 

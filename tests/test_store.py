@@ -193,7 +193,12 @@ def test_named_accessors_read_what_the_pass_wrote(tmp_path):
     ds = CountingDataset(n=12)
     fast = TracInCPFast(SmallCNN(), "fc2", ds, ckpts, loss_fn=nn.CrossEntropyLoss(reduction="sum"),
                         batch_size=5, store_outputs=True)
-    store = fast._train_store()
+    calls: list[tuple[int, object]] = []
+    store = fast.train_store(progress=lambda done, total: calls.append((done, total)))
+    assert calls and calls[-1] == (12, 12)  # the pass reported its examples
+    n_calls = len(calls)
+    assert fast.train_store(progress=lambda done, total: calls.append((done, total))) is store
+    assert len(calls) == n_calls  # a later call reads the store: no second pass
     assert array_name(1, SELF) == "c1/self"
     for c in range(2):
         assert store.outputs(c).shape == (12, 3)

@@ -414,7 +414,7 @@ class Workspace:
             return
         eng = self._engine(method, **opts)
         with self._lock:
-            eng._train_store(progress=progress)
+            eng.train_store(progress=progress)
 
     @staticmethod
     def ranking_needs_cp(method: Optional[str]) -> bool:
@@ -429,10 +429,10 @@ class Workspace:
             eng = self._engine(m)
             with self._lock:
                 if m == "index":  # the Fast store, then the index built from it
-                    self._engine("fast")._train_store(progress=progress)
+                    self._engine("fast").train_store(progress=progress)
                     eng.build()
                 else:
-                    eng._train_store(progress=progress)
+                    eng.train_store(progress=progress)
 
     # ------------------------------------------------------------------ predictions
     def predict(self, x: Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -451,7 +451,7 @@ class Workspace:
             if split == "train" and split not in self._pred_cache:
                 # the training pass already stored every checkpoint's outputs: reuse the
                 # final checkpoint's instead of another pass over the training data
-                store = self._engine("fast")._train_store()
+                store = self._engine("fast").train_store()
                 logits = store.outputs(len(self.checkpoints) - 1).float()
                 prob = torch.softmax(logits, dim=1).numpy()
                 self._pred_cache[split] = (prob.argmax(1), prob)
@@ -563,14 +563,14 @@ class Workspace:
     def ranker_inputs(self, with_cp: bool = False) -> rk.RankerInputs:
         eng = self._engine("fast")
         with self._lock:
-            store = eng._train_store()
+            store = eng.train_store()
             C = len(self.checkpoints)
             logits = np.stack([store.outputs(c).double().numpy() for c in range(C)])
             si_fast = np.stack([store.self_terms(c).double().numpy() for c in range(C)])
             si_cp = None
             if with_cp:
                 cp = self._engine("cp")
-                cstore = cp._train_store()
+                cstore = cp.train_store()
                 si_cp = np.stack([cstore.self_terms(c).double().numpy() for c in range(C)])
             # per-checkpoint views of the (memory-mapped) store, not one stacked copy: the
             # neighbourhood rankers read the early checkpoints only (1.5 GB saved at 1M rows)

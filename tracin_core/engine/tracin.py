@@ -292,6 +292,15 @@ class _TracInBase:
         return None
 
     # ------------------------------------------------------------ the pass
+    def train_store(self, show_progress: bool = False,
+                    progress: Optional[Callable[[int, Optional[int]], None]] = None) -> FeatureStore:
+        """The training set's feature store: computed by one pass over the training data on
+        first use (``progress(done, total)`` called as examples are done; ``total`` None for a
+        loader without length), then read. Its arrays, one checkpoint at a time:
+        :meth:`FeatureStore.outputs`, ``self_terms``, ``layer_inputs``, ``output_grads``,
+        ``embeddings`` (which ones a store holds depends on the class)."""
+        return self._train_store(show_progress=show_progress, progress=progress)
+
     def _train_store(self, show_progress: bool = False, progress: Optional[Callable] = None,
                      desc: Optional[str] = None) -> FeatureStore:
         """The training set's feature store, computing it (one pass) on first use.
