@@ -4,7 +4,6 @@ Run: ``streamlit run app.py`` (opens on the built-in digits demo).
 """
 from __future__ import annotations
 
-import streamlit as st
 
 from pages import common
 

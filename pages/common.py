@@ -15,22 +15,21 @@ import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 import streamlit as st
 from PIL import Image
 
 from tracin_core import ReviewStore, Workspace
+from tracin_core import settings
 from tracin_core.checkpoints import CheckpointError
 from tracin_core.server_config import (
     ConfigError, ServerConfig, allowed, load_server_config,
 )
 from tracin_core.workspace import WorkspaceError
+from tracin_core.workspace_config import WorkspaceConfig
 
-CACHE_DIR = Path(os.environ.get("TRACIN_CACHE", Path.home() / ".cache" / "tracin_audit"))
-UPLOAD_DIR = CACHE_DIR / "uploads"
-REVIEW_DB = Path(os.environ.get("TRACIN_REVIEW_DB", CACHE_DIR / "reviews.sqlite"))
 DEMO_SPEC = {"kind": "demo"}
 DEMO_NAME = "demo"
 FASHION_SPEC = {"kind": "fashion"}
@@ -56,7 +55,7 @@ def hide_server_paths(text: str) -> str:
     """``text`` with the app's own folders (cache, uploads, zip extraction) shortened."""
     import tempfile
 
-    for folder, shown in ((UPLOAD_DIR, "<upload>"), (CACHE_DIR, "<cache>"),
+    for folder, shown in ((settings.upload_dir(), "<upload>"), (settings.cache_dir(), "<cache>"),
                           (Path(tempfile.gettempdir()), "<tmp>")):
         text = text.replace(str(folder), shown)
     return text
@@ -73,7 +72,7 @@ def public_message(exc: BaseException) -> str:
 @st.cache_resource(show_spinner=False)
 def _server_config(path_key: str) -> ServerConfig:
     cfg = load_server_config()
-    cfg.check_upload_dir(UPLOAD_DIR)
+    cfg.check_upload_dir(settings.upload_dir())
     return cfg
 
 
@@ -209,50 +208,37 @@ def _load_workspace(key: str) -> Workspace:
     spec = json.loads(key)
     kind = spec["kind"]
     if kind == "demo":
-        return Workspace.demo(cache_dir=CACHE_DIR / "stores")
+        return Workspace.demo(cache_dir=settings.store_cache_dir())
     if kind == "fashion":
-        return Workspace.fashion(cache_dir=CACHE_DIR / "stores")
+        return Workspace.fashion(cache_dir=settings.store_cache_dir())
     cfg = server_config()
     if kind == "listed":  # a name from the server config, never a path from a browser
-        return Workspace.from_toml(cfg.workspace_path(spec["name"]), cache_dir=CACHE_DIR / "stores",
+        return Workspace.from_toml(cfg.workspace_path(spec["name"]), cache_dir=settings.store_cache_dir(),
                                    check_factory=cfg.check_factory)
-    if kind == "custom":  # built on the Workspace page from checked uploads and data roots
-        from tracin_core.models import ARCHITECTURES
-
-        arch = ARCHITECTURES[spec["architecture"]]
-        train = load_custom_dataset(spec["dataset"], "train")
-        test = load_custom_dataset(spec["dataset"], "test")
-        kwargs = {"num_classes": train.num_classes} if arch.num_classes_arg else {}
-        return Workspace(
-            name=spec.get("name", "custom"),
-            model_factory=arch.factory_path or arch.factory,
-            model_kwargs=kwargs,
-            final_fc_layer=spec["final_fc_layer"],
-            checkpoints=spec["checkpoints"],
-            learning_rates=spec.get("learning_rates"),
-            train=train,
-            test=test,
-            cache_dir=CACHE_DIR / "stores",
-            batch_size=int(spec.get("batch_size", 256)),
-        )
+    if kind == "config":  # built on the Workspace page from checked uploads and data roots
+        config = WorkspaceConfig.from_dict(spec["config"])
+        return Workspace.from_config(config, cache_dir=settings.store_cache_dir(),
+                                     dataset_options=_zip_limits(cfg))
     raise WorkspaceError(f"unknown workspace kind {kind!r}")
 
 
-def load_custom_dataset(dataset: dict[str, Any], split: str):
-    """A "Build one here" dataset (``split`` train/test; None when it has no such part).
+def _zip_limits(cfg: ServerConfig) -> dict[str, int]:
+    return {"max_zip_bytes": cfg.max_zip_bytes, "max_zip_files": cfg.max_zip_files}
+
+
+def load_config_dataset(config: WorkspaceConfig, split: str):
+    """A "Build one here" config's ``split`` (train/test) dataset, None when it has none.
 
     Its paths were checked against the data roots (or are the app's own uploads) when the
-    spec was made; zips are extracted under the server config's caps.
+    config was made; zips are extracted under the server config's caps.
     """
     from tracin_core.datasets import load_dataset
 
-    args = dataset.get(split)
-    if not args:
+    spec = config.train if split == "train" else config.test
+    if spec is None:
         return None
-    cfg = server_config()
-    extra = ({"max_zip_bytes": cfg.max_zip_bytes, "max_zip_files": cfg.max_zip_files}
-             if dataset["kind"] == "image_folder" else {})
-    return load_dataset(dataset["kind"], **args, **extra)
+    extra = _zip_limits(server_config()) if spec.kind == "image_folder" else {}
+    return load_dataset(spec.kind, **spec.load_arguments(), **extra)
 
 
 def set_workspace(spec: dict[str, Any]) -> None:
@@ -322,14 +308,14 @@ def way_back(spec: Optional[dict[str, Any]] = None) -> None:
             st.page_link(page_file("workspace.py"), label="Open another workspace →")
 
 
-def ensure_store(ws: Workspace, method: str = "fast") -> None:
-    """Build the workspace's feature store once, with a progress bar and counts."""
-    engine = ws._engine(method)
-    store = getattr(engine, "_store", None)
-    if (store is not None and store.complete) or getattr(engine, "loaded", False) or \
-            getattr(engine, "build_seconds", 0.0):  # an InfluenceIndex already built or read back
+def ensure_store(ws: Workspace, method: str = "fast", **opts: Any) -> None:
+    """Build the workspace's feature store for engine ``method`` (``opts``: its options,
+    ``layers=[...]``, ``projection_dim=``) once, with a progress bar and counts."""
+    if ws.store_ready(method, **opts):
         return
-    bar = st.progress(0.0, text="Computing per-example features (one pass over the training data)…")
+    text = (f"Computing {method} features (one pass over the training data)…" if opts
+            else "Computing per-example features (one pass over the training data)…")
+    bar = st.progress(0.0, text=text)
     total_n = len(ws.train)
 
     def progress(done: int, total: Optional[int]) -> None:
@@ -337,7 +323,7 @@ def ensure_store(ws: Workspace, method: str = "fast") -> None:
         bar.progress(min(1.0, done / max(1, total)), text=f"Training pass: {done:,} / {total:,} examples")
 
     try:
-        ws.precompute([method], progress=progress)
+        ws.ensure_store(method, progress=progress, **opts)
     except Exception as exc:  # noqa: BLE001 - shown in words, with the way back, never a traceback
         bar.empty()
         st.error(f"Computing the training features of “{esc(ws.name)}” failed: {type(exc).__name__}: "
@@ -353,8 +339,9 @@ def _review_store(path: str, workspace: str, data_hash: str) -> ReviewStore:
 
 
 def review_store(ws: Workspace) -> ReviewStore:
-    REVIEW_DB.parent.mkdir(parents=True, exist_ok=True)
-    return _review_store(str(REVIEW_DB), ws.name, ws.data_hash)
+    db = settings.review_db()
+    db.parent.mkdir(parents=True, exist_ok=True)
+    return _review_store(str(db), ws.name, ws.data_hash)
 
 
 def reviewer_name(who: Optional[Identity] = None) -> str:
@@ -420,8 +407,9 @@ def save_upload(data: bytes, suffix: str) -> Path:
         raise ValueError(f"uploads are kept as .pt, .pth, .safetensors or .zip, not {suffix!r}")
     if len(data) > server_config().max_upload_bytes:
         raise ValueError("the upload is over this server's size limit")
-    UPLOAD_DIR.mkdir(parents=True, exist_ok=True)
-    path = UPLOAD_DIR / f"{hashlib.sha256(data).hexdigest()[:32]}{suffix}"
+    folder = settings.upload_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{hashlib.sha256(data).hexdigest()[:32]}{suffix}"
     if not path.exists():
         tmp = path.with_suffix(path.suffix + ".tmp")
         tmp.write_bytes(data)
@@ -441,31 +429,6 @@ def sidebar_summary(ws: Optional[Workspace]) -> None:
         )
 
 
-def ensure_engine_store(ws: Workspace, method: str = "fast", **opts: Any) -> None:
-    """Like :func:`ensure_store`, for an engine with options (``layers=[...]``, ``projection_dim=``).
-
-    ``Workspace.precompute`` only builds the default engines, so this calls the engine's
-    training pass itself (under the workspace's lock), with the same progress bar.
-    """
-    if not opts:
-        ensure_store(ws, method)
-        return
-    engine = ws._engine(method, **opts)
-    store = getattr(engine, "_store", None)
-    if store is not None and store.complete:
-        return
-    bar = st.progress(0.0, text=f"Computing {method} features (one pass over the training data)…")
-    total_n = len(ws.train)
-
-    def progress(done: int, total: Optional[int]) -> None:
-        total = total or total_n
-        bar.progress(min(1.0, done / max(1, total)), text=f"Training pass: {done:,} / {total:,} examples")
-
-    with ws._lock:
-        engine._train_store(progress=progress)
-    bar.empty()
-
-
 # ------------------------------------------------------------------ review page helpers
 # Read-only tables shared by every session, keyed by the workspace fingerprint (a changed
 # checkpoint, dataset or label override is a new key). Callers must not modify them.
@@ -483,30 +446,11 @@ def mislabel_table(ws: Workspace, method: Optional[str] = None):
 
 @st.cache_resource(show_spinner=False, max_entries=8)
 def _train_predictions(fingerprint: str, _ws: Workspace):
-    pred = _ws.predictions("train").set_index("index", drop=False)
-    probs = np.asarray(_ws.class_probabilities("train"))
-    given = pred["label"].to_numpy()
-    predicted = pred["predicted"].to_numpy()
-    rows = np.arange(len(pred))
-    if probs.shape[1] > 1:
-        second = np.argsort(-probs, axis=1, kind="stable")[:, 1]
-    else:
-        second = predicted
-    suggested = np.where(predicted != given, predicted, second)
-    pred["suggested"] = suggested
-    pred["suggested_probability"] = probs[rows, suggested]
-    pred["given_probability"] = probs[rows, np.clip(given, 0, probs.shape[1] - 1)]
-    return pred
+    return _ws.train_predictions()
 
 
 def train_predictions(ws: Workspace):
-    """The model's view of every training example at the final checkpoint, computed once.
-
-    Columns of ``ws.predictions("train")`` (index, label, predicted, probability, correct)
-    plus ``suggested`` (the predicted class, or the second most probable one when the
-    prediction equals the given label), ``suggested_probability`` and
-    ``given_probability``. Indexed by ``index``.
-    """
+    """``ws.train_predictions()`` (with the suggested labels), computed once."""
     return _train_predictions(ws.fingerprint, ws)
 
 
@@ -604,16 +548,26 @@ def routed() -> Iterator[None]:
         _ROUTER.active = False
 
 
-def ensure_router() -> None:
+def ensure_router(keep: Sequence[str] = ()) -> None:
     """Send a page run that bypassed app.py back through the router.
 
-    With a ``pages/`` folder next to ``app.py``, Streamlit starts in its legacy
-    multipage mode until a run calls ``st.navigation``: on a freshly started server a
-    first visit straight to a page URL (``/review``) runs the page file alone. Such a
-    run is not inside :func:`routed`; a fresh session is rerun through app.py. (AppTest
-    also runs page files directly after its first run; those runs carry widget events
-    that a rerun would drop, so they go on as they are.)
+    The one workaround for Streamlit's legacy multipage mode (the page scripts live in
+    ``pages/``, a name the project keeps, and Streamlit has no public switch to stop
+    reading that folder): with a ``pages/`` folder next to ``app.py``, Streamlit starts in
+    its legacy mode until a run calls ``st.navigation``, so on a freshly started server a
+    first visit straight to a page URL (``/review``) runs the page file alone. Such a run
+    is not inside :func:`routed`: the private flag
+    ``PagesManager.uses_pages_directory`` is cleared (what ``st.navigation`` does) and a
+    fresh session is rerun through app.py. (AppTest also runs page files directly after
+    its first run; those runs carry widget events that a rerun would drop, so they go on
+    as they are.) ``tests/test_router.py`` fails when Streamlit changes what this relies on.
+
+    ``keep``: keys of buttons whose press in this run must survive that rerun; read them
+    with :func:`pressed`. Every page calls this first.
     """
+    for key in keep:
+        if st.session_state.get(key):
+            st.session_state[f"{key}_pending"] = True
     if getattr(_ROUTER, "active", False):
         return
     try:
@@ -624,3 +578,9 @@ def ensure_router() -> None:
     if not st.session_state.get("_tracin_routed_once"):
         st.session_state["_tracin_routed_once"] = True
         st.rerun()
+
+
+def pressed(key: str, value: bool) -> bool:
+    """Whether button ``key`` was pressed: ``value`` (its ``st.button`` result) or a press
+    that :func:`ensure_router` kept across its rerun."""
+    return bool(value) | bool(st.session_state.pop(f"{key}_pending", False))

@@ -16,8 +16,6 @@ same inputs ``Workspace.mislabel_scores`` ranks with), retraining from
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 import threading
 from pathlib import Path
 from typing import Optional
@@ -31,7 +29,7 @@ from pages import common
 from tracin_core import rankers as rk
 
 #: epochs for the retraining (the demo's recipe uses 30); tests set it low
-RETRAIN_EPOCHS = int(os.environ.get("TRACIN_RETRAIN_EPOCHS", "30"))
+RETRAIN_EPOCHS = 30  # the Epochs box's default (tests set the box: key "ev_epochs")
 HIST_BINS = 40
 #: points per curve sent to the browser (a 60,000-item queue's curves, thinned, look the same)
 CURVE_POINTS = 500
@@ -81,9 +79,7 @@ def _labels_key(labels: np.ndarray) -> str:
 
 
 def _cp_ready(ws) -> bool:
-    engine = ws._engine("cp")
-    store = getattr(engine, "_store", None)
-    return bool(store is not None and store.complete)
+    return ws.store_ready("cp")
 
 
 def _is_demo(ws) -> bool:
@@ -232,12 +228,7 @@ def section_rankings(ws, scores: dict[str, np.ndarray], truth: Optional[np.ndarr
 def _corrected_labels(ws) -> tuple[np.ndarray, int]:
     """Labels after the review store's decisions (-1 = excluded) and the number of decided items."""
     store = common.review_store(ws)
-    given = ws.train.labels.numpy().astype(np.int64)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = store.export_corrected_labels(Path(tmp) / "corrected.csv", given_labels=given.tolist())
-        df = pd.read_csv(path)
-    labels = df.sort_values("index")["label"].to_numpy().astype(np.int64)
-    excluded = df.sort_values("index")["excluded"].to_numpy().astype(bool)
+    labels, excluded = store.corrected_labels(ws.train.labels.numpy().astype(np.int64).tolist())
     labels[excluded] = -1
     decided = len(store.final_decisions())
     return labels, decided
@@ -283,7 +274,7 @@ def section_retrain(ws, scores: dict[str, np.ndarray], truth: np.ndarray) -> Non
                f"{remaining:,} wrong labels left (of {int(truth.sum()):,}).")
     epochs = int(st.number_input("Epochs", min_value=1, max_value=200, value=RETRAIN_EPOCHS, key="ev_epochs",
                                  help="The demo's recipe trains for 30 epochs (a few seconds each run)."))
-    if _clicked("ev_retrain", st.button("Retrain on corrected labels", type="primary", key="ev_retrain")):
+    if common.pressed("ev_retrain", st.button("Retrain on corrected labels", type="primary", key="ev_retrain")):
         runs = [("noisy labels (as given)", given), ("corrected labels", corrected), ("true labels", ws.ground_truth)]
         bar = st.progress(0.0, text="Retraining…")
         results = {}
@@ -310,25 +301,12 @@ def section_retrain(ws, scores: dict[str, np.ndarray], truth: np.ndarray) -> Non
 
 
 # ---------------------------------------------------------------------------- page
+#: the page's buttons: a press in a run that the router reruns is kept (common.ensure_router)
 BUTTONS = ("ev_cp_button", "ev_retrain")
 
 
-def _route() -> None:
-    """``common.ensure_router()``, which may rerun the script (the first visit of a page URL
-    on a fresh server): a button pressed in that run would be lost, so it is remembered."""
-    for key in BUTTONS:
-        if st.session_state.get(key):
-            st.session_state[f"{key}_pending"] = True
-    if hasattr(common, "ensure_router"):
-        common.ensure_router()
-
-
-def _clicked(key: str, pressed: bool) -> bool:
-    return bool(pressed) | bool(st.session_state.pop(f"{key}_pending", False))
-
-
 def main() -> None:
-    _route()
+    common.ensure_router(keep=BUTTONS)
     who = common.require("evaluation", "open the Evaluation page")
     ws = common.current_workspace()
     st.title("Evaluation")
@@ -340,7 +318,7 @@ def main() -> None:
     wanted = st.session_state.setdefault("ev_cp", set())  # fingerprints whose TracInCP pass was asked for
     with_cp = _cp_ready(ws) or ws.fingerprint in wanted
     if not with_cp and who.can("retrain"):
-        if _clicked("ev_cp_button", st.button("Add the all-layer TracInCP ranking (one pass over the training data)",
+        if common.pressed("ev_cp_button", st.button("Add the all-layer TracInCP ranking (one pass over the training data)",
                                               key="ev_cp_button")):
             common.ensure_store(ws, "cp")
             wanted.add(ws.fingerprint)

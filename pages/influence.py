@@ -156,35 +156,6 @@ def _current_selection(ws) -> Optional[dict[str, Any]]:
 
 
 # ----------------------------------------------------------------------------- uploads
-def to_model_input(img: Image.Image, ws, invert: bool) -> tuple[torch.Tensor, np.ndarray]:
-    """An uploaded picture as the model's input tensor (C, H, W) and a uint8 view of it.
-
-    1x8x8 (digits): greyscale, 8x8, scaled like scikit-learn's digits (0..16) and then
-    ``(x/16 - 0.5)/0.5``. Other 1-channel inputs: MNIST's normalisation for MNIST data,
-    else ``(x/255 - 0.5)/0.5``. 3 channels: RGB at the training image size, ``(x/255 - 0.5)/0.5``.
-    """
-    c, h, w = (tuple(ws.train.input_shape) + (1, 1, 1))[:3]
-    if c == 1:
-        g = img.convert("L").resize((w, h), Image.BOX if (w < img.width and h < img.height) else Image.BILINEAR)
-        arr = np.asarray(g, dtype=np.float64)
-        if invert:
-            arr = 255.0 - arr
-        if (h, w) == (8, 8):
-            x16 = arr / 255.0 * 16.0
-            x = (x16 / 16.0 - 0.5) / 0.5
-        elif getattr(ws.train, "kind", "") == "mnist":
-            x = (arr / 255.0 - 0.1307) / 0.3081
-        else:
-            x = (arr / 255.0 - 0.5) / 0.5
-        return torch.from_numpy(x.astype(np.float32)).unsqueeze(0), np.round(arr).astype(np.uint8)
-    rgb = img.convert("RGB").resize((w, h), Image.BILINEAR)
-    arr = np.asarray(rgb, dtype=np.float64)
-    if invert:
-        arr = 255.0 - arr
-    x = (arr / 255.0 - 0.5) / 0.5
-    return torch.from_numpy(x.astype(np.float32)).permute(2, 0, 1).contiguous(), np.round(arr).astype(np.uint8)
-
-
 def upload_tab(ws) -> None:
     c, h, w = (tuple(ws.train.input_shape) + (1, 1, 1))[:3]
     st.caption(f"PNG or JPG; converted to the model's input ({c}×{h}×{w}"
@@ -219,7 +190,7 @@ def upload_tab(ws) -> None:
                         help="The training images are light on dark; a dark drawing on white needs inverting.")
     options = ["unknown"] + ws.classes
     label_choice = b.selectbox("True label (if known)", options, key=f"inf_upload_label_{sha}")
-    x, view = to_model_input(img, ws, invert)
+    x, view = ws.train.preprocess(img, invert=invert)
     label = None if label_choice == "unknown" else ws.classes.index(label_choice)
     st.session_state["inf_upload"] = {"sha": sha, "x": x, "view": view, "name": up.name, "label": label}
     sel = st.session_state.get("inf_sel") or {}
@@ -372,7 +343,7 @@ def results(ws, sel: dict[str, Any], method_label: str, method: str, k: int, opt
 
     try:
         if opts or method != "fast":
-            common.ensure_engine_store(ws, method, **opts)
+            common.ensure_store(ws, method, **opts)
         with st.spinner("Computing influence scores…"), _one_thread():
             res = _influence(ws.fingerprint, test_key, int(k), method, json.dumps(opts, sort_keys=True),
                              label, ws, x)

@@ -25,14 +25,10 @@ import streamlit as st
 from pages import common
 from tracin_core import active_review as ar
 from tracin_core.checkpoints import CheckpointError
-from tracin_core.rankers import score_table
+from tracin_core.rankers import DEFAULT_RANKER, score_table
 from tracin_core.review import ReviewStoreError, final_status, open_items
+from tracin_core.review_queue import queue_order, review_table
 from tracin_core.workspace import WorkspaceError
-
-try:  # the name the default ranking is recorded under (display only)
-    from tracin_core.rankers import DEFAULT_RANKER
-except ImportError:  # pragma: no cover
-    DEFAULT_RANKER = "default"
 
 DEFAULT_LABEL = "(default)"
 MODES = ["My queue", "All items", "Conflicts"]
@@ -192,16 +188,6 @@ def _decide(store, reviewer: str, action: str, item: int, given: int,
         _state().pop("rv_current", None)
 
 
-def _last_decided_item(store, reviewer: str) -> Optional[int]:
-    """The item of the reviewer's latest decision still in effect (from the store)."""
-    h = store.history()
-    if h.empty:
-        return None
-    undone = set(h["undoes"].dropna().astype(int))
-    mine = h[(h["reviewer"] == reviewer) & (h["action"] != "undo") & ~h["id"].isin(undone)]
-    return None if mine.empty else int(mine["item_id"].iloc[-1])
-
-
 def _undo(store, reviewer: str) -> None:
     """Revert this reviewer's last decision: this session's stack, else the store's history."""
     if common.refuse("review", "undo review decisions", reviewer):
@@ -215,7 +201,7 @@ def _undo(store, reviewer: str) -> None:
                 item = candidate
                 break
         if item is None:
-            item = _last_decided_item(store, reviewer)
+            item = store.last_decision(reviewer)
             if item is None or store.undo(item, reviewer) is None:
                 _flash("Nothing to undo.")
                 return
@@ -420,10 +406,10 @@ def render_item(ws, store, reviewer: str, item: int, table: pd.DataFrame, rankin
             ]
             if not others.empty:
                 lines.append("**Other reviewers:** " + ", ".join(
-                    f"{common.esc(r.reviewer)}: {_status_text(r._asdict())}"
-                    + (f" → {_cls(ws, int(r.final_label))}"
-                       if r.status == "relabelled" and not pd.isna(r.final_label) else "")
-                    for r in others.itertuples(index=False)))
+                    f"{common.esc(r['reviewer'])}: {_status_text(r)}"
+                    + (f" → {_cls(ws, int(r['final_label']))}"
+                       if r["status"] == "relabelled" and not pd.isna(r["final_label"]) else "")
+                    for r in others.to_dict("records")))
             st.markdown("  \n".join(lines))
         with right:
             render_proponents(ws, item, given)
@@ -787,25 +773,6 @@ def follow_identity(store, reviewer: str) -> None:
     _state()["rv_identity"] = reviewer
 
 
-def with_status(table: pd.DataFrame, finals: pd.DataFrame, n: int) -> pd.DataFrame:
-    """``table`` with the columns ``status`` (final status per item) and ``final_by``
-    (the adjudicator, or "") from ``ReviewStore.final_decisions()``."""
-    status = np.full(n, "undecided", dtype=object)
-    final_by = np.full(n, "", dtype=object)
-    if not finals.empty:
-        ids = finals["item_id"].to_numpy()
-        ok = ids < n
-        status[ids[ok]] = finals["status"].to_numpy()[ok]
-        adj = finals[finals["is_final"]]
-        ids = adj["item_id"].to_numpy()
-        ok = ids < n
-        final_by[ids[ok]] = adj["reviewer"].to_numpy()[ok]
-    table = table.copy()
-    table["status"] = status[table["index"].to_numpy()]
-    table["final_by"] = final_by[table["index"].to_numpy()]
-    return table
-
-
 def carry_over(ws, store, other: int):
     """An earlier review of this workspace on other training data carried over here when
     these labels are its corrected labels (``ReviewStore.carry_over``); once per session
@@ -935,7 +902,7 @@ def main() -> None:
     ranking_name = method or DEFAULT_RANKER
     try:
         common.ensure_store(ws, "fast")
-        if method is not None and method.endswith("_cp"):
+        if ws.ranking_needs_cp(method):
             common.ensure_store(ws, "cp")
         ranking_table = common.mislabel_table(ws, method)
         preds = common.train_predictions(ws)
@@ -958,22 +925,9 @@ def main() -> None:
     render_carry_over(ws, other, carried)
 
     # one row per training example, in ranking order
-    table = ranking_table.join(
-        preds[["label", "predicted", "probability", "suggested", "suggested_probability"]],
-        on="index")
-    table = with_status(table, finals, len(ws.train))
-    mask = np.ones(len(table), dtype=bool)
-    if filters["given"]:
-        mask &= table["label"].isin(filters["given"]).to_numpy()
-    if filters["suggested"]:
-        mask &= table["suggested"].isin(filters["suggested"]).to_numpy()
-    if filters["status"]:
-        mask &= table["status"].isin(filters["status"]).to_numpy()
-    if score_range is not None:
-        lo, hi = score_range
-        s = table["score"].to_numpy()
-        mask &= (s >= lo - 1e-12) & (s <= hi + 1e-12)
-    order = [int(i) for i in table["index"].to_numpy()[mask]]
+    table = review_table(ranking_table, preds, finals, len(ws.train))
+    order = queue_order(table, given=filters["given"], suggested=filters["suggested"],
+                        status=filters["status"], score_range=score_range)
     table = table.set_index("index", drop=False)
 
     mode = st.segmented_control("View", MODES, key="rv_mode", required=True,

@@ -13,6 +13,7 @@ from the ``Workspace`` API (the store is built by :func:`pages.common.ensure_sto
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import os
@@ -25,9 +26,11 @@ import pandas as pd
 import streamlit as st
 
 from pages import common
+from tracin_core import settings
 from tracin_core.checkpoints import CheckpointError, fit_state_dict, read_checkpoint
 from tracin_core.models import ARCHITECTURES, linear_layer_names
 from tracin_core.server_config import PathRefused
+from tracin_core.workspace_config import WorkspaceConfig, WorkspaceConfigError
 
 PREVIEW_N = 24
 PREVIEW_COLS = 12
@@ -117,7 +120,7 @@ def _ordered_checkpoint_paths(items: list[dict[str, Any]]) -> list[str]:
     So the checked uploads are linked into a folder of their own as ``NNN-<file name>``.
     """
     digest = hashlib.sha256("|".join(f"{it['sha256']}:{it['name']}" for it in items).encode()).hexdigest()[:16]
-    folder = common.UPLOAD_DIR / "checkpoint-sets" / digest
+    folder = settings.upload_dir() / "checkpoint-sets" / digest
     folder.mkdir(parents=True, exist_ok=True)
     out = []
     for i, it in enumerate(items):
@@ -137,7 +140,7 @@ def _ordered_checkpoint_paths(items: list[dict[str, Any]]) -> list[str]:
 def _display_name(path: str) -> str:
     """A checkpoint's file name (uploads: the name it was uploaded under)."""
     p = Path(path)
-    if p.parent.parent == common.UPLOAD_DIR / "checkpoint-sets":
+    if p.parent.parent == settings.upload_dir() / "checkpoint-sets":
         return re.sub(r"^\d{3}-", "", p.name)
     return p.name
 
@@ -375,46 +378,60 @@ def choose_build() -> None:
         if bad_lr:
             st.error(f"Learning rates must be positive numbers (check {', '.join(bad_lr)}).")
             return
-        problems = _check_fit(arch_key, dataset, good)
-        if problems:
-            for p in problems:
-                st.error(p, icon=":material/block:")
-            return
         paths = _ordered_checkpoint_paths(good)
         # keep 'stored in the checkpoint' / 'default' as the source when the value was not changed
         rates: list[Optional[float]] = []
         for c, lr in zip(good, lrs):
             stored = c["learning_rate"]
             rates.append(None if (stored is not None and lr == float(stored)) or (stored is None and lr == 1.0) else lr)
-        spec = {"kind": "custom", "architecture": arch_key, "final_fc_layer": layer, "checkpoints": paths,
-                "learning_rates": rates, "dataset": dataset, "name": name}
-        common.set_workspace(spec)
+        try:
+            config = WorkspaceConfig.from_dict({
+                "name": name,
+                "model": {"factory": ARCHITECTURES[arch_key].factory_path, "final_fc_layer": layer},
+                "checkpoints": {"paths": paths, "learning_rates": rates},
+                "train": {"kind": dataset["kind"], **dataset["train"]},
+                "test": {"kind": dataset["kind"], **dataset["test"]} if dataset.get("test") else None,
+            }, where="Build one here")
+        except WorkspaceConfigError as exc:
+            st.error(common.public_message(exc), icon=":material/block:")
+            return
+        problems, num_classes = _check_fit(arch_key, config, good)
+        if problems:
+            for p in problems:
+                st.error(p, icon=":material/block:")
+            return
+        if ARCHITECTURES[arch_key].num_classes_arg:
+            config = dataclasses.replace(
+                config, model=dataclasses.replace(config.model, kwargs={"num_classes": num_classes}))
+        common.set_workspace({"kind": "config", "config": config.to_dict()})
         st.rerun()
 
 
-def _check_fit(arch_key: str, dataset: dict[str, Any], good: list[dict[str, Any]]) -> list[str]:
-    """Readable reasons why the checkpoints or data do not fit (empty list = fine)."""
+def _check_fit(arch_key: str, config: WorkspaceConfig,
+               good: list[dict[str, Any]]) -> tuple[list[str], int]:
+    """Readable reasons why the checkpoints or data do not fit (empty list = fine), and
+    the training data's number of classes (0 when it could not be read)."""
     from tracin_core.datasets import check_image_files
 
     arch = ARCHITECTURES[arch_key]
     with st.spinner("Checking the data and the checkpoints…"):
         try:
-            train = common.load_custom_dataset(dataset, "train")
-            test = common.load_custom_dataset(dataset, "test")
+            train = common.load_config_dataset(config, "train")
+            test = common.load_config_dataset(config, "test")
             if test is not None:
                 bad = check_image_files(test)
                 if bad:
-                    return ["Some test images cannot be read: " + "; ".join(common.esc(p) for p in bad)]
+                    return ["Some test images cannot be read: " + "; ".join(common.esc(p) for p in bad)], 0
         except (ValueError, FileNotFoundError, OSError) as exc:
-            return [f"The dataset cannot be loaded: {common.public_message(exc)}"]
+            return [f"The dataset cannot be loaded: {common.public_message(exc)}"], 0
         bad_images = check_image_files(train)
         if bad_images:
             return ["Some images cannot be read, so the dataset is refused (fix or remove them): "
-                    + "; ".join(common.esc(p) for p in bad_images)]
+                    + "; ".join(common.esc(p) for p in bad_images)], 0
         try:
             model = arch.build(num_classes=train.num_classes)
         except ValueError as exc:
-            return [f"{arch_key} does not fit this dataset: {exc}"]
+            return [f"{arch_key} does not fit this dataset: {exc}"], 0
         want, got = tuple(arch.input_shape), tuple(train.input_shape)
         problems = []
         if want[0] != got[0]:
@@ -426,7 +443,7 @@ def _check_fit(arch_key: str, dataset: dict[str, Any], good: list[dict[str, Any]
                 fit_state_dict(model, state, info.source)
             except CheckpointError as exc:
                 problems.append(f"{common.esc(exc)} (architecture {arch_key}, {train.num_classes} classes)")
-    return problems
+    return problems, train.num_classes
 
 
 # ----------------------------------------------------------------------------- page

@@ -155,7 +155,7 @@ def write_server_config(path: Path, *, workspaces: dict | None = None, data_root
 
 @contextmanager
 def isolated_app_cache(cache: Path, config: Path | None = None, **env: str) -> Iterator[Path]:
-    """Point the app (env vars and pages.common's module-level paths) at ``cache``.
+    """Point the app (its environment variables) at ``cache``.
 
     ``config``: the server config file the app reads (``TRACIN_AUDIT_CONFIG``); default:
     an empty one (the demo only, local mode), so a developer's own file never leaks in.
@@ -168,11 +168,7 @@ def isolated_app_cache(cache: Path, config: Path | None = None, **env: str) -> I
     mp.setenv("TRACIN_REVIEW_DB", str(cache / "reviews.sqlite"))
     for key, value in env.items():
         mp.setenv(key, value)
-    import pages.common as common  # already imported modules keep their paths: patch them too
-
-    mp.setattr(common, "CACHE_DIR", cache)
-    mp.setattr(common, "UPLOAD_DIR", cache / "uploads")
-    mp.setattr(common, "REVIEW_DB", cache / "reviews.sqlite")
+    import pages.common as common  # the paths are read at call time (tracin_core.settings)
     common._load_workspace.clear()
     common._server_config.clear()
     try:

@@ -1,6 +1,6 @@
 """The Evaluation page (AppTest, in process): rankings scored against the demo's ground
 truth, the on-demand TracInCP ranking, a workspace without ground truth, and retraining
-on corrected labels (1 epoch, via TRACIN_RETRAIN_EPOCHS)."""
+on corrected labels (1 epoch, set in the page's Epochs box)."""
 from __future__ import annotations
 
 import numpy as np
@@ -24,8 +24,7 @@ def app_cache(tmp_path_factory):
     listed = tmp_path_factory.mktemp("listed")
     (listed / "nogt.toml").write_text(text)
     config = write_server_config(listed / "tracin_audit.toml", workspaces={"nogt": listed / "nogt.toml"})
-    with isolated_app_cache(tmp_path_factory.mktemp("apptest_eval_cache"), config=config,
-                            TRACIN_RETRAIN_EPOCHS="1") as cache:
+    with isolated_app_cache(tmp_path_factory.mktemp("apptest_eval_cache"), config=config) as cache:
         yield cache
 
 
@@ -107,6 +106,8 @@ def test_demo_rankings_are_scored(app_cache):
 
 def test_retrain_on_corrected_labels(app_cache):
     at = _open(app_cache)
+    assert at.number_input(key="ev_epochs").value == 30  # the default; 1 keeps the test short
+    at.number_input(key="ev_epochs").set_value(1).run()
     assert at.number_input(key="ev_epochs").value == 1
     # the review store has no decisions: corrected = given
     at.button(key="ev_retrain").click().run()

@@ -49,20 +49,14 @@ def _store(db: Path) -> ReviewStore:
 def review_app(tmp_path, monkeypatch):
     """AppTest of app.py on the Review page, with its own cache folder and review store.
 
-    pages/common.py reads TRACIN_CACHE / TRACIN_REVIEW_DB when first imported (maybe by
-    another test), so besides the environment its module globals are patched too: the
-    app imports that same module object.
+    The app reads TRACIN_CACHE / TRACIN_REVIEW_DB when it needs them
+    (tracin_core.settings), so setting the environment is enough.
     """
     from streamlit.testing.v1 import AppTest
 
     cache, db = tmp_path / "cache", tmp_path / "reviews.sqlite"
     monkeypatch.setenv("TRACIN_CACHE", str(cache))
     monkeypatch.setenv("TRACIN_REVIEW_DB", str(db))
-    from pages import common
-
-    monkeypatch.setattr(common, "CACHE_DIR", cache)
-    monkeypatch.setattr(common, "UPLOAD_DIR", cache / "uploads")
-    monkeypatch.setattr(common, "REVIEW_DB", db)
     at = AppTest.from_file(str(REPO / "app.py"), default_timeout=120)
     at.query_params["reviewer"] = "apptest"
     return at, db
@@ -723,7 +717,7 @@ def test_apptest_influence_details_link_to_review(review_app):
     detail.click().run()
     assert not at.exception, [e.value for e in at.exception]
     links = [e.proto for e in at.get("page_link")]
-    link = next(l for l in links if l.label.startswith("Review #"))
+    link = next(x for x in links if x.label.startswith("Review #"))
     item = int(re.match(r"Review #(\d+) ", link.label).group(1))
     assert sorted(link.query_string.split("&")) == ["goto=1", f"item={item}"]
 

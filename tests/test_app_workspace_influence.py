@@ -81,7 +81,7 @@ def test_workspace_page_shows_demo_and_choosers(app_cache):
     assert set(df["learning rate from"]) == {"stored in the checkpoint"}
     # the next step: a link to each page the role may open, with what it is for (#13 item 8)
     links = [e.proto for e in at.get("page_link")]
-    assert [l.label for l in links] == ["Influence →", "Review →", "Evaluation →"]
+    assert [x.label for x in links] == ["Influence →", "Review →", "Evaluation →"]
     assert "check the labels most likely wrong" in text
 
 

@@ -110,7 +110,7 @@ def test_three_roles_sign_in_through_a_real_provider(browser, oidc_provider, sig
         assert [e for e in _events(server.review_db) if e[0] == "carol@example.com"] == []
     except Exception:
         ARTIFACTS.mkdir(exist_ok=True)
-        for email, (ctx, pg) in people.items():
+        for email, (_ctx, pg) in people.items():
             pg.screenshot(path=str(ARTIFACTS / f"roles-{email}.png"))
         raise
     finally:

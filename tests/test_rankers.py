@@ -148,12 +148,11 @@ def tiny():
     fast = TracInCPFast(Tiny(), "fc2", ds, list(range(6)), store_outputs=True, **common)
     cp = TracInCP(Tiny(), ds, list(range(6)), **common)
     store, cstore = fast._train_store(), cp._train_store()
-    arr = lambda st, n: st.array(n).double().numpy()  # noqa: E731
     inp = rk.RankerInputs(
-        logits=np.stack([arr(store, f"c{c}/o") for c in range(6)]), labels=y.numpy(),
-        weights=np.asarray(lrs), si_fast=np.stack([arr(store, f"c{c}/self")[:, 0] for c in range(6)]),
-        si_cp=np.stack([arr(cstore, f"c{c}/self")[:, 0] for c in range(6)]),
-        features=np.stack([arr(store, f"c{c}/a") for c in range(6)]))
+        logits=np.stack([store.outputs(c).double().numpy() for c in range(6)]), labels=y.numpy(),
+        weights=np.asarray(lrs), si_fast=np.stack([store.self_terms(c).double().numpy() for c in range(6)]),
+        si_cp=np.stack([cstore.self_terms(c).double().numpy() for c in range(6)]),
+        features=np.stack([store.layer_inputs(c).double().numpy() for c in range(6)]))
     models = []
     for s in states:
         m = Tiny()

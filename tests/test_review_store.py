@@ -19,11 +19,11 @@ import pandas as pd
 import pytest
 
 from tracin_core import review
+from tracin_core.labels_csv import read_labels_csv as _read_csv
 from tracin_core.review import (
     SCHEMA_VERSION,
     ReviewStore,
     ReviewStoreError,
-    read_labels_override,
     replay,
 )
 
@@ -563,6 +563,12 @@ def test_corrected_labels_round_trip(store: ReviewStore, tmp_path: Path) -> None
         store.export_corrected_labels(tmp_path / "labels.json", given)
 
 
+def read_labels_override(path, n, base_labels=None, **kw):
+    """The labels CSV reader (tracin_core.labels_csv) with lists out, as these tests compare."""
+    labels, excluded = _read_csv(path, n, base_labels=base_labels, **kw)
+    return labels.tolist(), excluded.tolist()
+
+
 def test_read_labels_override_validation(tmp_path: Path) -> None:
     def write(text: str) -> Path:
         p = tmp_path / "override.csv"
@@ -573,16 +579,16 @@ def test_read_labels_override_validation(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"override\.csv.*missing column.*index"):
         read_labels_override(p, 1)
     p = write("index,label,excluded\n0,1,0\n5,2,0\n")
-    with pytest.raises(ValueError, match=r"override\.csv, line 3: index 5 is out of range"):
+    with pytest.raises(ValueError, match=r"override\.csv', line 3: index 5 is out of range"):
         read_labels_override(p, 2)
     p = write("index,label,excluded\n0,1,0\n1,cat,0\n")
-    with pytest.raises(ValueError, match=r"override\.csv, line 3: label must be an integer"):
+    with pytest.raises(ValueError, match=r"override\.csv', line 3: label 'cat' is not an integer"):
         read_labels_override(p, 2)
     p = write("index,label,excluded\n0,1.5,0\n1,1,0\n")
-    with pytest.raises(ValueError, match=r"line 2: label must be an integer"):
+    with pytest.raises(ValueError, match=r"line 2: label '1.5' is not an integer"):
         read_labels_override(p, 2)
     p = write("index,label,excluded\n0,1,0\n0,2,0\n")
-    with pytest.raises(ValueError, match=r"line 3: index 0 appears twice"):
+    with pytest.raises(ValueError, match=r"line 3: index 0 appears more than once"):
         read_labels_override(p, 2)
     p = write("index,label,excluded\n0,1,maybe\n1,1,0\n")
     with pytest.raises(ValueError, match=r"line 2: excluded"):
@@ -907,6 +913,11 @@ def test_flag_exports_and_corrected_labels_round_trip(store: ReviewStore,
     assert excluded == [False, False, True, True, True, True, False, False]
     labels, excluded = read_labels_override(path, len(given), flagged="keep")
     assert labels == [0, 9, 2, 3, 4, 5, 6, 7] and not any(excluded)
+    # corrected_labels gives the same arrays without a file
+    for choice in ("exclude", "keep", ["duplicate"]):
+        arrays = store.corrected_labels(given, flagged=choice)
+        assert (arrays[0].tolist(), arrays[1].tolist()) == read_labels_override(
+            path, len(given), flagged=choice)
     _, excluded = read_labels_override(path, len(given), flagged=["excluded", "duplicate"])
     assert [i for i, e in enumerate(excluded) if e] == [2, 5]
     _, excluded = read_labels_override(path, len(given), flagged="outlier")
@@ -916,7 +927,7 @@ def test_flag_exports_and_corrected_labels_round_trip(store: ReviewStore,
             read_labels_override(path, len(given), flagged=bad)
     # a file with an unknown flag or a bad duplicate_of names the line
     (tmp_path / "bad.csv").write_text("index,label,excluded,flag\n0,1,0,blurry\n")
-    with pytest.raises(ValueError, match=r"bad\.csv, line 2: flag 'blurry'"):
+    with pytest.raises(ValueError, match=r"bad\.csv', line 2: flag 'blurry'"):
         read_labels_override(tmp_path / "bad.csv", 1)
     (tmp_path / "bad.csv").write_text("index,label,flag,duplicate_of\n0,1,duplicate,0\n1,1,,\n")
     with pytest.raises(ValueError, match=r"line 2: duplicate_of 0 must be another item"):

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO, isolated_app_cache, write_server_config
+from tracin_core import settings
 from tracin_core.server_config import (
     ACTIONS, AccessDenied, ConfigError, PathRefused, ServerConfig, allowed, load_server_config,
 )
@@ -294,11 +295,9 @@ def local_app(env, tmp_path_factory):
 
 
 def test_workspace_url_parameter_is_a_name_never_a_path(env, local_app):
-    from pages import common
-
     # step 1 of the attack: a workspace file lands in the upload folder (as any upload does)
-    common.UPLOAD_DIR.mkdir(parents=True, exist_ok=True)
-    uploaded = common.UPLOAD_DIR / "0123456789abcdef0123456789abcdef.zip"
+    settings.upload_dir().mkdir(parents=True, exist_ok=True)
+    uploaded = settings.upload_dir() / "0123456789abcdef0123456789abcdef.zip"
     uploaded.write_text(evil_toml(env["marker"]))
     link = env["base"] / "link.toml"
     link.symlink_to(uploaded)
@@ -361,8 +360,6 @@ def test_server_path_fields_stay_inside_the_data_roots(env, local_app):
 
 @pytest.mark.parametrize("case", ["traversal", "bomb", "members", "over_limit", "png_bomb"])
 def test_hostile_zip_uploads(env, local_app, case):
-    from pages import common
-
     members = {
         "traversal": {"cat/a.png": png_bytes(), "../../../../tmp/escaped-by-zip.png": png_bytes()},
         "bomb": {"cat/a.png": png_bytes(), "cat/big.png": b"\0" * (6 << 20)},  # 3 MB over the 2 MB cap
@@ -379,8 +376,8 @@ def test_hostile_zip_uploads(env, local_app, case):
         at.button(key="open_build").click()
         _run(at)
         assert any("over this server's upload limit of 1 MB; it was not read" in e.value for e in at.error)
-        assert not list(common.UPLOAD_DIR.glob("*.zip")) or all(
-            p.stat().st_size <= 1 << 20 for p in common.UPLOAD_DIR.glob("*.zip"))
+        assert not list(settings.upload_dir().glob("*.zip")) or all(
+            p.stat().st_size <= 1 << 20 for p in settings.upload_dir().glob("*.zip"))
         return
     at.button(key="open_build").click()
     _run(at)
@@ -392,7 +389,7 @@ def test_hostile_zip_uploads(env, local_app, case):
         "png_bomb": "dog/huge.png: DecompressionBombError",
     }[case]
     assert expected.replace("\\", "") in errors.replace("\\", ""), errors
-    assert str(common.CACHE_DIR) not in errors and "tracin_audit_zip_cache" not in errors
+    assert str(settings.cache_dir()) not in errors and "tracin_audit_zip_cache" not in errors
     assert not Path("/tmp/escaped-by-zip.png").exists()
     assert "Active workspace: digits-demo" in _texts(at)  # the server goes on serving
 
@@ -412,9 +409,10 @@ def test_class_and_workspace_names_from_users_are_text(env, local_app, tmp_path)
     ckpt = tmp_path / "ckpt.pt"
     torch.manual_seed(0)
     torch.save(ARCHITECTURES["cifar_net"].build().state_dict(), ckpt)
-    spec = {"kind": "custom", "architecture": "cifar_net", "final_fc_layer": "fc3", "checkpoints": [str(ckpt)],
-            "learning_rates": [None], "name": f"{evil} ws",
-            "dataset": {"kind": "image_folder", "train": {"root": str(folder), "image_size": 32}, "test": None}}
+    spec = {"kind": "config", "config": {
+        "name": f"{evil} ws", "model": {"factory": "tracin_core.models:TutorialCifarNet", "final_fc_layer": "fc3"},
+        "checkpoints": {"paths": [str(ckpt)], "learning_rates": [None]},
+        "train": {"kind": "image_folder", "root": str(folder), "image_size": 32}}}
     from streamlit.testing.v1 import AppTest
 
     at = AppTest.from_file(str(REPO / "app.py"), default_timeout=120)

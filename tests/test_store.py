@@ -184,6 +184,30 @@ def test_joined_arrays_read_back_side_by_side(tmp_path, on_disk):
     assert store.joined_array(["c1/e", "c0/e"]).shape == (10, 5)  # another order: concatenated
 
 
+def test_named_accessors_read_what_the_pass_wrote(tmp_path):
+    """The store's accessors (outputs, self_terms, layer_inputs, output_grads) return the
+    arrays a TracInCPFast pass wrote under array_name(c, part), for every checkpoint."""
+    from tracin_core.store import LAYER_INPUT, OUTPUT_GRAD, OUTPUTS, SELF, array_name
+
+    ckpts = make_checkpoints(SmallCNN, tmp_path, 2, dtype=torch.float32)
+    ds = CountingDataset(n=12)
+    fast = TracInCPFast(SmallCNN(), "fc2", ds, ckpts, loss_fn=nn.CrossEntropyLoss(reduction="sum"),
+                        batch_size=5, store_outputs=True)
+    store = fast._train_store()
+    assert array_name(1, SELF) == "c1/self"
+    for c in range(2):
+        assert store.outputs(c).shape == (12, 3)
+        assert store.self_terms(c).shape == (12,) and bool((store.self_terms(c) >= 0).all())
+        for get, part in ((store.outputs, OUTPUTS), (store.layer_inputs, LAYER_INPUT),
+                          (store.output_grads, OUTPUT_GRAD)):
+            assert torch.equal(get(c), store.array(array_name(c, part)))
+    # the self-terms weighted by the (unit) learning rates are the engine's self-influence
+    total = store.self_terms(0) + store.self_terms(1)
+    torch.testing.assert_close(fast.self_influence().to(total.dtype), total)
+    with pytest.raises(KeyError, match="no array 'c0/e'"):
+        store.embeddings(0)
+
+
 # ----------------------------------------------------------------- hard kill mid-pass
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -277,6 +277,43 @@ def test_train_predictions_from_the_store_equal_a_forward_pass(demo):
     assert np.allclose(df["probability"].to_numpy()[::97], prob[np.arange(len(pred)), pred], atol=1e-5)
 
 
+def test_store_ready_and_ensure_store(tmp_path):
+    """The public store calls the pages use: ready only once the pass ran (here or on
+    disk), ensure_store runs it once with progress, options give another engine."""
+    ws = Workspace.demo(cache_dir=tmp_path)
+    assert not ws.store_ready("fast") and not ws.store_ready("cp")
+    seen = []
+    ws.ensure_store("fast", progress=lambda done, total: seen.append(done))
+    assert ws.store_ready("fast") and seen and seen[-1] == len(ws.train)
+    seen.clear()
+    ws.ensure_store("fast", progress=lambda done, total: seen.append(done))
+    assert seen == []  # already done: no second pass
+    again = Workspace.demo(cache_dir=tmp_path)  # a new instance, as a new process
+    assert not again.store_ready("fast")  # not opened yet
+    again.ensure_store("fast", progress=lambda done, total: seen.append(done))
+    assert again.store_ready("fast") and seen == []  # read back from disk, no pass
+    assert not ws.store_ready("cp", layers=["fc2"])
+    ws.ensure_store("cp", layers=["fc2"])
+    assert ws.store_ready("cp", layers=["fc2"]) and not ws.store_ready("cp")
+    assert Workspace.ranking_needs_cp("self_influence_cp")
+    assert not Workspace.ranking_needs_cp(None) and not Workspace.ranking_needs_cp("loss_mean")
+
+
+def test_train_predictions_suggest_a_label_other_than_the_given_one(demo):
+    pred = demo.train_predictions()
+    assert list(pred.index) == list(pred["index"]) == list(range(len(demo.train)))
+    probs = demo.class_probabilities("train")
+    wrong = pred["predicted"] != pred["label"]
+    assert (pred.loc[wrong, "suggested"] == pred.loc[wrong, "predicted"]).all()
+    right = pred[~wrong]
+    second = np.argsort(-probs, axis=1, kind="stable")[right.index, 1]
+    assert (right["suggested"].to_numpy() == second).all()
+    assert (pred["suggested"] != pred["label"]).all()
+    rows = np.arange(len(pred))
+    assert np.allclose(pred["suggested_probability"], probs[rows, pred["suggested"]])
+    assert np.allclose(pred["given_probability"], probs[rows, pred["label"]])
+
+
 def test_rankings_are_kept_beside_the_store(tmp_path, monkeypatch):
     """A ranking is computed once per workspace content and read back by later instances."""
     from tracin_core import rankers as rk
@@ -314,8 +351,10 @@ def test_cli_precompute_warms_the_store_the_app_opens(tmp_path):
     from tracin_core.rankers import DEFAULT_RANKER
 
     assert len(stores) == 1 and list((stores[0] / "rankings").glob(f"{DEFAULT_RANKER}-*.npy"))
-    # the app's path for the same environment (pages.common: CACHE_DIR / "stores")
-    probe = "import pages.common as c, tracin_core.workspace as w; print(c.CACHE_DIR / 'stores', w.DEFAULT_CACHE)"
+    # the app's path for the same environment (pages.common: settings.store_cache_dir()) and
+    # a Workspace's default: both read TRACIN_CACHE when called
+    probe = ("import pages.common, tracin_core.settings as s, tracin_core.workspace as w; "
+             "print(s.store_cache_dir(), w.Workspace.demo().cache_dir)")
     app = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120, cwd=REPO)
     assert app.stdout.split() == [str(tmp_path / "stores")] * 2, app.stderr
 

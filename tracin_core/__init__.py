@@ -20,6 +20,7 @@ _EXPORTS = {
     "CheckpointError": "tracin_core.checkpoints",
     "TracInArgumentError": "tracin_core.errors",
     "Workspace": "tracin_core.workspace",
+    "WorkspaceConfig": "tracin_core.workspace_config",
     "ReviewStore": "tracin_core.review",
 }
 

@@ -93,7 +93,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     def ws_parser(name: str, help_: str):
         p = sub.add_parser(name, help=help_)
         p.add_argument("workspace", help="workspace .toml file ('demo' or 'fashion' for a built-in one)")
-        p.add_argument("--cache-dir", default=None, help="feature store folder (default $TRACIN_CACHE/stores, else ~/.cache/tracin_audit/stores: the app's)")
+        p.add_argument("--cache-dir", default=None,
+                       help="feature store folder (default $TRACIN_CACHE/stores, else ~/.cache/tracin_audit/stores: the app's)")
         p.add_argument("--flagged", default=None, choices=["exclude", "keep"],
                        help="items the training labels_override flags (excluded, ambiguous, outlier, duplicate): "
                             "exclude them or keep them with their given label (default: the workspace file's "

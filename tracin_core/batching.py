@@ -18,7 +18,6 @@ example at a time.
 """
 from __future__ import annotations
 
-import os
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
@@ -34,7 +33,7 @@ def _transform_steps(transform: Any) -> Optional[list[Callable[[Tensor], Tensor]
     ``ToTensor`` [+ ``Normalize``...]; None when it is anything else."""
     try:
         from torchvision import transforms as T
-    except Exception:  # torchvision missing or broken: nothing to recognise
+    except Exception:  # noqa: BLE001 - torchvision missing or broken: nothing to recognise
         return None
     steps = list(transform.transforms) if type(transform) is T.Compose else [transform]
     if not steps or type(steps[0]) is not T.ToTensor:
@@ -53,7 +52,7 @@ def _to_tensor_batch(images: Tensor) -> Tensor:
 def _vision_decoder(ds: Any) -> Optional[BatchFn]:
     try:
         from torchvision.datasets import CIFAR10, MNIST
-    except Exception:
+    except Exception:  # noqa: BLE001 - torchvision missing or broken: decode one at a time
         return None
     cls = type(ds)
     if getattr(ds, "target_transform", None) is not None or getattr(ds, "transform", None) is None:
@@ -147,4 +146,6 @@ def batch_decoder(dataset: Any) -> Optional[BatchDecoded]:
 def batch_decode_enabled() -> bool:
     """False when the environment sets ``TRACIN_BATCH_DECODE=0`` (decode one example at
     a time, as Captum does: for benchmarks and debugging; the results are the same)."""
-    return os.environ.get("TRACIN_BATCH_DECODE", "1").strip().lower() not in ("0", "false", "no", "off")
+    from .settings import env_flag
+
+    return env_flag("TRACIN_BATCH_DECODE")

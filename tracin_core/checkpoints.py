@@ -101,7 +101,8 @@ def _raw_load(data: bytes, source: str) -> Any:
         elif isinstance(exc, EOFError):
             reason = "the file ends too early (truncated)"
         else:
-            reason = f"it is not a PyTorch checkpoint ({type(exc).__name__}: {text.splitlines()[0][:200] if text else 'unreadable'})"
+            first = text.splitlines()[0][:200] if text else "unreadable"
+            reason = f"it is not a PyTorch checkpoint ({type(exc).__name__}: {first})"
         raise CheckpointError(f"{source}: cannot be loaded: {reason}") from exc
 
 

@@ -9,9 +9,7 @@ See :func:`load_dataset`.
 """
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import json
 import os
 import pickle
@@ -28,7 +26,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .review import _row_flag, flagged_set
+from .labels_csv import flagged_set, read_labels_csv
 
 __all__ = [
     "DATASET_KINDS",
@@ -38,7 +36,6 @@ __all__ = [
     "LabeledDataset",
     "load_dataset",
     "load_dataset_config",
-    "read_labels_override",
     "digits_split_indices",
     "make_cifar10_folder",
     "extract_zip_safely",
@@ -53,6 +50,7 @@ FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", 
                          "Sneaker", "Bag", "Ankle boot")
 #: the training set's pixel mean and standard deviation (on the 0-1 scale)
 FASHION_MNIST_NORMALIZE = (0.2860, 0.3530)
+MNIST_NORMALIZE = (0.1307, 0.3081)
 CIFAR10_CLASSES = (
     "airplane", "automobile", "bird", "cat", "deer",
     "dog", "frog", "horse", "ship", "truck",
@@ -127,11 +125,11 @@ class LabeledDataset(Dataset):
         self._excluded = torch.zeros(self._length, dtype=torch.bool)
         self.labels_override: str | None = None
         if labels_override is not None:
-            labels, excluded = read_labels_override(
-                labels_override, num_items=self._length, num_classes=len(self._classes),
-                base_labels=self._original_labels, flagged=flagged,
+            labels, excluded = read_labels_csv(
+                labels_override, self._length, num_classes=len(self._classes),
+                base_labels=self._original_labels.numpy(), flagged=flagged,
             )
-            self._labels, self._excluded = labels, excluded
+            self._labels, self._excluded = torch.from_numpy(labels), torch.from_numpy(excluded)
             self.labels_override = str(labels_override)
 
     # -- Dataset protocol ------------------------------------------------------------
@@ -192,12 +190,64 @@ class LabeledDataset(Dataset):
     def input_shape(self) -> tuple[int, ...]:
         return tuple(self._get_input(0).shape) if self._length else ()
 
-    def with_labels(self, labels: Sequence[int] | torch.Tensor, excluded: Sequence[bool] | torch.Tensor | None = None) -> "LabeledDataset":
+    def input_normalization(self) -> tuple[float, float]:
+        """``(mean, std)`` of this data's inputs on the 0..1 scale: a pixel ``x`` in
+        0..255 becomes ``(x/255 - mean)/std``. MNIST and Fashion-MNIST: their published
+        constants; ``npy``: its ``normalize``; the rest (digits' ``(x/16 - 0.5)/0.5``
+        is the same map, CIFAR-10, image folders, and tensors by assumption): (0.5, 0.5)."""
+        if self.kind == "mnist":
+            return MNIST_NORMALIZE
+        if self.kind == "fashion_mnist":
+            return FASHION_MNIST_NORMALIZE
+        if self.kind == "npy" and "normalize" in self._params:
+            mean, std = self._params["normalize"]
+            return float(mean), float(std)
+        return (0.5, 0.5)
+
+    def preprocess(self, image: Any, *, invert: bool = False) -> tuple[torch.Tensor, np.ndarray]:
+        """A picture (a ``PIL.Image``) as this data's model input and a uint8 view of it.
+
+        Returns ``(x, pixels)``: ``x`` float32 of shape :attr:`input_shape` (C, H, W),
+        ``pixels`` uint8 (H, W) for one channel or (H, W, 3). The picture is converted to
+        greyscale (one channel) or RGB, resized to (H, W) (box filter when shrinking a
+        greyscale one, else bilinear), inverted when ``invert`` (dark strokes on light
+        paper), and normalised by :meth:`input_normalization` (8x8 greyscale: scaled to
+        digits' 0..16, then ``(x/16 - 0.5)/0.5``).
+        """
+        from PIL import Image
+
+        if not isinstance(image, Image.Image):
+            raise ValueError(f"image must be a PIL.Image.Image, got {type(image).__name__}")
+        c, h, w = (tuple(self.input_shape) + (1, 1, 1))[:3]
+        mean, std = self.input_normalization()
+        if c == 1:
+            shrink = w < image.width and h < image.height
+            g = image.convert("L").resize((w, h), Image.BOX if shrink else Image.BILINEAR)
+            arr = np.asarray(g, dtype=np.float64)
+            if invert:
+                arr = 255.0 - arr
+            if (h, w) == (8, 8):
+                x16 = arr / 255.0 * 16.0
+                x = (x16 / 16.0 - 0.5) / 0.5
+            else:
+                x = (arr / 255.0 - mean) / std
+            return torch.from_numpy(x.astype(np.float32)).unsqueeze(0), np.round(arr).astype(np.uint8)
+        rgb = image.convert("RGB").resize((w, h), Image.BILINEAR)
+        arr = np.asarray(rgb, dtype=np.float64)
+        if invert:
+            arr = 255.0 - arr
+        x = (arr / 255.0 - mean) / std
+        return (torch.from_numpy(x.astype(np.float32)).permute(2, 0, 1).contiguous(),
+                np.round(arr).astype(np.uint8))
+
+    def with_labels(self, labels: Sequence[int] | torch.Tensor,
+                    excluded: Sequence[bool] | torch.Tensor | None = None) -> "LabeledDataset":
         """A copy sharing the data, with other labels in effect (label -1 marks excluded)."""
         labels_t = torch.as_tensor(labels, dtype=torch.long).reshape(-1).clone()
         if len(labels_t) != self._length:
             raise ValueError(f"expected {self._length} labels, got {len(labels_t)}")
-        excl = torch.zeros(self._length, dtype=torch.bool) if excluded is None else torch.as_tensor(excluded, dtype=torch.bool).reshape(-1).clone()
+        excl = (torch.zeros(self._length, dtype=torch.bool) if excluded is None
+                else torch.as_tensor(excluded, dtype=torch.bool).reshape(-1).clone())
         if len(excl) != self._length:
             raise ValueError(f"expected {self._length} exclusion flags, got {len(excl)}")
         minus = labels_t == -1
@@ -252,110 +302,6 @@ class LabeledDataset(Dataset):
                 f"classes={len(self._classes)}, override={self.labels_override!r})")
 
 
-# ---------------------------------------------------------------------------------------
-# labels override
-# ---------------------------------------------------------------------------------------
-_TRUE = {"1", "true", "yes", "y", "t"}
-_FALSE = {"0", "false", "no", "n", "f", ""}
-
-
-def read_labels_override(
-    path: PathLike,
-    *,
-    num_items: int,
-    num_classes: int,
-    base_labels: torch.Tensor | None = None,
-    flagged: str | Iterable[str] = "exclude",
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Read a labels CSV (columns ``index,label[,excluded,flag,duplicate_of]``; the
-    Review page's corrected labels have all five).
-
-    Rows replace the label of their ``index``; indices not listed keep ``base_labels``.
-    ``excluded`` (1/0, true/false, yes/no; optional) marks an item excluded; a ``label``
-    of ``-1`` or an empty label also means excluded (the label in effect then stays the
-    base label). ``flag`` (optional: excluded | ambiguous | outlier | duplicate, or
-    empty) says why a reviewer flagged the item; a row marked excluded without a flag
-    counts as flag "excluded". ``flagged`` chooses what happens to flagged items:
-    ``"exclude"`` (default) excludes every one, ``"keep"`` keeps them all with their
-    label (an export writes the given label), a list of flag names excludes only those
-    (see :func:`tracin_core.review.flagged_set`). ``duplicate_of`` (optional) is checked
-    to be another item's index. Returns ``(labels LongTensor, excluded BoolTensor)``.
-    Raises ``FileNotFoundError`` or ``ValueError`` naming the file and the line (or
-    ``flagged``).
-    """
-    excluding = flagged_set(flagged)
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"labels override file {str(path)!r} does not exist")
-    labels = (torch.zeros(num_items, dtype=torch.long) if base_labels is None
-              else torch.as_tensor(base_labels, dtype=torch.long).clone())
-    excluded = torch.zeros(num_items, dtype=torch.bool)
-    seen: set[int] = set()
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"labels override {str(path)!r}: not a UTF-8 text CSV file ({exc})") from exc
-    reader = csv.reader(io.StringIO(text))
-    try:
-        header = next(reader)
-    except StopIteration:
-        raise ValueError(f"labels override {str(path)!r} is empty; expected a header 'index,label[,excluded]'") from None
-    cols = [c.strip().lower() for c in header]
-    if "index" not in cols or "label" not in cols:
-        raise ValueError(
-            f"labels override {str(path)!r}: header {header!r} must contain columns 'index' and 'label' "
-            "(optional 'excluded')"
-        )
-    i_idx, i_lab = cols.index("index"), cols.index("label")
-    i_exc = cols.index("excluded") if "excluded" in cols else None
-    i_flag = cols.index("flag") if "flag" in cols else None
-    i_dup = cols.index("duplicate_of") if "duplicate_of" in cols else None
-    for line_no, row in enumerate(reader, start=2):
-        if not row or all(not c.strip() for c in row):
-            continue
-        where = f"labels override {str(path)!r}, line {line_no}"
-        if len(row) < len(cols):
-            raise ValueError(f"{where}: expected {len(cols)} columns, got {len(row)}: {row!r}")
-        raw_index, raw_label = row[i_idx].strip(), row[i_lab].strip()
-        try:
-            index = int(raw_index)
-        except ValueError:
-            raise ValueError(f"{where}: index {raw_index!r} is not an integer") from None
-        if not 0 <= index < num_items:
-            raise ValueError(f"{where}: index {index} is outside 0..{num_items - 1}")
-        if index in seen:
-            raise ValueError(f"{where}: index {index} appears more than once")
-        seen.add(index)
-        is_excluded = False
-        if i_exc is not None:
-            raw_exc = row[i_exc].strip().lower()
-            if raw_exc in _TRUE:
-                is_excluded = True
-            elif raw_exc not in _FALSE:
-                raise ValueError(f"{where}: excluded {row[i_exc]!r} is not one of 1/0/true/false/yes/no")
-        flag = _row_flag(row[i_flag] if i_flag is not None else None, False, where)
-        if i_dup is not None and row[i_dup].strip():
-            raw_dup = row[i_dup].strip()
-            try:
-                other = int(raw_dup)
-            except ValueError:
-                raise ValueError(f"{where}: duplicate_of {raw_dup!r} is not an integer") from None
-            if not 0 <= other < num_items or other == index:
-                raise ValueError(f"{where}: duplicate_of {other} must be another item's index in 0..{num_items - 1}")
-        if raw_label == "" or raw_label == "-1":
-            if raw_label == "" and not (is_excluded or flag):
-                raise ValueError(f"{where}: empty label (use excluded=1 or label -1 to exclude an item)")
-            is_excluded = True
-        else:
-            try:
-                label = int(raw_label)
-            except ValueError:
-                raise ValueError(f"{where}: label {raw_label!r} is not an integer") from None
-            if not 0 <= label < num_classes:
-                raise ValueError(f"{where}: label {label} is outside 0..{num_classes - 1}")
-            labels[index] = label
-        excluded[index] = (flag or ("excluded" if is_excluded else "")) in excluding
-    return labels, excluded
 
 
 # ---------------------------------------------------------------------------------------
@@ -577,7 +523,7 @@ def _load_mnist(root: Path, split: str) -> dict[str, Any]:
         raise FileNotFoundError(f"MNIST root {str(root)!r} does not exist")
     if not (root / "MNIST").exists() and root.name == "MNIST":
         root = root.parent  # pointed at the MNIST folder itself
-    transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.1307,), (0.3081,))])
+    transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((MNIST_NORMALIZE[0],), (MNIST_NORMALIZE[1],))])
     try:
         ds = MNIST(str(root), train=train, transform=transform, download=False)
     except RuntimeError as exc:
@@ -933,8 +879,9 @@ def extract_zip_safely(
     """Extract a zip of images into a cache folder and return that folder.
 
     Rejects absolute member paths, ``..`` components, symlinks, more than
-    ``max_members`` (default ``MAX_ZIP_MEMBERS``) members and more than ``max_bytes`` (default :data:`MAX_ZIP_UNCOMPRESSED_BYTES`, 1 GiB) uncompressed, declared
-    or actually read. Without ``dest`` the folder is ``<tmp>/tracin_audit_zip_cache_<uid>/<sha256>``
+    ``max_members`` (default ``MAX_ZIP_MEMBERS``) members and more than ``max_bytes``
+    (default :data:`MAX_ZIP_UNCOMPRESSED_BYTES`, 1 GiB) uncompressed, declared or actually
+    read. Without ``dest`` the folder is ``<tmp>/tracin_audit_zip_cache_<uid>/<sha256>``
     and is reused when it already exists; extraction goes to a temporary sibling that is
     renamed into place, so concurrent callers are safe.
     """
@@ -1194,7 +1141,7 @@ def load_dataset(
     ``max_zip_bytes`` / ``max_zip_files`` cap the extraction of a zipped image folder
     (defaults :data:`MAX_ZIP_UNCOMPRESSED_BYTES` / :data:`MAX_ZIP_MEMBERS`).
     ``labels_override``: a CSV ``index,label[,excluded,flag,duplicate_of]`` (see
-    :func:`read_labels_override`); ``flagged``: what to do with the items it flags
+    :func:`tracin_core.labels_csv.read_labels_csv`); ``flagged``: what to do with the items it flags
     (excluded, ambiguous, outlier, duplicate): ``"exclude"`` (default) them, ``"keep"``
     them with their label, or exclude only the flags listed. Relative paths are resolved
     against ``base_dir``.

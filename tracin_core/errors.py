@@ -1,7 +1,7 @@
-"""Exceptions shared by the TracIn classes."""
+"""Exceptions shared across tracin_core (the TracIn classes, the workspace)."""
 from __future__ import annotations
 
-__all__ = ["TracInArgumentError"]
+__all__ = ["TracInArgumentError", "WorkspaceError"]
 
 
 class TracInArgumentError(ValueError, AssertionError):
@@ -12,3 +12,7 @@ class TracInArgumentError(ValueError, AssertionError):
     ``assert``), so that ``except ValueError`` and Captum-style ``except AssertionError``
     both catch it. The message names the argument at fault.
     """
+
+
+class WorkspaceError(ValueError):
+    """A workspace file or its parts are wrong; the message says which and why."""

@@ -19,11 +19,10 @@ positive = the training example's gradient step lowers the test loss (proponent)
 """
 from __future__ import annotations
 
-import os
 import threading
 import weakref
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 
 import torch
@@ -32,6 +31,7 @@ from torch.func import functional_call, grad, vmap
 from torch.utils.data import DataLoader
 
 from .errors import TracInArgumentError
+from .store import SELF, array_name
 
 Term = tuple  # ("factor", a_name, d_name) | ("dense", g_name)
 
@@ -231,7 +231,9 @@ def self_term(feats: dict[str, Tensor], terms: Sequence[Term]) -> Tensor:
 def channels_last_enabled() -> bool:
     """False when the environment sets ``TRACIN_CHANNELS_LAST=0`` (run convolutional
     models in the default NCHW layout: for benchmarks and debugging)."""
-    return os.environ.get("TRACIN_CHANNELS_LAST", "1").strip().lower() not in ("0", "false", "no", "off")
+    from .settings import env_flag
+
+    return env_flag("TRACIN_CHANNELS_LAST")
 
 
 def _is_image_batch(x: Any) -> bool:
@@ -304,7 +306,7 @@ class ChannelsLast:
         try:
             with plan.applied():
                 got = run(_to_channels_last(inputs))
-        except Exception:  # a view or a custom op that needs NCHW: keep NCHW
+        except Exception:  # noqa: BLE001 - a view or a custom op that needs NCHW: keep NCHW
             return None
         for r, g in zip(ref, got):
             if r.shape != g.shape:
@@ -500,7 +502,7 @@ class GradientFeaturizer(Featurizer):
                 covered.add(f"{mname}.bias")
         self.generic_names = [n for n in self.param_names if n not in covered]
         dense = 0
-        for i, (mname, mod, kind, has_bias) in enumerate(self.hooked):
+        for i, (_, mod, kind, has_bias) in enumerate(self.hooked):
             if kind == "factor":
                 self.terms.append(("factor", f"l{i}_a", f"l{i}_d"))
                 self.dims[f"l{i}_a"] = mod.in_features + int(has_bias)
@@ -724,8 +726,8 @@ def run_pass(
                 featurizer.prepare(model, snap, inputs, labels)
                 feats = featurizer(model, snap, inputs, labels, loss_fn)
                 for name, t in feats.items():
-                    out[f"c{c}/{name}"] = t
-                out[f"c{c}/self"] = self_term(feats, featurizer.terms).unsqueeze(1)
+                    out[array_name(c, name)] = t
+                out[array_name(c, SELF)] = self_term(feats, featurizer.terms).unsqueeze(1)
             consume(bi, start, out)
             start += n
             if progress:

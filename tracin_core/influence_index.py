@@ -38,6 +38,7 @@ import torch
 from torch import Tensor
 
 from .scoring import KMostInfluentialResults
+from .store import LAYER_INPUT, OUTPUT_GRAD, array_name
 
 
 @dataclass(frozen=True)
@@ -82,12 +83,14 @@ class InfluenceIndex:
         w = self.engine._weights()
         out = []
         for c in range(len(w)):
-            a, d = feats[f"c{c}/a"].float(), feats[f"c{c}/d"].float()
+            a = feats[array_name(c, LAYER_INPUT)].float()
+            d = feats[array_name(c, OUTPUT_GRAD)].float()
             out.append((d.unsqueeze(2) * a.unsqueeze(1)).flatten(1) * float(w[c]) ** 0.5)
         return out
 
     def _rows(self, store, rows: Any) -> dict[str, Tensor]:
-        names = [f"c{c}/{x}" for c in range(len(self.engine._weights())) for x in "ad"]
+        names = [array_name(c, x) for c in range(len(self.engine._weights()))
+                 for x in (LAYER_INPUT, OUTPUT_GRAD)]
         return {name: store.array(name)[rows] for name in names}
 
     def _reduce(self, feats: dict[str, Tensor]) -> Tensor:

@@ -31,7 +31,6 @@ its neighbourhoods find suspicious.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import os
 import threading
@@ -320,7 +319,8 @@ def _annoy_searches(xs: list[np.ndarray], k: int, chunk: int) -> list[tuple[np.n
                     break
                 search_k *= 2
                 blocks = np.array_split(np.arange(len(x)), 4 * threads)
-                found = np.concatenate(list(pool.map(lambda r: _annoy_rows(index, x, r, k, search_k), blocks)))
+                found = np.concatenate([p.result() for p in [pool.submit(_annoy_rows, index, x, r, k, search_k)
+                                                             for r in blocks]])
             out.append((found, search_k, recall, sample))
     return out
 

@@ -52,7 +52,7 @@ class fits), an *outlier* (none of the classes fits) or a *duplicate* of another
 (``duplicate_of``). These are statuses like ``excluded`` (:data:`FLAGS`): the corrected
 labels (:meth:`ReviewStore.export_corrected_labels`) name each flagged item, and whoever
 loads them chooses to exclude flagged items or keep them with their given label
-(``flagged`` of :func:`read_labels_override` and of ``datasets.load_dataset``).
+(``flagged`` of :func:`~tracin_core.labels_csv.read_labels_csv` and of ``datasets.load_dataset``).
 
 Schema versions: 1 had no ``duplicate_of`` and no flag actions. Opening a version-1
 file read-write upgrades it in one transaction (the ``events`` table is rebuilt with the
@@ -71,12 +71,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import csv
 import math
 import operator
 import os
 import sqlite3
-import tempfile
 import threading
 import time
 import weakref
@@ -84,11 +82,13 @@ from collections import Counter, defaultdict
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import IO, Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 from urllib.parse import quote
 
 import numpy as np
 import pandas as pd
+
+from .labels_csv import FLAGS, atomic_write as _atomic_write, flagged_set, write_labels_csv
 
 __all__ = [
     "ReviewStore",
@@ -96,7 +96,6 @@ __all__ = [
     "open_items",
     "ReviewStoreError",
     "replay",
-    "read_labels_override",
     "ACTIONS",
     "STATUSES",
     "FLAGS",
@@ -114,9 +113,9 @@ STATUSES = ("accepted", "relabelled", "excluded", "skipped", "ambiguous", "outli
             "duplicate")
 #: actions that flag an item instead of labelling it; their status has the same name
 FLAG_ACTIONS = ("ambiguous", "outlier", "duplicate")
-#: statuses that flag an item as unusable with a label: a corrected-labels reader
-#: excludes these items or keeps them with their given label (``flagged=``)
-FLAGS = ("excluded", "ambiguous", "outlier", "duplicate")
+# FLAGS (statuses that flag an item as unusable with a label: a corrected-labels reader
+# excludes these items or keeps them with their given label, ``flagged=``) and
+# flagged_set live with the labels CSV format, in labels_csv.py
 #: statuses of :meth:`ReviewStore.final_decisions` (``conflict``: reviewers disagree)
 FINAL_STATUSES = STATUSES + ("conflict",)
 
@@ -525,25 +524,6 @@ def replay(events: pd.DataFrame) -> pd.DataFrame:
     return _decisions_frame([stack[-1] for stack in stacks.values() if stack])
 
 
-def _atomic_write(path: Path, write: Callable[[IO[str]], None]) -> None:
-    """Write a text file through a temporary file + rename: never a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
 def _export_format(path: Path) -> str:
     suffix = Path(path).suffix.lower()
     if suffix not in (".csv", ".json"):
@@ -558,141 +538,6 @@ def _write_frame(df: pd.DataFrame, path: Path) -> None:
     else:
         _atomic_write(path, lambda fh: fh.write(
             df.to_json(orient="records", indent=2, force_ascii=False) + "\n"))
-
-
-def flagged_set(flagged: str | Iterable[str] = "exclude") -> frozenset[str]:
-    """The flags (names in :data:`FLAGS`) whose items a labels override excludes.
-
-    ``"exclude"``: all of them (excluded, ambiguous, outlier, duplicate); ``"keep"``:
-    none, so flagged items stay in with the label the file gives them (their given
-    label); or one flag name or a collection of them, e.g. ``["excluded", "duplicate"]``.
-    Anything else raises ``ValueError`` naming ``flagged``.
-    """
-    expected = (f"flagged must be 'exclude', 'keep' or a list of flags among "
-                f"{', '.join(FLAGS)}; got {flagged!r}")
-    if isinstance(flagged, str):
-        choice = flagged.strip().lower()
-        if choice == "exclude":
-            return frozenset(FLAGS)
-        if choice == "keep":
-            return frozenset()
-        items: list[Any] = [choice]
-    else:
-        try:
-            items = list(flagged)
-        except TypeError:
-            raise ValueError(expected) from None
-    names = [i.strip().lower() if isinstance(i, str) else i for i in items]
-    if any(name not in FLAGS for name in names):
-        raise ValueError(expected)
-    return frozenset(names)
-
-
-def _row_flag(flag_text: str | None, excluded: bool, where: str) -> str:
-    """The flag of one labels-override row: its ``flag`` cell, else "excluded" when the
-    row is marked excluded, else "" (``where`` names the file and line in errors)."""
-    flag = (flag_text or "").strip().lower()
-    if flag and flag not in FLAGS:
-        raise ValueError(f"{where}: flag {flag_text!r} is not one of {', '.join(FLAGS)} "
-                         f"(or empty)")
-    return flag or ("excluded" if excluded else "")
-
-
-def read_labels_override(path: str | os.PathLike[str], n: int,
-                         base_labels: Sequence[int] | None = None, *,
-                         flagged: str | Iterable[str] = "exclude"
-                         ) -> tuple[list[int], list[bool]]:
-    """Read a corrected-labels CSV (``index,label[,excluded,flag,duplicate_of]``) for
-    ``n`` training items.
-
-    Returns ``(labels, excluded)``, both of length ``n``. Every index must appear once,
-    unless ``base_labels`` is given: then missing rows keep their base label. A row is
-    *flagged* when its ``flag`` is one of :data:`FLAGS`, or when it is marked
-    ``excluded`` (flag "excluded"); ``flagged`` (see :func:`flagged_set`) chooses which
-    flagged rows are excluded: ``"exclude"`` (default) all of them, ``"keep"`` none
-    (they keep the row's label, the given label in an export). Problems (missing
-    columns, an index out of range or repeated, a non-integer label, an unknown flag)
-    raise ``ValueError`` naming the file and the line.
-    """
-    path = Path(path)
-    n = _check_item(n, "n")
-    excluding = flagged_set(flagged)
-    if base_labels is not None and len(base_labels) != n:
-        raise ValueError(f"base_labels has {len(base_labels)} entries, expected n={n}")
-    labels: list[int | None] = (
-        [int(v) for v in base_labels] if base_labels is not None else [None] * n)
-    excluded = [False] * n
-    seen: set[int] = set()
-
-    def parse_int(text: str, what: str, line: int) -> int:
-        text = (text or "").strip()
-        try:
-            value = int(text)
-        except ValueError:
-            try:
-                number = float(text)
-            except ValueError:
-                number = math.nan
-            if not number.is_integer():
-                raise ValueError(f"{path}, line {line}: {what} must be an integer, "
-                                 f"got {text!r}") from None
-            value = int(number)
-        return value
-
-    with open(path, newline="", encoding="utf-8-sig") as fh:
-        reader = csv.reader(fh)
-        header = next(reader, None)
-        if header is None:
-            raise ValueError(f"{path} is empty; expected a header 'index,label,excluded'")
-        columns = [h.strip().lower() for h in header]
-        missing = [c for c in ("index", "label") if c not in columns]
-        if missing:
-            raise ValueError(f"{path}: missing column(s) {', '.join(missing)}; expected a "
-                             f"header 'index,label,excluded', got {','.join(header)!r}")
-        i_index, i_label = columns.index("index"), columns.index("label")
-        i_excl = columns.index("excluded") if "excluded" in columns else None
-        i_flag = columns.index("flag") if "flag" in columns else None
-        i_dup = columns.index("duplicate_of") if "duplicate_of" in columns else None
-        for row in reader:
-            line = reader.line_num
-            if not any(cell.strip() for cell in row):
-                continue
-            if len(row) < len(columns):
-                raise ValueError(f"{path}, line {line}: expected {len(columns)} fields, "
-                                 f"got {len(row)}")
-            index = parse_int(row[i_index], "index", line)
-            if not 0 <= index < n:
-                raise ValueError(f"{path}, line {line}: index {index} is out of range for "
-                                 f"{n} training items")
-            if index in seen:
-                raise ValueError(f"{path}, line {line}: index {index} appears twice")
-            seen.add(index)
-            label = parse_int(row[i_label], "label", line)
-            if label < 0:
-                raise ValueError(f"{path}, line {line}: label must be >= 0, got {label}")
-            labels[index] = label
-            marked = False
-            if i_excl is not None:
-                flag = row[i_excl].strip().lower()
-                if flag in ("1", "true", "yes", "1.0"):
-                    marked = True
-                elif flag not in ("", "0", "false", "no", "0.0"):
-                    raise ValueError(f"{path}, line {line}: excluded must be 0 or 1, "
-                                     f"got {row[i_excl]!r}")
-            if i_dup is not None and row[i_dup].strip():
-                other = parse_int(row[i_dup], "duplicate_of", line)
-                if not 0 <= other < n or other == index:
-                    raise ValueError(f"{path}, line {line}: duplicate_of {other} must be "
-                                     f"another item's index in 0..{n - 1}")
-            row_flag = _row_flag(row[i_flag] if i_flag is not None else None, marked,
-                                 f"{path}, line {line}")
-            excluded[index] = row_flag in excluding
-    absent = [i for i, v in enumerate(labels) if v is None]
-    if absent:
-        raise ValueError(f"{path}: {len(absent)} of {n} training items have no row "
-                         f"(first missing index: {absent[0]}); the file must list every "
-                         f"index from 0 to {n - 1}")
-    return [int(v) for v in labels], excluded  # type: ignore[arg-type]
 
 
 # ---------------------------------------------------------------------------- store
@@ -1182,6 +1027,19 @@ class ReviewStore:
             row["is_final"] = bool(row["is_final"])
         return rows
 
+    def last_decision(self, reviewer: str) -> int | None:
+        """The item of ``reviewer``'s latest decision still in effect (not undone), the
+        one :meth:`undo` should revert next when a session has no undo stack of its own
+        (a reload, another tab); None when there is none."""
+        reviewer = _check_reviewer(reviewer)
+        rows = self._query(
+            "SELECT item_id FROM events AS e WHERE workspace = ? AND data_hash = ? "
+            "AND reviewer = ? AND action <> 'undo' "
+            "AND NOT EXISTS (SELECT 1 FROM events AS u WHERE u.undoes = e.id) "
+            "ORDER BY id DESC LIMIT 1",
+            (*self._scope, reviewer), "read the last decision")
+        return None if not rows else int(rows[0]["item_id"])
+
     def history(self) -> pd.DataFrame:
         """Every event of this workspace and data hash, in id order (all columns)."""
         cols = ", ".join("NULL AS duplicate_of" if c == "duplicate_of" and self._dup == "NULL"
@@ -1372,28 +1230,19 @@ class ReviewStore:
         _write_frame(df, path)
         return path
 
-    def export_corrected_labels(self, path: str | os.PathLike[str],
-                                given_labels: Sequence[int]) -> Path:
-        """Write ``index,label,excluded,flag,duplicate_of`` for every training item (a
-        labels override).
-
-        label: the final label of accepted, relabelled and adjudicated items, else the
-        given label (undecided, skipped, conflicting and flagged items); flag: the
-        item's final status when it is one of :data:`FLAGS` (excluded, ambiguous,
-        outlier, duplicate), else empty; duplicate_of: the other item of a duplicate;
-        excluded: 1 for every flagged item, what a reader that knows only ``excluded``
-        does and what :func:`read_labels_override` does by default (``flagged="keep"``
-        keeps them with their given label instead).
+    def corrected_label_table(self, given_labels: Sequence[int]
+                              ) -> tuple[list[int], list[str], list[int | None]]:
+        """The corrected labels as three lists of length ``len(given_labels)``: ``labels``
+        (the final label of accepted, relabelled and adjudicated items, else the given
+        label: undecided, skipped, conflicting and flagged items), ``flags`` (the final
+        status when it is one of :data:`FLAGS`, else "") and ``duplicate_of`` (the other
+        item of a duplicate, else ``None``). Raises ``ValueError`` naming
+        ``given_labels`` when an item decided here is out of its range.
         """
-        path = Path(path)
-        if path.suffix.lower() != ".csv":
-            raise ValueError(f"corrected labels are written as CSV; path must end in .csv, "
-                             f"got {str(path)!r}")
         given = [_check_item(v, "given_labels") for v in given_labels]
         labels = list(given)
-        excluded = [0] * len(given)
         flags = [""] * len(given)
-        duplicate_of: list[int | str] = [""] * len(given)
+        duplicate_of: list[int | None] = [None] * len(given)
         for row in _final_rows(self._decision_rows()):
             item = row["item_id"]
             if item >= len(given):
@@ -1402,7 +1251,6 @@ class ReviewStore:
             if row["status"] in ("accepted", "relabelled") and row["final_label"] is not None:
                 labels[item] = int(row["final_label"])
             elif row["status"] in FLAGS:
-                excluded[item] = 1
                 flags[item] = row["status"]
                 if row["status"] == "duplicate" and row.get("duplicate_of") is not None:
                     other = int(row["duplicate_of"])
@@ -1411,11 +1259,33 @@ class ReviewStore:
                                          f"{other} in {self.path} but given_labels has only "
                                          f"{len(given)} entries (other training data?)")
                     duplicate_of[item] = other
+        return labels, flags, duplicate_of
 
-        def write(fh: IO[str]) -> None:
-            writer = csv.writer(fh, lineterminator="\n")
-            writer.writerow(["index", "label", "excluded", "flag", "duplicate_of"])
-            writer.writerows(zip(range(len(given)), labels, excluded, flags, duplicate_of))
+    def corrected_labels(self, given_labels: Sequence[int], *,
+                         flagged: str | Iterable[str] = "exclude",
+                         ) -> tuple[np.ndarray, np.ndarray]:
+        """``(labels, excluded)``: int64 and bool arrays of shape ``(N,)``, what reading
+        :meth:`export_corrected_labels`' file back with
+        :func:`~tracin_core.labels_csv.read_labels_csv` gives, without a file.
+        ``flagged`` chooses which flagged items are excluded (:func:`flagged_set`).
+        """
+        excluding = flagged_set(flagged)
+        labels, flags, _ = self.corrected_label_table(given_labels)
+        return (np.asarray(labels, dtype=np.int64).reshape(-1),
+                np.asarray([f in excluding for f in flags], dtype=bool).reshape(-1))
 
-        _atomic_write(path, write)
-        return path
+    def export_corrected_labels(self, path: str | os.PathLike[str],
+                                given_labels: Sequence[int]) -> Path:
+        """Write ``index,label,excluded,flag,duplicate_of`` for every training item (a
+        labels override, :func:`~tracin_core.labels_csv.write_labels_csv`; the values
+        are :meth:`corrected_label_table`'s). excluded: 1 for every flagged item, what a
+        reader that knows only ``excluded`` does and what
+        :func:`~tracin_core.labels_csv.read_labels_csv` does by default
+        (``flagged="keep"`` keeps them with their given label instead).
+        """
+        path = Path(path)
+        if path.suffix.lower() != ".csv":
+            raise ValueError(f"corrected labels are written as CSV; path must end in .csv, "
+                             f"got {str(path)!r}")
+        labels, flags, duplicate_of = self.corrected_label_table(given_labels)
+        return write_labels_csv(path, labels, flags=flags, duplicate_of=duplicate_of)

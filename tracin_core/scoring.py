@@ -12,6 +12,7 @@ from torch import Tensor
 
 from .errors import TracInArgumentError
 from .featurize import Term
+from .store import array_name
 
 #: upper bound on the elements of one (n_test × rows) score block
 BLOCK_ELEMENTS = 1 << 24
@@ -45,10 +46,10 @@ def score_block(
     for c, w in enumerate(weights):
         for term in terms:
             if term[0] == "factor":
-                a_name, d_name = f"c{c}/{term[1]}", f"c{c}/{term[2]}"
+                a_name, d_name = array_name(c, term[1]), array_name(c, term[2])
                 s = (train_rows(a_name) @ test[a_name].T).mul_(train_rows(d_name) @ test[d_name].T)
             else:
-                g_name = f"c{c}/{term[1]}"
+                g_name = array_name(c, term[1])
                 s = train_rows(g_name) @ test[g_name].T
             if w != 1.0:
                 s.mul_(w)
@@ -73,7 +74,7 @@ def iter_score_blocks(
     step = block_rows(n_test, n_train)
     for start in range(0, n_train, step):
         stop = min(n_train, start + step)
-        yield start, score_block(test, lambda name: get_rows(name, start, stop), terms, weights)
+        yield start, score_block(test, lambda name, a=start, b=stop: get_rows(name, a, b), terms, weights)
 
 
 def influence_matrix(test, get_rows, n_train, terms, weights, aggregate: bool = False,

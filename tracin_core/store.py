@@ -30,6 +30,29 @@ FORMAT_VERSION = 1
 
 _NP_DTYPES = {torch.float32: "float32", torch.float64: "float64", torch.float16: "float16"}
 
+# ---------------------------------------------------------------- array names
+# Every array is named "c{checkpoint}/{part}" (featurize.run_pass writes them). The parts a
+# reader outside the engine needs have a name here and an accessor on FeatureStore; the
+# featurizer-specific parts ("l{i}_a", "l{i}_d", "g" of the whole-model featurizer) are
+# read only through a featurizer's ``terms``.
+#: final_fc_layer's input per example, (N, A) (with a column of ones for a bias): TracInCPFast
+LAYER_INPUT = "a"
+#: ∂loss/∂(model output) per example, (N, K): TracInCPFast
+OUTPUT_GRAD = "d"
+#: the model's outputs (logits), (N, K): TracInCPFast with keep_outputs
+OUTPUTS = "o"
+#: the projected gradient, (N, P): TracInCPFastRandProj
+EMBEDDING = "e"
+#: the unweighted squared gradient norm ⟨∇ℓ_i, ∇ℓ_i⟩, (N, 1): every engine
+SELF = "self"
+
+
+def array_name(checkpoint: int, part: str) -> str:
+    """The store name of ``part`` (one of the names above, or a featurizer's array
+    name) at checkpoint index ``checkpoint`` (0-based): ``"c{checkpoint}/{part}"``."""
+    return f"c{int(checkpoint)}/{part}"
+
+
 
 def _fname(name: str) -> str:
     return name.replace("/", "__") + ".npy"
@@ -122,7 +145,7 @@ class FeatureStore:
         try:
             info = json.loads(mf.read_text())
         except (OSError, ValueError) as exc:
-            warnings.warn(f"{mf}: unreadable manifest ({exc}); the store will be rebuilt")
+            warnings.warn(f"{mf}: unreadable manifest ({exc}); the store will be rebuilt", stacklevel=2)
             return
         if info.get("format") != FORMAT_VERSION or info.get("key") != self.key:
             return  # a different computation: start over in this folder
@@ -137,7 +160,7 @@ class FeatureStore:
             for name in self.dims:
                 self._maps[name] = np.load(self.path / _fname(name), mmap_mode=mode)
         except (OSError, ValueError) as exc:
-            warnings.warn(f"{self.path}: store files unreadable ({exc}); the store will be rebuilt")
+            warnings.warn(f"{self.path}: store files unreadable ({exc}); the store will be rebuilt", stacklevel=2)
             self._maps, self.dims, self.done = {}, {}, set()
             return
         self.complete = bool(info.get("complete"))
@@ -278,10 +301,38 @@ class FeatureStore:
         return t.to(device) if device is not None and t.device != device else t
 
     def names(self) -> list[str]:
+        """The names of the arrays this store holds."""
         return list(self._arrays)
 
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self._arrays.values())
+    def checkpoint_array(self, checkpoint: int, part: str) -> Tensor:
+        """The whole array ``part`` of checkpoint ``checkpoint`` (see :func:`array_name`);
+        ``KeyError`` naming the array when this store does not hold it."""
+        name = array_name(checkpoint, part)
+        if self.complete and name not in self._arrays:
+            raise KeyError(f"the feature store has no array {name!r} (it holds "
+                           f"{', '.join(sorted(self._arrays)) or 'none'})")
+        return self.array(name)
+
+    def outputs(self, checkpoint: int) -> Tensor:
+        """Model outputs (logits) at ``checkpoint``, ``(N, K)`` (TracInCPFast stores them)."""
+        return self.checkpoint_array(checkpoint, OUTPUTS)
+
+    def self_terms(self, checkpoint: int) -> Tensor:
+        """Unweighted ``⟨∇ℓ_i, ∇ℓ_i⟩`` at ``checkpoint``, ``(N,)`` (≥ 0; multiply by the
+        learning rate and sum over checkpoints for TracIn self-influence)."""
+        return self.checkpoint_array(checkpoint, SELF)[:, 0]
+
+    def layer_inputs(self, checkpoint: int) -> Tensor:
+        """final_fc_layer's input at ``checkpoint``, ``(N, A)`` (TracInCPFast)."""
+        return self.checkpoint_array(checkpoint, LAYER_INPUT)
+
+    def output_grads(self, checkpoint: int) -> Tensor:
+        """∂loss/∂output at ``checkpoint``, ``(N, K)`` (TracInCPFast)."""
+        return self.checkpoint_array(checkpoint, OUTPUT_GRAD)
+
+    def embeddings(self, checkpoint: int) -> Tensor:
+        """The projected gradient at ``checkpoint``, ``(N, P)`` (TracInCPFastRandProj)."""
+        return self.checkpoint_array(checkpoint, EMBEDDING)
 
 
 def _release_pages(m: np.memmap) -> None:

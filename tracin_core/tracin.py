@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional, Sequence, Union
 
@@ -43,7 +42,7 @@ from .featurize import (
 )
 from .nearest_neighbors import AnnoyNearestNeighbors, NearestNeighbors
 from .scoring import KMostInfluentialResults, TopK, influence_matrix, score_block, top_k, weighted_self
-from .store import MANIFEST, FeatureStore
+from .store import EMBEDDING, LAYER_INPUT, MANIFEST, OUTPUT_GRAD, SELF, FeatureStore, array_name
 
 __all__ = ["TracInCP", "TracInCPFast", "TracInCPFastRandProj", "KMostInfluentialResults", "TracInArgumentError"]
 
@@ -273,7 +272,7 @@ class _TracInBase:
             for i in sorted({0, n // 2, n - 1}):  # a cheap content check of the data
                 try:
                     _tensor_digest(h, ds[i])  # type: ignore[index]
-                except Exception:
+                except Exception:  # noqa: BLE001 - a best-effort content check: the length still counts
                     pass
         return h.hexdigest()
 
@@ -558,7 +557,7 @@ class _TracInBase:
         if inputs is None:
             store = self._train_store(show_progress, desc=desc)
             bar = _progress_bar(show, store.n, desc)  # reading the store's self-terms
-            cols = [store.array(f"c{c}/self") for c in range(len(weights))]
+            cols = [store.checkpoint_array(c, SELF) for c in range(len(weights))]
             bar(store.n)
             bar.close()  # type: ignore[attr-defined]
         elif outer_loop_by_checkpoints:
@@ -576,7 +575,7 @@ class _TracInBase:
                         feats = self._features(inputs, self.loss_fn, cache=False, progress=bar, snapshots=[snap])
                     finally:
                         bar.close()  # type: ignore[attr-defined]
-                    cols.append(feats["c0/self"])
+                    cols.append(feats[array_name(0, SELF)])
                     outer(1)
             finally:
                 outer.close()  # type: ignore[attr-defined]
@@ -586,7 +585,7 @@ class _TracInBase:
                 feats = self._features(inputs, self.loss_fn, cache=False, progress=bar)
             finally:
                 bar.close()  # type: ignore[attr-defined]
-            cols = [feats[f"c{c}/self"] for c in range(len(weights))]
+            cols = [feats[array_name(c, SELF)] for c in range(len(weights))]
         return weighted_self(cols, weights).cpu()
 
 
@@ -718,7 +717,7 @@ class TracInCP(_TracInBase):
 
     def _keep_names(self) -> Optional[set[str]]:
         """All arrays if they fit ``feature_memory`` (or go to ``cache_dir``), else only self-terms."""
-        return None if self._keep_features() else {f"c{c}/self" for c in range(len(self.checkpoints))}
+        return None if self._keep_features() else {array_name(c, SELF) for c in range(len(self.checkpoints))}
 
     def _keep_features(self) -> bool:
         if self._keep_all is None:
@@ -765,7 +764,7 @@ class TracInCP(_TracInBase):
         return (emb.sum(0, keepdim=True) if aggregate else emb).cpu()
 
     def _score(self, store, test, k, proponents, aggregate, show_progress, desc):
-        if all(store.has(f"c{c}/{name}") for c in range(len(self.checkpoints)) for name in self._fz.dims):
+        if all(store.has(array_name(c, name)) for c in range(len(self.checkpoints)) for name in self._fz.dims):
             return super()._score(store, test, k, proponents, aggregate, show_progress, desc)
         return self._streaming_score(test, k, proponents, aggregate, show_progress, desc)
 
@@ -894,7 +893,7 @@ class TracInCPFastRandProj(TracInCPFast):
         return torch.cat([feats[name] for name in self._joined_names()], dim=1)
 
     def _joined_names(self) -> list[str]:
-        return [f"c{c}/e" for c in range(len(self.checkpoints))]
+        return [array_name(c, EMBEDDING) for c in range(len(self.checkpoints))]
 
     def _keep_names(self) -> set[str]:
         return set(self._joined_names())  # no self-influence here: the embeddings only
@@ -912,7 +911,7 @@ class TracInCPFastRandProj(TracInCPFast):
             if not (path / MANIFEST).is_file():
                 continue
             fast = FeatureStore(path, key=key, n=n)
-            names = {f"c{c}/{x}" for c in range(len(self.checkpoints)) for x in "ad"}
+            names = {array_name(c, x) for c in range(len(self.checkpoints)) for x in (LAYER_INPUT, OUTPUT_GRAD)}
             if fast.complete and names <= set(fast.names()):
                 return fast
         return None
@@ -936,9 +935,11 @@ class TracInCPFastRandProj(TracInCPFast):
                 stop = min(n, start + step)
                 if not store.is_done(b):
                     store.write(b, start, {
-                        f"c{c}/e": project_embedding(fast.rows(f"c{c}/a", start, stop), fast.rows(f"c{c}/d", start, stop),
-                                                     None if proj_d is None else proj_d.cpu(),
-                                                     None if proj_a is None else proj_a.cpu(), snap.learning_rate)
+                        array_name(c, EMBEDDING): project_embedding(
+                            fast.rows(array_name(c, LAYER_INPUT), start, stop),
+                            fast.rows(array_name(c, OUTPUT_GRAD), start, stop),
+                            None if proj_d is None else proj_d.cpu(),
+                            None if proj_a is None else proj_a.cpu(), snap.learning_rate)
                         for c, snap in enumerate(self.snapshots)})
                 bar(stop - start)
         except BaseException:

@@ -16,8 +16,7 @@ import hashlib
 import json
 import os
 import threading
-import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Union
 
@@ -26,9 +25,12 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from .checkpoints import CheckpointError, fit_state_dict, read_checkpoint, resolve_checkpoints
-from .datasets import LabeledDataset, load_dataset_config
+from .checkpoints import fit_state_dict, read_checkpoint, resolve_checkpoints
+from .datasets import LabeledDataset, load_dataset
 from . import rankers as rk
+from . import settings
+from .errors import WorkspaceError
+from .workspace_config import DatasetConfig, WorkspaceConfig
 
 PathLike = Union[str, os.PathLike]
 
@@ -40,13 +42,8 @@ LOSSES: dict[str, Callable[..., nn.Module]] = {
 #: where feature stores live by default: ``$TRACIN_CACHE/stores`` (else
 #: ``~/.cache/tracin_audit/stores``), the folder the app uses too, so a store built ahead
 #: of time by ``python -m tracin_core precompute`` is the one the app opens
-DEFAULT_CACHE = Path(os.environ.get("TRACIN_CACHE", Path.home() / ".cache" / "tracin_audit")) / "stores"
 DEMO_TOML = Path(__file__).resolve().parent.parent / "assets" / "demo" / "workspace.toml"
 FASHION_TOML = Path(__file__).resolve().parent.parent / "assets" / "fashion" / "workspace.toml"
-
-
-class WorkspaceError(ValueError):
-    """A workspace file or its parts are wrong; the message says which and why."""
 
 
 @dataclass
@@ -167,8 +164,10 @@ class Workspace:
         if ground_truth is not None and len(ground_truth) != len(train):
             raise WorkspaceError(f"ground truth has {len(ground_truth)} labels for {len(train)} training examples")
         self.ground_truth = None if ground_truth is None else np.asarray(ground_truth, dtype=np.int64)
-        self.cache_dir = Path(cache_dir) if cache_dir is not None else DEFAULT_CACHE
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else settings.store_cache_dir()
         self._engines: dict[Any, Any] = {}
+        #: the typed config this workspace was opened from (from_toml / from_config), else None
+        self.config: Optional[WorkspaceConfig] = None
         self._pred_cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
     # ------------------------------------------------------------------ loading
@@ -214,86 +213,86 @@ class Workspace:
     def from_toml(cls, path: PathLike, *, cache_dir: Optional[PathLike] = None, device: Optional[str] = None,
                   check_factory: Optional[Callable[[str], None]] = None,
                   flagged: Optional[str | list[str]] = None) -> "Workspace":
-        """Read a workspace file (design.md §4); relative paths are relative to its folder.
+        """Read a workspace file (:meth:`WorkspaceConfig.from_toml`, README "Workspace
+        files"); relative paths are relative to its folder. Then :meth:`from_config`.
 
         ``flagged`` (``"exclude"``, ``"keep"`` or a list of flags), when given, replaces
         ``[train] flagged``: what to do with the items the training set's
         ``labels_override`` flags (excluded, ambiguous, outlier, duplicate; default
-        ``"exclude"``, see :func:`tracin_core.datasets.read_labels_override`).
+        ``"exclude"``, see :func:`tracin_core.labels_csv.read_labels_csv`).
 
         ``check_factory(factory_string)`` runs right after the file is parsed, before any
         module is imported or any data read; it raises to refuse the factory (the app
         passes :meth:`tracin_core.server_config.ServerConfig.check_factory`).
         """
-        path = Path(path)
-        if path.is_dir():
-            found = sorted(p.name for p in path.glob("*.toml"))
-            hint = (f": it holds {', '.join(found[:5])}" + (" …" if len(found) > 5 else "")) if found else \
-                " (it holds no .toml file)"
-            raise WorkspaceError(f"{path}: is a folder; give the workspace .toml file inside it{hint}")
-        try:
-            cfg = tomllib.loads(path.read_text())
-        except FileNotFoundError:
-            raise WorkspaceError(f"{path}: no such workspace file") from None
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise WorkspaceError(f"{path}: not a valid TOML file ({exc})") from None
-        base = path.resolve().parent
+        config = WorkspaceConfig.from_toml(path)
+        if flagged is not None:
+            train = DatasetConfig.from_dict({**config.train.load_arguments(),
+                                             "kind": config.train.kind, "flagged": flagged},
+                                            "train", where=str(path))
+            config = dataclasses.replace(config, train=train)
+        return cls.from_config(config, cache_dir=cache_dir, device=device, check_factory=check_factory,
+                               source=str(path))
 
-        def table(name: str, required: bool = True) -> dict[str, Any]:
-            t = cfg.get(name)
-            if t is None and not required:
-                return {}
-            if not isinstance(t, dict):
-                raise WorkspaceError(f"{path}: missing [{name}] table")
-            return t
+    @classmethod
+    def from_config(cls, config: WorkspaceConfig, *, cache_dir: Optional[PathLike] = None,
+                    device: Optional[str] = None, check_factory: Optional[Callable[[str], None]] = None,
+                    dataset_options: Optional[dict[str, Any]] = None,
+                    source: Optional[str] = None) -> "Workspace":
+        """Open a :class:`WorkspaceConfig` (read from TOML, built by the app, or read back
+        from beside a store). Relative paths resolve against ``config.base_dir``.
 
-        model = table("model")
-        if "factory" not in model or "final_fc_layer" not in model:
-            raise WorkspaceError(f"{path}: [model] needs 'factory' and 'final_fc_layer'")
-        if not isinstance(model["factory"], str):
-            raise WorkspaceError(f"{path}: [model] factory must be a string 'package.module:callable'")
+        ``check_factory``: as for :meth:`from_toml`; ``dataset_options``: extra
+        ``load_dataset`` arguments for image-folder data (the server's zip caps
+        ``max_zip_bytes`` / ``max_zip_files``). Errors name the table and the field.
+        """
+        where = source or config.name
         if check_factory is not None:
             try:
-                check_factory(model["factory"])
+                check_factory(config.model.factory)
             except (PermissionError, ValueError) as exc:
-                raise WorkspaceError(f"{path}: {exc}") from None
-        ck = table("checkpoints")
-        if "paths" not in ck:
-            raise WorkspaceError(f"{path}: [checkpoints] needs 'paths' (a folder, a glob or a list)")
-        paths = ck["paths"]
-        paths = [str(base / p) for p in paths] if isinstance(paths, list) else str(base / paths)
-        loss = table("loss", required=False)
+                raise WorkspaceError(f"{where}: {exc}") from None
+        base = config.base_dir
+
+        def dataset(spec: Optional[DatasetConfig]) -> Optional[LabeledDataset]:
+            if spec is None:
+                return None
+            extra = dict(dataset_options or {}) if spec.kind == "image_folder" else {}
+            return load_dataset(spec.kind, base_dir=base, **spec.load_arguments(), **extra)
+
         try:
-            train_cfg = table("train") if flagged is None else {**table("train"), "flagged": flagged}
-            train = load_dataset_config(train_cfg, base, section="train")
-            test = load_dataset_config(table("test"), base, section="test") if "test" in cfg else None
+            train = dataset(config.train)
+            test = dataset(config.test)
         except (ValueError, FileNotFoundError) as exc:
-            raise WorkspaceError(f"{path}: {exc}") from None
+            raise WorkspaceError(f"{where}: {exc}") from None
+        assert train is not None
         truth = None
-        evaluation = table("evaluation", required=False)
-        if "ground_truth" in evaluation:
-            gt = pd.read_csv(base / evaluation["ground_truth"])
-            col = evaluation.get("column", "true_label")
+        if config.evaluation.ground_truth is not None:
+            gt = pd.read_csv(config.resolve(config.evaluation.ground_truth))
+            col = config.evaluation.column
             if col not in gt.columns or "index" not in gt.columns:
-                raise WorkspaceError(f"{path}: [evaluation] ground_truth needs columns 'index' and {col!r}")
+                raise WorkspaceError(f"{where}: [evaluation] ground_truth needs columns 'index' and {col!r}")
             truth = gt.sort_values("index")[col].to_numpy()
-        return cls(
-            name=str(cfg.get("name", path.stem)),
-            model_factory=model["factory"],
-            final_fc_layer=model["final_fc_layer"],
-            model_kwargs=model.get("kwargs", {}),
-            checkpoints=paths,
-            learning_rates=ck.get("learning_rates", ck.get("learning_rate")),
+        lrs = config.checkpoints.learning_rates
+        ws = cls(
+            name=config.name,
+            model_factory=config.model.factory,
+            final_fc_layer=config.model.final_fc_layer,
+            model_kwargs=dict(config.model.kwargs),
+            checkpoints=config.checkpoint_paths(),
+            learning_rates=list(lrs) if isinstance(lrs, tuple) else lrs,
             train=train,
             test=test,
-            loss=loss.get("name", "cross_entropy"),
-            reduction=loss.get("reduction", "sum"),
+            loss=config.loss.name,
+            reduction=config.loss.reduction,
             cache_dir=cache_dir,
             device=device,
-            batch_size=int(cfg.get("batch_size", 256)),
+            batch_size=config.batch_size,
             ground_truth=truth,
-            source=str(path),
+            source=source,
         )
+        ws.config = config
+        return ws
 
     @classmethod
     def demo(cls, *, cache_dir: Optional[PathLike] = None, device: Optional[str] = None) -> "Workspace":
@@ -376,9 +375,56 @@ class Workspace:
             else:
                 raise ValueError(f"unknown method {kind!r}; use 'fast', 'cp', 'randproj' or 'index'")
             self._engines[key] = eng
+            self.save_config()
             return eng
 
-    def precompute(self, methods: Sequence[str] = ("fast",), progress: Optional[Callable[[int, Optional[int]], None]] = None) -> None:
+    def save_config(self) -> Optional[Path]:
+        """Write :attr:`config` beside the feature stores (``<store_dir>/workspace.json``,
+        :meth:`WorkspaceConfig.to_json`; done when the first engine is made), so a store
+        folder says what it was computed from. Returns the path; None without a config."""
+        if self.config is None:
+            return None
+        from .workspace_config import JSON_NAME
+
+        path = self.store_dir / JSON_NAME
+        if not path.is_file():
+            self.config.to_json(path)
+        return path
+
+    def store_ready(self, method: str = "fast", **opts: Any) -> bool:
+        """Whether engine ``method`` (``"fast"``, ``"cp"``, ``"randproj"``, ``"index"``;
+        ``opts`` as for :meth:`influence`) has its feature store open and complete in this
+        instance (the index: built or read back). A complete store on disk is opened, not
+        recomputed, by :meth:`ensure_store`."""
+        eng = self._engine(method, **opts)
+        if method == "index":
+            return bool(eng.loaded or eng.build_seconds)
+        store = eng._store
+        return bool(store is not None and store.complete)
+
+    def ensure_store(self, method: str = "fast",
+                     progress: Optional[Callable[[int, Optional[int]], None]] = None,
+                     **opts: Any) -> None:
+        """Run engine ``method``'s training pass now unless :meth:`store_ready`
+        (``progress(done, total)`` per batch; ``opts`` as for :meth:`influence`, e.g.
+        ``layers=[...]`` or ``projection_dim=``). Reuses a complete store on disk."""
+        if self.store_ready(method, **opts):
+            return
+        if not opts:
+            self.precompute([method], progress=progress)
+            return
+        eng = self._engine(method, **opts)
+        with self._lock:
+            eng._train_store(progress=progress)
+
+    @staticmethod
+    def ranking_needs_cp(method: Optional[str]) -> bool:
+        """Whether ranking ``method`` (None = the default) reads the all-layer (TracInCP)
+        store, so that ``ensure_store("cp")`` must run before :meth:`mislabel_scores`."""
+        return (method or rk.DEFAULT_RANKER) in rk.NEEDS_CP
+
+    def precompute(self, methods: Sequence[str] = ("fast",),
+                   progress: Optional[Callable[[int, Optional[int]], None]] = None) -> None:
         """Run the training pass for ``methods`` now (progress(done, total) per batch)."""
         for m in methods:
             eng = self._engine(m)
@@ -407,7 +453,7 @@ class Workspace:
                 # the training pass already stored every checkpoint's outputs: reuse the
                 # final checkpoint's instead of another pass over the training data
                 store = self._engine("fast")._train_store()
-                logits = store.array(f"c{len(self.checkpoints) - 1}/o").float()
+                logits = store.outputs(len(self.checkpoints) - 1).float()
                 prob = torch.softmax(logits, dim=1).numpy()
                 self._pred_cache[split] = (prob.argmax(1), prob)
             if split not in self._pred_cache:
@@ -424,6 +470,23 @@ class Workspace:
             "index": np.arange(len(ds)), "label": labels, "predicted": pred,
             "probability": prob[np.arange(len(ds)), pred], "correct": pred == labels,
         })
+
+    def train_predictions(self) -> pd.DataFrame:
+        """The model's view of every training example at the final checkpoint: the
+        columns of ``predictions("train")`` (index, label, predicted, probability,
+        correct) plus ``suggested`` (:func:`tracin_core.review_queue.suggested_labels`:
+        the prediction, or the second most probable class when the prediction equals the
+        given label), ``suggested_probability`` and ``given_probability``; indexed by
+        ``index`` (which stays a column)."""
+        from .review_queue import suggested_labels
+
+        pred = self.predictions("train").set_index("index", drop=False)
+        probs = np.asarray(self.class_probabilities("train"))
+        suggested, suggested_p, given_p = suggested_labels(pred["label"].to_numpy(), probs)
+        pred["suggested"] = suggested
+        pred["suggested_probability"] = suggested_p
+        pred["given_probability"] = given_p
+        return pred
 
     def class_probabilities(self, split: str = "test") -> np.ndarray:
         self.predictions(split)
@@ -503,16 +566,16 @@ class Workspace:
         with self._lock:
             store = eng._train_store()
             C = len(self.checkpoints)
-            logits = np.stack([store.array(f"c{c}/o").double().numpy() for c in range(C)])
-            si_fast = np.stack([store.array(f"c{c}/self").double().numpy()[:, 0] for c in range(C)])
+            logits = np.stack([store.outputs(c).double().numpy() for c in range(C)])
+            si_fast = np.stack([store.self_terms(c).double().numpy() for c in range(C)])
             si_cp = None
             if with_cp:
                 cp = self._engine("cp")
                 cstore = cp._train_store()
-                si_cp = np.stack([cstore.array(f"c{c}/self").double().numpy()[:, 0] for c in range(C)])
+                si_cp = np.stack([cstore.self_terms(c).double().numpy() for c in range(C)])
             # per-checkpoint views of the (memory-mapped) store, not one stacked copy: the
             # neighbourhood rankers read the early checkpoints only (1.5 GB saved at 1M rows)
-            features = [store.array(f"c{c}/a").float().numpy() for c in range(C)]
+            features = [store.layer_inputs(c).float().numpy() for c in range(C)]
         return rk.RankerInputs(logits, self.train.labels.numpy(), np.asarray(self.learning_rates), si_fast, si_cp,
                                features=features)
 
@@ -543,14 +606,15 @@ class Workspace:
         out = {n: self._stored_ranking(n) for n in names}
         missing = [n for n, v in out.items() if v is None]
         if missing:
-            inp = self.ranker_inputs(with_cp=with_cp or "self_influence_cp" in missing)
+            inp = self.ranker_inputs(with_cp=with_cp or any(n in rk.NEEDS_CP for n in missing))
             for n in missing:
                 with rk.recording_searches() as searches:
                     scores = np.asarray(rk.compute(n, inp), dtype=np.float64)
                 path = self._ranking_path(n)
                 meta = {"ranking": n, "n": len(scores),
                         "neighbour_searches": [dataclasses.asdict(x) for x in searches]}
-                _write_atomic(path.with_suffix(".json"), lambda fh: fh.write(json.dumps(meta, indent=1).encode()))
+                _write_atomic(path.with_suffix(".json"),
+                              lambda fh, meta=meta: fh.write(json.dumps(meta, indent=1).encode()))
                 _save_npy_atomic(path, scores)
                 out[n] = scores
         for v in out.values():

@@ -7,11 +7,13 @@
 (cb91b78 is the last commit with schema version 1.) The file is then checkpointed into a
 single file (journal mode DELETE). tests/test_review_store.py upgrades a copy of it.
 """
-import sqlite3, sys
+import sqlite3
+import sys
 from pathlib import Path
 import review_v1 as r
 assert r.SCHEMA_VERSION == 1
-out = Path(sys.argv[1]); out.unlink(missing_ok=True)
+out = Path(sys.argv[1])
+out.unlink(missing_ok=True)
 s = r.ReviewStore(out, workspace="ws", data_hash="h1")
 s.record(0, "ann", "accept", given_label=0, ranking="neighbour_vote", score=2.5)
 s.record(1, "ann", "relabel", 7, given_label=1)
@@ -30,7 +32,8 @@ s.record(7, "carol", "adjudicate", 3)                 # adjudicated
 s.claim_next("ann", [8, 9])
 other = r.ReviewStore(out, workspace="ws", data_hash="h0")
 other.record(0, "ann", "exclude", given_label=0)
-s.close(); other.close()
+s.close()
+other.close()
 conn = sqlite3.connect(out)
 conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 conn.execute("PRAGMA journal_mode = DELETE")
