@@ -420,14 +420,19 @@ def test_apptest_counters_skip_queue_size_and_ranking_switch(review_app):
     assert "**1 / 1,437** items decided" in progress_text() and "you: 1" in progress_text()
     assert open_count() == start - 1
     held = _apptest_item(at)
-    at.selectbox(key="rv_ranking").set_value("loss_mean").run()
-    assert not at.exception and not at.error
     from tracin_core import Workspace
 
     ws = Workspace.demo(cache_dir=Path(os.environ["TRACIN_CACHE"]) / "stores")
     decided = set(_store(db).decided_items("apptest"))
-    first = next(int(i) for i in ws.mislabel_scores("loss_mean")["index"] if int(i) not in decided)
-    assert _apptest_item(at) == first != held
+
+    def first_open(method: str) -> int:
+        return next(int(i) for i in ws.mislabel_scores(method)["index"] if int(i) not in decided)
+
+    # a ranking whose first open item is not the one shown (rankings may agree on it)
+    other = next(m for m in ("loss_mean", "aum", "self_influence_fast", "loss_final") if first_open(m) != held)
+    at.selectbox(key="rv_ranking").set_value(other).run()
+    assert not at.exception and not at.error
+    assert _apptest_item(at) == first_open(other) != held
 
 
 def test_apptest_number_keys_relabel(review_app):

@@ -60,7 +60,7 @@ def test_orientation_known_mislabel_ranks_first(name):
 @pytest.mark.parametrize("name", ["neighbour_vote", "knn_disagreement", "loss_early", "aum_early",
                                   "confidence_class_normalised", "self_influence_fast_early",
                                   "neighbour_vote_adaptive", "aum_adaptive", "loss_adaptive", "knn_spread",
-                                  "combined"])
+                                  "probability_margin_sq_adaptive", "combined"])
 def test_early_rankers_find_a_memorised_mislabel(name):
     inp, bad = constructed(memorised=True)
     assert int(np.argmax(rk.compute(name, inp))) == bad
@@ -360,6 +360,25 @@ def test_adaptive_losses_direct(tiny):
     assert np.allclose(rk.compute("loss_adaptive", cons), rk.compute("loss_mean", cons))
 
 
+def test_probability_margin_sq_adaptive_direct(tiny):
+    inp = tiny["inp"]
+    y = tiny["y"].numpy()
+    t = rk.checkpoint_trust(inp)
+    pr = torch.softmax(_outputs(tiny).double(), dim=-1).numpy()
+    d = np.array([[np.delete(pr[c, i], y[i]).max() ** 2 - pr[c, i, y[i]] ** 2 for i in range(len(y))]
+                  for c in range(6)])
+    assert np.allclose(rk.compute("probability_margin_sq_adaptive", inp), (t[:, None] * d).sum(0) / t.sum(),
+                       rtol=1e-5, atol=1e-7)
+    # orientation: the item whose model prefers another class scores higher; equal trust: the plain mean
+    cons, bad = constructed()
+    p = rk.probabilities(cons)
+    yy = cons.labels
+    plain = np.mean([[np.delete(p[c, i], yy[i]).max() ** 2 - p[c, i, yy[i]] ** 2 for i in range(len(yy))]
+                     for c in range(3)], axis=0)
+    got = rk.compute("probability_margin_sq_adaptive", cons)
+    assert np.allclose(got, plain) and int(np.argmax(got)) == bad and got[bad] > 0 > np.delete(got, bad).max()
+
+
 def test_spread_neighbour_rankers_direct(tiny):
     inp = tiny["inp"]
     y = inp.labels
@@ -399,8 +418,8 @@ def test_spread_neighbour_rankers_direct(tiny):
 def test_rank_mean_and_combined_direct(tiny):
     inp = tiny["inp"]
     r = lambda v: rankdata(v) / len(v)  # noqa: E731
-    w = {"neighbour_vote_adaptive": 0.3, "aum": 0.7}
-    want = (0.3 * r(rk.compute("neighbour_vote_adaptive", inp)) + 0.7 * r(rk.compute("aum", inp))) / 1.0
+    w = {"knn_spread": 0.3, "aum": 0.7}
+    want = (0.3 * r(rk.compute("knn_spread", inp)) + 0.7 * r(rk.compute("aum", inp))) / 1.0
     assert np.allclose(rk.rank_mean(inp, w), want)
     ws = rk.COMBINED_WEIGHTS
     want = sum(v * r(rk.compute(k, inp)) for k, v in ws.items()) / sum(ws.values())
@@ -408,6 +427,8 @@ def test_rank_mean_and_combined_direct(tiny):
     assert set(ws) <= set(rk.COMBINABLE) and not (set(ws) & rk.NEEDS_CP)
     with pytest.raises(ValueError, match="not combinable"):
         rk.rank_mean(inp, {"loss_final": 1.0})
+    with pytest.raises(ValueError, match="not combinable"):
+        rk.rank_mean(inp, {"neighbour_vote_adaptive": 1.0})
     with pytest.raises(ValueError, match="weights must be"):
         rk.rank_mean(inp, {"aum": -1.0})
     with pytest.raises(ValueError, match="at least one"):
