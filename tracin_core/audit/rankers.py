@@ -305,22 +305,25 @@ def _annoy_searches(xs: list[np.ndarray], k: int, chunk: int) -> list[tuple[np.n
     threads = search_threads()
     out = []
     with ThreadPoolExecutor(threads) as pool:
+        def query(index, x: np.ndarray, search_k: int) -> list:
+            """Every row's query, in blocks on the pool (futures, in row order)."""
+            return [pool.submit(_annoy_rows, index, x, r, k, search_k)
+                    for r in np.array_split(np.arange(len(x)), 4 * threads)]
+
         built = [pool.submit(_calibrated_index, x, k) for x in xs]
         pending = []
-        for x, b in zip(xs, built):
+        for x, b in zip(xs, built):  # each search's queries queue up as soon as its index is ready
             index, search_k = b.result()
-            blocks = np.array_split(np.arange(len(x)), 4 * threads)
-            pending.append([index, search_k, [pool.submit(_annoy_rows, index, x, r, k, search_k) for r in blocks]])
+            pending.append((index, search_k, query(index, x, search_k)))
         for x, (index, search_k, parts) in zip(xs, pending):
-            found = np.concatenate([p.result() for p in parts])
-            for _ in range(ANNOY_WIDENINGS + 1):
+            for attempt in range(ANNOY_WIDENINGS + 1):
+                found = np.concatenate([p.result() for p in parts])
                 recall, sample = sampled_recall(x, found, RECALL_SAMPLE, chunk=chunk)
-                if recall >= TARGET_RECALL or search_k >= ANNOY_SEARCH_MAX_PER_NEIGHBOUR * (k + 1):
-                    break
+                if (recall >= TARGET_RECALL or attempt == ANNOY_WIDENINGS
+                        or search_k >= ANNOY_SEARCH_MAX_PER_NEIGHBOUR * (k + 1)):
+                    break  # the neighbours, search_k and recall returned always belong together
                 search_k *= 2
-                blocks = np.array_split(np.arange(len(x)), 4 * threads)
-                found = np.concatenate([p.result() for p in [pool.submit(_annoy_rows, index, x, r, k, search_k)
-                                                             for r in blocks]])
+                parts = query(index, x, search_k)
             out.append((found, search_k, recall, sample))
     return out
 
