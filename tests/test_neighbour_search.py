@@ -169,13 +169,36 @@ def test_memorisation_is_estimated_on_a_sample_above_the_exact_size(monkeypatch)
     full = rk.memorisation(inp)
     n = len(inp.labels)
     monkeypatch.setattr(rk, "EXACT_SEARCH_MAX", n - 1)
-    monkeypatch.setattr(rk, "MEMORISATION_SAMPLE", n)  # the "sample" is every row: the same shares
+    monkeypatch.setattr(rk, "RECALL_SAMPLE", n)  # the "sample" is every row: the same shares
     rk._NN_CACHE.clear()
     assert np.array_equal(rk.memorisation(inp), full)
-    monkeypatch.setattr(rk, "MEMORISATION_SAMPLE", n // 2)  # half the rows: close, not equal
+    monkeypatch.setattr(rk, "RECALL_SAMPLE", n // 4)  # about half the rows: close, not equal
+    monkeypatch.setattr(rk, "CALIBRATION_SAMPLE", n // 4)
     half = rk.memorisation(inp)
     rk._NN_CACHE.clear()
     assert np.abs(half - full).max() < 0.15 and full.max() > 0.2
+
+
+def test_memorisation_reuses_the_searches_samples(monkeypatch):
+    """Above the exact size, the first checkpoint's sampled rows were searched exactly by the
+    annoy search's calibration and recall check: memorisation searches only the others."""
+    inp = _noisy_inputs()
+    n = len(inp.labels)
+    monkeypatch.setattr(rk, "EXACT_SEARCH_MAX", n - 1)
+    monkeypatch.setattr(rk, "RECALL_SAMPLE", 100)
+    monkeypatch.setattr(rk, "CALIBRATION_SAMPLE", 100)
+    rk._NN_CACHE.clear()
+    searched = []
+    exact = rk._exact_rows
+    monkeypatch.setattr(rk, "_exact_rows", lambda t, rows, k, chunk=2048: searched.append(len(rows)) or exact(t, rows, k, chunk))
+    rk.spread_neighbours(inp)
+    before = len(searched)
+    assert before >= 2 * 3  # calibration and recall samples of three searches
+    shares = rk.memorisation(inp)
+    assert searched[before:] == [100, 100] * (rk.n_early(3) - 1)  # checkpoint 0's samples are reused
+    rk._NN_CACHE.clear()
+    monkeypatch.setattr(rk, "_exact_rows", exact)
+    assert np.array_equal(rk.memorisation(inp), shares)  # the same shares without the searches before
 
 
 @pytest.mark.parametrize("ties", [False, True])
@@ -199,3 +222,21 @@ def test_queue_curves_match_the_one_metric_at_a_time_functions(ties):
     assert np.isnan(q.precision_at(0))
     thin = rk.queue_curves(scores, truth, points=50)
     assert len(thin.found[0]) <= 102 and thin.auc == q.auc
+
+
+def test_exact_search_matches_brute_force_with_query_and_column_blocks(monkeypatch):
+    """Column blocks smaller than k, query blocks of 5 rows, rows given in any order: the
+    k nearest other rows and their similarities are those of a full argsort."""
+    import torch
+
+    x = rk._unit_rows(_clusters(n=300, dim=6, seed=3))
+    rows = np.random.default_rng(1).permutation(300)[:40]
+    sims = x[rows] @ x.T
+    sims[np.arange(len(rows)), rows] = -np.inf
+    want = np.argsort(-sims, axis=1, kind="stable")[:, :6]
+    monkeypatch.setattr(rk, "EXACT_QUERY_BLOCK", 5)
+    monkeypatch.setattr(rk, "EXACT_BLOCK_ELEMENTS", 5 * 4)  # 4 columns a block: fewer than k
+    idx, got = rk._exact_rows(torch.from_numpy(x), rows, 6)
+    assert np.allclose(got, np.take_along_axis(sims, want, 1), atol=1e-6)
+    assert np.array_equal(idx, want)
+    assert not (idx == rows[:, None]).any()
