@@ -240,3 +240,16 @@ def test_exact_search_matches_brute_force_with_query_and_column_blocks(monkeypat
     assert np.allclose(got, np.take_along_axis(sims, want, 1), atol=1e-6)
     assert np.array_equal(idx, want)
     assert not (idx == rows[:, None]).any()
+
+
+def test_locality_order_is_a_seeded_permutation_that_puts_similar_rows_together():
+    x = rk._unit_rows(_clusters(n=5000, dim=12, centres=40, seed=4))
+    order = rk.locality_order(x, leaf=64)
+    assert np.array_equal(np.sort(order), np.arange(len(x)))
+    assert np.array_equal(order, rk.locality_order(x, leaf=64))  # deterministic
+    assert not np.array_equal(order, rk.locality_order(x, leaf=64, seed=1))
+    shuffled = np.random.default_rng(0).permutation(len(x))
+    def cos(o):
+        return float((x[o[:-1]] * x[o[1:]]).sum(1).mean())
+    assert cos(order) > cos(shuffled) + 0.3  # consecutive rows are alike
+    assert np.array_equal(rk.locality_order(x[:50], leaf=64), np.arange(50))  # one leaf: nothing to order

@@ -335,19 +335,53 @@ def _annoy_rows(index, x: np.ndarray, rows: np.ndarray, k: int, search_k: int) -
     return out
 
 
+#: rows per leaf of :func:`locality_order`'s tree
+LOCALITY_LEAF = 256
+
+
+def locality_order(x: np.ndarray, leaf: int = LOCALITY_LEAF, seed: int = 0) -> np.ndarray:
+    """(N,) a permutation of the rows of ``x`` (N, H) that puts similar rows near each other:
+    the leaves, in order, of a random-projection tree (each level splits every group at the
+    median of its rows' projections on one random direction; groups of at most ``leaf`` rows).
+
+    Annoy's queries are bound by memory latency: an index built on rows in this order and
+    queried in this order finds the same recall 2.5x faster at 1,000,000 rows (88 vs 222 µs a
+    query, measured on the 1M Fashion-MNIST set's last checkpoint), because consecutive queries
+    and their candidates share cache lines and pages. Written by hand: annoy does not expose
+    its trees' leaves, and a k-means order costs more. Deterministic given ``seed``."""
+    n = len(x)
+    depth = int(np.ceil(np.log2(n / leaf))) if n > leaf else 0
+    proj = x @ np.random.default_rng(seed).standard_normal((x.shape[1], depth)).astype(x.dtype)
+    order = np.arange(n)
+    group = np.zeros(n, dtype=np.int64)
+    for d in range(depth):
+        o = np.lexsort((proj[order, d], group))  # each group (contiguous) sorted by its projection
+        order, group = order[o], group[o]
+        _, start, count = np.unique(group, return_index=True, return_counts=True)
+        slot = np.searchsorted(start, np.arange(n), side="right") - 1
+        group = 2 * slot + (np.arange(n) - start[slot] >= count[slot] // 2)
+    return order
+
+
 def _calibrated_index(x: np.ndarray, k: int, xkey: Optional[str] = None):
-    """Build the index and choose ``search_k``: the smallest on the ladder (see
-    :data:`ANNOY_SEARCH_PER_NEIGHBOUR`) whose recall on a calibration sample (seed 1)
-    reaches :data:`TARGET_RECALL` + :data:`CALIBRATION_MARGIN`. Returns (index, search_k)."""
-    index = _annoy_index(x, ANNOY_TREES)
+    """Build the index on the rows in :func:`locality_order` and choose ``search_k``: the
+    smallest on the ladder (see :data:`ANNOY_SEARCH_PER_NEIGHBOUR`) whose recall on a
+    calibration sample (seed 1) reaches :data:`TARGET_RECALL` + :data:`CALIBRATION_MARGIN`.
+    Returns (index, search_k, order, ordered rows): the index's item ``i`` is row ``order[i]``."""
+    order = locality_order(x)
+    xo = np.ascontiguousarray(x[order])
+    index = _annoy_index(xo, ANNOY_TREES)
+    at = np.empty(len(x), dtype=np.int64)
+    at[order] = np.arange(len(x))
     rows = _sample_rows(len(x), CALIBRATION_SAMPLE, seed=1)
     sims = _exact_sample(x, rows, k, xkey)[1]
     search_k, ceiling = ANNOY_SEARCH_PER_NEIGHBOUR * (k + 1), ANNOY_SEARCH_MAX_PER_NEIGHBOUR * (k + 1)
     while search_k < ceiling:
-        if _recall_rows(x, rows, _annoy_rows(index, x, rows, k, search_k), sims) >= TARGET_RECALL + CALIBRATION_MARGIN:
+        found = order[_annoy_rows(index, xo, at[rows], k, search_k)]
+        if _recall_rows(x, rows, found, sims) >= TARGET_RECALL + CALIBRATION_MARGIN:
             break
         search_k = min(ceiling, max(search_k + 1, search_k * 5 // 4))
-    return index, search_k
+    return index, search_k, order, xo
 
 
 def _annoy_searches(xs: list[np.ndarray], k: int, chunk: int,
@@ -362,26 +396,32 @@ def _annoy_searches(xs: list[np.ndarray], k: int, chunk: int,
     threads = search_threads()
     out = []
     with ThreadPoolExecutor(threads) as pool:
-        def query(index, x: np.ndarray, search_k: int) -> list:
-            """Every row's query, in blocks on the pool (futures, in row order)."""
-            return [pool.submit(_annoy_rows, index, x, r, k, search_k)
-                    for r in np.array_split(np.arange(len(x)), 4 * threads)]
+        def query(index, xo: np.ndarray, search_k: int) -> list:
+            """Every item's query, in blocks of consecutive items on the pool (futures, in item order)."""
+            return [pool.submit(_annoy_rows, index, xo, r, k, search_k)
+                    for r in np.array_split(np.arange(len(xo)), 4 * threads)]
+
+        def gather(parts: list, order: np.ndarray) -> np.ndarray:
+            """The items' neighbours as rows' neighbours (row ``order[i]`` is item ``i``)."""
+            found = np.empty((len(order), k), dtype=np.int64)
+            found[order] = order[np.concatenate([p.result() for p in parts])]
+            return found
 
         xkeys = xkeys or [None] * len(xs)
         built = [pool.submit(_calibrated_index, x, k, xkey) for x, xkey in zip(xs, xkeys)]
         pending = []
-        for x, b in zip(xs, built):  # each search's queries queue up as soon as its index is ready
-            index, search_k = b.result()
-            pending.append((index, search_k, query(index, x, search_k)))
-        for x, xkey, (index, search_k, parts) in zip(xs, xkeys, pending):
+        for b in built:  # each search's queries queue up as soon as its index is ready
+            index, search_k, order, xo = b.result()
+            pending.append((index, search_k, order, xo, query(index, xo, search_k)))
+        for x, xkey, (index, search_k, order, xo, parts) in zip(xs, xkeys, pending):
             for attempt in range(ANNOY_WIDENINGS + 1):
-                found = np.concatenate([p.result() for p in parts])
+                found = gather(parts, order)
                 recall, sample = _recall_on_sample(x, found, RECALL_SAMPLE, 0, xkey, chunk)
                 if (recall >= TARGET_RECALL or attempt == ANNOY_WIDENINGS
                         or search_k >= ANNOY_SEARCH_MAX_PER_NEIGHBOUR * (k + 1)):
                     break  # the neighbours, search_k and recall returned always belong together
                 search_k *= 2
-                parts = query(index, x, search_k)
+                parts = query(index, xo, search_k)
             out.append((found, search_k, recall, sample))
     return out
 
