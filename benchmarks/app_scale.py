@@ -50,6 +50,8 @@ from tests.conftest import CHROMIUM, CHROMIUM_ARGS, AppServer  # noqa: E402
 FLOOR = """
 import copy, json, time, torch
 from tracin_core import Workspace
+from tracin_core.engine.allocator import keep_freed_batches
+keep_freed_batches()  # what precompute's pass does too: the floor gets the same allocator
 ws = Workspace.fashion(cache_dir={cache!r})
 models = []  # one model per checkpoint, each loaded once: nothing but decoding and forwards below
 for state in ws._states:

@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 from torch.utils.data import DataLoader
 
+from .allocator import keep_freed_batches
 from .errors import TracInArgumentError
 from .store import SELF, array_name
 
@@ -705,6 +706,7 @@ def run_pass(
     """
     start = 0
     bi = -1
+    keep_freed_batches()  # per-batch CPU activations reuse freed memory (tracin_core.engine.allocator)
     with model_lock(model), torch.inference_mode(False):
         for bi, batch in enumerate(loader):
             if isinstance(batch, Skipped):
