@@ -17,6 +17,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from pages import common
+from tracin_core.audit import rankers
 from tracin_core.audit.datasets import open_image
 
 PER_PAGE = 40
@@ -81,11 +82,7 @@ def _influence(fp: str, test_key: str, k: int, method: str, opts_json: str, labe
 @st.cache_resource(show_spinner=False, max_entries=8)
 def _self_influence_rank(fp: str, _ws) -> np.ndarray:
     """Rank (1 = largest) of every training example's self-influence (fast method)."""
-    si = _ws.self_influence("fast")
-    order = np.argsort(-si, kind="stable")
-    ranks = np.empty(len(si), dtype=np.int64)
-    ranks[order] = np.arange(1, len(si) + 1)
-    return ranks
+    return rankers.score_ranks(_ws.self_influence("fast"))
 
 
 def _sig3(x: float) -> str:

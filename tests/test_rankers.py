@@ -471,6 +471,8 @@ def test_metrics():
         assert rk.found_at(-np.arange(n, dtype=float), truth_n, 0.10) == pytest.approx(expected)
     t = rk.score_table(np.array([0.1, 3.0, 2.0]))
     assert list(t["index"]) == [1, 2, 0] and list(t["rank"]) == [1, 2, 3]
+    # score_ranks: 1 = largest score, ties keep index order
+    assert rk.score_ranks(np.array([0.1, 3.0, 2.0, 3.0])).tolist() == [4, 1, 3, 2]
 
 
 # ----------------------------------------------------------------------------- noise models

@@ -879,12 +879,20 @@ USES_FEATURES = frozenset({"combined", "neighbour_vote", "knn_disagreement", "kn
 DEFAULT_RANKER = "combined"
 
 
-def score_table(scores: np.ndarray) -> pd.DataFrame:
-    """``index``, ``score``, ``rank`` (1 = most likely mislabelled), sorted by rank."""
+def score_ranks(scores: np.ndarray) -> np.ndarray:
+    """Rank of every score, shape ``(n,)`` int64: 1 = largest score (most likely
+    mislabelled); ties keep index order."""
     scores = np.asarray(scores, dtype=np.float64)
     order = np.argsort(-scores, kind="stable")
     rank = np.empty(len(scores), dtype=np.int64)
     rank[order] = np.arange(1, len(scores) + 1)
+    return rank
+
+
+def score_table(scores: np.ndarray) -> pd.DataFrame:
+    """``index``, ``score``, ``rank`` (1 = most likely mislabelled), sorted by rank."""
+    scores = np.asarray(scores, dtype=np.float64)
+    rank = score_ranks(scores)
     df = pd.DataFrame({"index": np.arange(len(scores)), "score": scores, "rank": rank})
     return df.sort_values("rank", kind="stable").reset_index(drop=True)
 
