@@ -15,8 +15,6 @@ same inputs ``Workspace.mislabel_scores`` ranks with), retraining from
 """
 from __future__ import annotations
 
-import hashlib
-import threading
 from pathlib import Path
 from typing import Optional
 
@@ -27,6 +25,7 @@ import streamlit as st
 
 from pages import common
 from tracin_core.audit import rankers as rk
+from tracin_core.audit import retrain
 
 #: epochs for the retraining (the demo's recipe uses 30); tests set it low
 RETRAIN_EPOCHS = 30  # the Epochs box's default (tests set the box: key "ev_epochs")
@@ -55,27 +54,9 @@ def _has_features(fingerprint: str, _ws) -> bool:
 
 
 @st.cache_resource(show_spinner=False)
-def _retrain_results() -> tuple[dict[tuple[str, int], float], threading.Lock]:
-    """Finished retrainings, shared by every session ((labels hash, epochs) -> test
-    accuracy), and the lock that lets one training run at a time on the server."""
-    return {}, threading.Lock()
-
-
-def _retrain(labels: np.ndarray, epochs: int, progress=None) -> float:
-    """Test accuracy of the demo CNN retrained on ``labels`` (-1 = excluded); computed once."""
-    from tracin_core.audit.demo import retrain_on_labels
-
-    key = (_labels_key(labels), int(epochs))
-    done, lock = _retrain_results()
-    with lock:
-        if key not in done:
-            _, acc = retrain_on_labels(np.asarray(labels, dtype=np.int64), epochs=epochs, progress=progress)
-            done[key] = float(acc)
-        return done[key]
-
-
-def _labels_key(labels: np.ndarray) -> str:
-    return hashlib.sha256(np.asarray(labels, dtype=np.int64).tobytes()).hexdigest()
+def _retrain_registry() -> retrain.RetrainRegistry:
+    """Finished retrainings, shared by every session (one training at a time on the server)."""
+    return retrain.RetrainRegistry()
 
 
 def _cp_ready(ws) -> bool:
@@ -234,14 +215,6 @@ def _corrected_labels(ws) -> tuple[np.ndarray, int]:
     return labels, decided
 
 
-def _oracle_labels(ws, scores: dict[str, np.ndarray], name: str, count: int) -> np.ndarray:
-    """The given labels with the first ``count`` items of a queue set to their true labels."""
-    labels = ws.train.labels.numpy().astype(np.int64).copy()
-    order = np.argsort(-scores[name], kind="stable")[:count]
-    labels[order] = ws.ground_truth[order]
-    return labels
-
-
 def section_retrain(ws, scores: dict[str, np.ndarray], truth: np.ndarray) -> None:
     st.subheader("Close the loop: retrain on corrected labels")
     if not _is_demo(ws):
@@ -264,7 +237,7 @@ def section_retrain(ws, scores: dict[str, np.ndarray], truth: np.ndarray) -> Non
                             if rk.DEFAULT_RANKER in scores else 0, format_func=_label, key="ev_oracle_ranker")
         count = int(c2.number_input("Items reviewed", min_value=0, max_value=len(given),
                                     value=int(round(0.1 * len(given))), step=10, key="ev_oracle_n"))
-        corrected = _oracle_labels(ws, scores, name, count)
+        corrected = retrain.oracle_labels(given, ws.ground_truth, scores[name], count)
     changed = corrected != given
     fixed = int((changed & (corrected == ws.ground_truth)).sum())
     broken = int((changed & (corrected >= 0) & (corrected != ws.ground_truth)).sum())
@@ -283,11 +256,11 @@ def section_retrain(ws, scores: dict[str, np.ndarray], truth: np.ndarray) -> Non
                 bar.progress(min(1.0, (i + fraction) / len(runs)), text=f"{title}: {message}")
 
             labels = np.asarray(labels, dtype=np.int64)
-            results[title] = _retrain(labels, epochs, progress=progress)
+            results[title] = _retrain_registry().accuracy(labels, epochs, progress=progress)
         bar.empty()
-        st.session_state["ev_retrain_result"] = {"key": (_labels_key(corrected), epochs), "acc": results}
+        st.session_state["ev_retrain_result"] = {"key": (retrain.labels_key(corrected), epochs), "acc": results}
     res = st.session_state.get("ev_retrain_result")
-    if res and res["key"] == (_labels_key(corrected), epochs):  # only for the labels shown above
+    if res and res["key"] == (retrain.labels_key(corrected), epochs):  # only for the labels shown above
         acc = res["acc"]
         c1, c2, c3 = st.columns(3)
         before = acc["noisy labels (as given)"]
