@@ -25,7 +25,6 @@ import json
 import os
 import platform
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -134,7 +133,7 @@ def main() -> int:
             pg.locator(".st-key-pick_0 button").wait_for()
             wait_idle(pg)
             picks: list[float] = []
-            for n, idx in enumerate(TEST_INDICES[: repeats + 1]):
+            for idx in TEST_INDICES[: repeats + 1]:
                 button = pg.locator(f".st-key-pick_{idx} button")
                 button.scroll_into_view_if_needed()
                 t = time.monotonic()
@@ -226,7 +225,7 @@ def main() -> int:
             *fmt(every), "<= 5 s", "yes" if max(every) <= 5 else "NO"))
     w = max(len(r[0]) for r in rows)
     try:
-        cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
     except Exception:  # noqa: BLE001
         cpu = platform.processor() or platform.machine()
     command = "python benchmarks/app_latency.py " + " ".join(sys.argv[1:])

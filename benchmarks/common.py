@@ -103,7 +103,7 @@ def ensure_cifar_folder(work: Path, n_train: int, n_test: int, seed: int = 0) ->
         assert len(ds_tr) == n_train and len(ds_te) == n_test
         x, y = ds_tr[0]
         assert tuple(x.shape) == (3, 32, 32) and 0 <= int(y) < 10
-    except Exception as exc:  # missing or broken: use our own writer
+    except Exception as exc:  # noqa: BLE001  (missing or broken, whatever the error: use our own writer)
         print(f"[bench] make_cifar10_folder unusable ({exc!r}); using benchmarks.common writer", flush=True)
         writer = "benchmarks.common._write_cifar_folder"
         _write_cifar_folder(root, n_train, n_test, seed)
@@ -194,7 +194,7 @@ def current_rss_mb() -> float:
         import psutil
 
         return psutil.Process().memory_info().rss / 2**20
-    except Exception:
+    except Exception:  # noqa: BLE001  (no psutil or no reading: report nan, never stop a benchmark)
         return float("nan")
 
 

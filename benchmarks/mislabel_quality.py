@@ -635,7 +635,7 @@ def report(df: Any, chosen: dict[str, np.ndarray], args: argparse.Namespace, sec
     if df.ranker.str.endswith(NO_FEATURES).any():
         lines += [f"- `<name>{NO_FEATURES}`: the same ranker with `RankerInputs.features=None` (logits as embeddings)."]
     else:
-        lines += [f"- (`--no-fallback`: the neighbourhood rankers' rows without features were not computed.)"]
+        lines += ["- (`--no-fallback`: the neighbourhood rankers' rows without features were not computed.)"]
     lines += ["", "Self-influence over all layers (`self_influence_cp`) is not computed on Fashion-MNIST "
               "(`NO_ALL_LAYERS`: the TracInCP pass would add about half to each run's time on 2 CPU cores): "
               "— in its tables."]

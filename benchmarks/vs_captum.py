@@ -49,8 +49,8 @@ from benchmarks.common import (  # noqa: E402
 #: batch on tensors decoded before the clock starts (in NCHW and in channels-last layout;
 #: the faster counts).
 CASES = ["floor", "forward_floor", "fast_pair", "fast_self", "randproj_init", "cp_self"]
-LIBS = {"floor": ["ours", "nochurn"], "forward_floor": ["ours"], "fast_pair": ["captum", "ours", "itemwise", "nchw"], "fast_self": ["captum", "ours"],
-        "randproj_init": ["captum", "ours"], "cp_self": ["captum", "ours"]}
+LIBS = {"floor": ["ours", "nochurn"], "forward_floor": ["ours"], "fast_pair": ["captum", "ours", "itemwise", "nchw"],
+        "fast_self": ["captum", "ours"], "randproj_init": ["captum", "ours"], "cp_self": ["captum", "ours"]}
 RESULT_TAG = "@@RESULT@@ "
 #: glibc settings for the "nochurn" floor: never return freed memory to the OS, so the
 #: 38 MB activation buffers of a 2048 batch are not unmapped and page-faulted back in on
@@ -354,8 +354,8 @@ def engine_version() -> str:
         h.update(p.read_bytes())
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
-        dirty = subprocess.run(["git", "--no-optional-locks", "status", "--porcelain", "--", "tracin_core"], cwd=REPO, capture_output=True,
-                               text=True).stdout.strip()
+        dirty = subprocess.run(["git", "--no-optional-locks", "status", "--porcelain", "--", "tracin_core"], cwd=REPO,
+                               capture_output=True, text=True).stdout.strip()
     except OSError:
         head, dirty = "?", ""
     return f"git {head}{' + uncommitted edits in tracin_core/' if dirty else ''}, tracin_core/*.py sha256 {h.hexdigest()[:12]}"
@@ -382,7 +382,8 @@ def agreement(args, results) -> dict:
         return torch.load(p, weights_only=True) if p.exists() else None
 
     c, o = load("fast_pair", "captum"), load("fast_pair", "ours")
-    if c and o and "error" not in results.get(("fast_pair", "captum"), {}) and "error" not in results.get(("fast_pair", "ours"), {}):
+    if (c and o and "error" not in results.get(("fast_pair", "captum"), {})
+            and "error" not in results.get(("fast_pair", "ours"), {})):
         agree["fast_pair"] = {
             "prop_scores_max_rel": max_rel_diff(o["prop_scores"], c["prop_scores"]),
             "opp_scores_max_rel": max_rel_diff(o["opp_scores"], c["opp_scores"]),
@@ -502,9 +503,9 @@ def build_report(args, results, agree, meta) -> tuple[str, list[tuple[str, bool,
     rows.append(f"| cp_self: TracInCP(all layers, bs {CP_BATCH}, sample_wise_grads_per_batch) init + self_influence() "
                 f"of {args.cp_n:,} " + timed(c, o, vs_floor=False) + "| — | — " + self_agree("cp_self"))
     present = {c for (c, _l) in results}
-    prefix_case = [("| Captum-style", "floor"), ("| forward floor", "forward_floor"), ("| fast_pair", "fast_pair"), ("| fast_interactive", "fast_pair"),
-                   ("| self_influence()", "fast_pair"), ("| fast_self", "fast_self"), ("| randproj", "randproj_init"),
-                   ("| cp_self", "cp_self")]
+    prefix_case = [("| Captum-style", "floor"), ("| forward floor", "forward_floor"), ("| fast_pair", "fast_pair"),
+                   ("| fast_interactive", "fast_pair"), ("| self_influence()", "fast_pair"), ("| fast_self", "fast_self"),
+                   ("| randproj", "randproj_init"), ("| cp_self", "cp_self")]
     rows = [r for r in rows if next((c for pfx, c in prefix_case if r.startswith(pfx)), None) in present]
     table = "\n".join([hdr, sep] + rows)
 
@@ -512,8 +513,8 @@ def build_report(args, results, agree, meta) -> tuple[str, list[tuple[str, bool,
     checks: list[tuple[str, bool, str]] = []
 
     def contended(*pairs):
-        hit = [f"{c}/{l} {R(c, l)['others_cores']:.2f}" for c, l in pairs
-               if R(c, l).get("others_cores", 0) > args.max_contention]
+        hit = [f"{c}/{lib} {R(c, lib)['others_cores']:.2f}" for c, lib in pairs
+               if R(c, lib).get("others_cores", 0) > args.max_contention]
         return f" [UNRELIABLE: other processes used CPU cores meanwhile: {', '.join(hit)}]" if hit else ""
 
     def add(name, ok, detail):
@@ -601,7 +602,8 @@ def build_report(args, results, agree, meta) -> tuple[str, list[tuple[str, bool,
                "Wall seconds of every run (fastest kept), CPU seconds of the kept run (all threads), and "
                "how many cores *other* processes on the machine used meanwhile (reruns happen above "
                f"{args.max_contention} cores).", "",
-               "| case | library | runs: wall s | kept: CPU s | kept: system s | kept: page faults | others' cores per run | base MB |",
+               "| case | library | runs: wall s | kept: CPU s | kept: system s | kept: page faults "
+               "| others' cores per run | base MB |",
                "|---|---|---|---|---|---|---|---|"]
     for (case, lib), r in results.items():
         if "error" in r:
@@ -693,8 +695,8 @@ def main(argv=None) -> int:
         same = old.get("meta", {}).get("sizes") == [args.n_train, args.n_test_pool, args.cp_n]
         if same:
             for key, r in old.get("results", {}).items():
-                c, l = key.split("/")
-                results[(c, l)] = r
+                c, lib = key.split("/")
+                results[(c, lib)] = r
             print(f"[bench] merging into {len(results)} earlier results from {raw}", flush=True)
             prev_command = old["meta"].get("command")
         else:
@@ -714,12 +716,12 @@ def main(argv=None) -> int:
     cmd = "python benchmarks/vs_captum.py " + " ".join(sys.argv[1:] if argv is None else argv)
     if prev_command:
         cmd = f"{prev_command}`, then `{cmd.strip()}"
-    bases_c = [r["base_mb"] for (c, l), r in results.items() if l == "captum" and "base_mb" in r]
-    bases_o = [r["base_mb"] for (c, l), r in results.items() if l == "ours" and "base_mb" in r
+    bases_c = [r["base_mb"] for (c, lib), r in results.items() if lib == "captum" and "base_mb" in r]
+    bases_o = [r["base_mb"] for (c, lib), r in results.items() if lib == "ours" and "base_mb" in r
                and c not in ("floor", "forward_floor")]
     try:
-        model_name = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
-    except Exception:
+        model_name = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except Exception:  # noqa: BLE001  (no /proc/cpuinfo or no model line: fall back to platform)
         model_name = platform.processor() or platform.machine()
     engine_now = engine_version()
     if engine_now.split("sha256 ")[-1] != engine_at_start.split("sha256 ")[-1]:
@@ -739,7 +741,7 @@ def main(argv=None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(report)
     raw.write_text(json.dumps({"meta": meta, "agreement": agree,
-                               "results": {f"{c}/{l}": r for (c, l), r in results.items()}}, indent=1))
+                               "results": {f"{c}/{lib}": r for (c, lib), r in results.items()}}, indent=1))
     print(f"[bench] wrote {out} and {raw}; total {time.perf_counter() - t0:.0f} s", flush=True)
     return 0 if all(ok for _, ok, _ in checks) else 1
 
