@@ -2,11 +2,10 @@
 
 A CPU forward at batch 512 allocates activations of tens of MB. With glibc's default
 settings each of them is mapped afresh and its pages zeroed by the kernel on first touch,
-then unmapped when freed (or trimmed from the heap top): on the 60,000-image Fashion-MNIST
-workspace, six no-grad forwards per batch spent 24-27 s of system time in page faults and
-took 37.7 s; with the settings below 0.9 s of system time and 23.3 s (measured back to back
-on the two-core machine, ``benchmarks/app_scale.py``'s floor). Memory that a batch frees
-is kept for the next one instead; the peak grew by 80 MB (854 -> 932 MB).
+then unmapped when freed (or trimmed from the heap top): the six no-grad forwards per batch
+over the 60,000 Fashion-MNIST images took 37.7 s, 20.8 s of it system time in 9.6 million
+page faults; with the settings below 24.7 s and 0.2 s (``benchmarks/results/allocator.md``).
+Memory that a batch frees is kept for the next one instead.
 
 This is what ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_`` (or preloading jemalloc,
 as PyTorch's CPU performance guide suggests) do from outside the process; written by hand
