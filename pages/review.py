@@ -843,6 +843,30 @@ def review_view(ws, store, reviewer: str, table: pd.DataFrame, order: list[int],
 
 
 @st.fragment(run_every=RENEW_SECONDS)
+def ask_before_ranking(ws, method: Optional[str]) -> None:
+    """A large workspace whose ranking is not kept (never computed, or made by other
+    rankers' code): say so, with the CLI command that computes it ahead of time, and compute
+    it only on the button (with a progress indicator); stops the page until then. Small
+    workspaces fall through and compute it directly (well under a second)."""
+    status = ws.ranking_status(method)
+    if not status.expensive:
+        return
+    minutes = status.estimated_seconds / 60
+    took = f"about {minutes:.0f} minutes" if minutes >= 1.5 else f"about {status.estimated_seconds:.0f} seconds"
+    st.warning(
+        f"The **{common.esc(status.name)}** ranking of this workspace's {status.rows:,} training examples is not "
+        f"computed yet (or was made by an older version of the rankers). Computing it takes {took} on this "
+        "server; the queue needs it.", icon=":material/hourglass_empty:")
+    st.markdown("To compute it ahead of time (e.g. before reviewers arrive), run on the server:")
+    st.code(status.command, language="bash")
+    if not common.pressed("rv_compute_ranking", st.button("Compute it now", key="rv_compute_ranking",
+                                                          type="primary")):
+        st.stop()
+    with st.status(f"Computing the {status.name} ranking ({took})…", expanded=False) as box:
+        common.mislabel_table(ws, method)
+        box.update(label="Ranking computed", state="complete")
+
+
 def keep_claim(store, reviewer: str) -> None:
     """Renew the claim while the page stays open; move on if the item was taken."""
     item = _state().get("rv_current")
@@ -858,7 +882,7 @@ def keep_claim(store, reviewer: str) -> None:
 
 
 def main() -> None:
-    common.ensure_router()
+    common.ensure_router(keep=("rv_compute_ranking",))
     who = common.require("review", "review training labels")
     ws = common.current_workspace()
     st.title("Review")
@@ -904,6 +928,7 @@ def main() -> None:
         common.ensure_store(ws, "fast")
         if ws.ranking_needs_cp(method):
             common.ensure_store(ws, "cp")
+        ask_before_ranking(ws, method)
         ranking_table = common.mislabel_table(ws, method)
         preds = common.train_predictions(ws)
     except (WorkspaceError, CheckpointError, ValueError, RuntimeError, OSError) as exc:

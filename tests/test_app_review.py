@@ -759,3 +759,30 @@ def test_browser_thirty_items_by_keyboard_only(page, app_server):
            for e in _events(db, who)]
     assert got == expected
     assert len({i for i, _, _ in got}) == 30  # thirty different items
+
+
+def test_apptest_large_unranked_workspace_asks_before_ranking(review_app, monkeypatch):
+    """#12: a large workspace whose ranking is not kept shows what is missing, the CLI
+    command and a button, and computes nothing until the button is pressed."""
+    from tracin_core.audit import rankers as rk
+    from pages import common
+    from tracin_core.audit import workspace as wsm
+
+    common._mislabel_table.clear()  # another test's ranking of the same demo, kept in memory
+    monkeypatch.setattr(wsm, "RANKING_ASK_ROWS", 100, raising=False)  # the demo's 1,437 rows count as large
+    calls = []
+    real = rk.compute
+    monkeypatch.setattr(rk, "compute", lambda name, inp: calls.append(name) or real(name, inp))
+    at, db = review_app
+    _open_review(at)
+    assert calls == [] and not at.exception
+    assert any("not computed yet" in w.value for w in at.warning), [w.value for w in at.warning]
+    assert [c.value for c in at.code] == ["python -m tracin_core mislabels demo"]
+    assert not at.get("image")
+    at.button(key="rv_compute_ranking").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert calls[:1] == [rk.DEFAULT_RANKER]  # (the combined ranking computes its parts too)
+    computed = len(calls)
+    _apptest_item(at)  # the queue is on show
+    at.run()  # kept now: no notice, nothing recomputed
+    assert len(calls) == computed and not any("not computed yet" in w.value for w in at.warning)

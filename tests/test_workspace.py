@@ -452,3 +452,27 @@ def test_review_signals_are_kept_beside_the_store(tmp_path, monkeypatch):
     monkeypatch.undo()
     redone = Workspace.demo(cache_dir=tmp_path / "c").review_signals()  # recomputed, not trusted
     assert np.array_equal(redone.features, first.features)
+
+
+def test_ranking_status_says_stored_and_expensive(tmp_path, monkeypatch):
+    """#12: ranking_status tells a page whether the ranking is kept and, if not, whether it
+    is expensive (rows above RANKING_ASK_ROWS), with the CLI command; it computes nothing."""
+    from tracin_core.audit import rankers as rk
+    from tracin_core.audit import workspace as wsm
+
+    ws = wsm.Workspace.demo(cache_dir=tmp_path / "c")
+    calls = []
+    monkeypatch.setattr(rk, "compute", lambda name, inp: calls.append(name))
+    before = ws.ranking_status()
+    assert (before.name, before.stored, before.rows, before.expensive) == (rk.DEFAULT_RANKER, False, len(ws.train), False)
+    assert before.command == "python -m tracin_core mislabels demo" and calls == []
+    monkeypatch.setattr(wsm, "RANKING_ASK_ROWS", len(ws.train) - 1)
+    assert ws.ranking_status().expensive and ws.ranking_status("loss_mean").command.endswith("--method loss_mean")
+    assert ws.ranking_status().estimated_seconds > 0
+    monkeypatch.undo()
+    ws.mislabel_scores()
+    monkeypatch.setattr(wsm, "RANKING_ASK_ROWS", 10)
+    after = ws.ranking_status()
+    assert after.stored and not after.expensive
+    with pytest.raises(ValueError, match="nope"):
+        ws.ranking_status("nope")

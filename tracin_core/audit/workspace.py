@@ -68,6 +68,34 @@ class InfluenceResult:
     method: str
 
 
+#: Rows above which a missing ranking is not computed on a page visit without asking
+#: (:attr:`RankingStatus.expensive`): the neighbour searches switch to annoy there and the
+#: default ranking takes seconds to minutes. Read at call time (tests lower it).
+RANKING_ASK_ROWS = rk.EXACT_SEARCH_MAX
+
+#: Rough CPU seconds per training row of the default ranking (60,000 Fashion-MNIST rows:
+#: 14-16 s, benchmarks/results/app_scale.md), for :attr:`RankingStatus.estimated_seconds`.
+RANKING_SECONDS_PER_ROW = 2.6e-4
+
+
+@dataclasses.dataclass(frozen=True)
+class RankingStatus:
+    """Whether ranking ``name`` is kept beside the store for the current rankers' code.
+
+    ``stored``: read back, not computed, by :meth:`Workspace.mislabel_scores`;
+    ``rows``: training examples; ``estimated_seconds``: rough time to compute it;
+    ``expensive``: not stored and ``rows`` above :data:`RANKING_ASK_ROWS` (a page should
+    ask before computing); ``command``: the CLI line that computes it ahead of time.
+    """
+
+    name: str
+    stored: bool
+    rows: int
+    estimated_seconds: float
+    expensive: bool
+    command: str
+
+
 @functools.lru_cache(maxsize=1)
 def _rankers_code() -> str:
     """Short hash of the rankers' source and of this module (which feeds them): stored
@@ -654,6 +682,27 @@ class Workspace:
             return [rk.NeighbourSearch(**x) for x in meta.get("neighbour_searches", [])]
         except (OSError, ValueError, TypeError):
             return []
+
+    def ranking_status(self, method: Optional[str] = None) -> RankingStatus:
+        """Whether ranking ``method`` (None = the default) is kept for this workspace
+        content and rankers' code, and, if not, whether computing it is expensive
+        (:class:`RankingStatus`). Reads only the kept file's header, computes nothing."""
+        name = method or rk.DEFAULT_RANKER
+        if name not in rk.RANKERS:
+            raise ValueError(f"unknown ranking method {name!r}; choose one of {', '.join(rk.RANKERS)}")
+        n = len(self.train)
+        path = self._ranking_path(name)
+        try:
+            stored = np.load(path, mmap_mode="r", allow_pickle=False).shape == (n,)
+        except (OSError, ValueError):
+            stored = False  # absent, damaged, or made by other rankers' code (another name)
+        builtin = {str(DEMO_TOML): "demo", str(FASHION_TOML): "fashion"}
+        where = builtin.get(str(self.source), self.source) or "WORKSPACE.toml"
+        cmd = f"python -m tracin_core mislabels {where}"
+        if method is not None:
+            cmd += f" --method {name}"
+        return RankingStatus(name=name, stored=stored, rows=n, estimated_seconds=n * RANKING_SECONDS_PER_ROW,
+                             expensive=not stored and n > RANKING_ASK_ROWS, command=cmd)
 
     def _ranking_path(self, name: str) -> Path:
         return self.store_dir / "rankings" / f"{name}-{_rankers_code()}.npy"
