@@ -87,3 +87,36 @@ def test_argument_errors_name_the_argument(tmp_path: Path) -> None:
         write_labels_csv(tmp_path / "w.json", [0])
     with pytest.raises(ValueError, match="duplicate_of has 2 entries"):
         write_labels_csv(tmp_path / "w.csv", [0], duplicate_of=[None, None])
+
+
+@pytest.mark.parametrize("body, reads_at_once", [
+    ("0,1\n1,0\n2,2\n", True),
+    ("0,1\r\n2,2\r\n1,0\r\n", True),                  # any order, Windows line ends
+    ("0,1.0\n1,0\n2,2\n", False),                      # an integer-valued float: the row reader
+    ("0,1\n#1,0\n2,2\n", False),                       # not a comment: the row reader's error
+    ("0,1\n1,7\n2,2\n", False),                        # out of range: the row reader's error
+    ("0,1\n0,0\n2,2\n", False),                        # repeated index: the row reader's error
+    ("0,1\n1,\n2,2\n", False),                         # empty label: the row reader's error
+])
+def test_plain_files_are_read_at_once_with_the_row_readers_result(tmp_path, monkeypatch, body, reads_at_once):
+    """The vectorised reader of plain ``index,label`` files gives what the row-by-row reader
+    gives, and leaves every other file (and every error) to it."""
+    from tracin_core.audit import labels_csv as lc
+
+    path = tmp_path / "labels.csv"
+    path.write_text("index,label\n" + body)
+
+    def read():
+        try:
+            return lc.read_labels_csv(path, 3, num_classes=3)
+        except ValueError as exc:
+            return str(exc)
+
+    assert (lc._plain_labels(path.read_text(), 3, np.zeros(3, dtype=np.int64), True, 3) is not None) == reads_at_once
+    at_once = read()
+    monkeypatch.setattr(lc, "_plain_labels", lambda *a: None)
+    by_row = read()
+    if isinstance(by_row, str):
+        assert at_once == by_row
+    else:
+        assert all(np.array_equal(a, b) for a, b in zip(at_once, by_row))

@@ -99,6 +99,35 @@ def _parse_int(text: str, what: str, where: str) -> int:
         return int(number)
 
 
+def _plain_labels(text: str, num_items: int, labels: np.ndarray, every_row: bool,
+                  num_classes: int | None) -> np.ndarray | None:
+    """The common file, read by numpy at once: header ``index,label``, every cell a plain
+    integer, indices unique and in range, labels in 0..num_classes-1 (every index present
+    when ``every_row``). Returns the labels, or None when any of that does not hold: the
+    row-by-row reader then reads the file and names the line at fault. (60,000 rows: 0.03 s
+    instead of 0.6 s, a first visit's wait on the Fashion-MNIST workspace.)"""
+    body = text.split("\n", 1)[1] if "\n" in text else ""
+    if not body.strip():
+        return None
+    try:
+        cells = np.loadtxt(io.StringIO(body), delimiter=",", dtype=np.int64, ndmin=2, comments=None)
+    except ValueError:
+        return None
+    if cells.shape[1] != 2:
+        return None
+    index, label = cells[:, 0], cells[:, 1]
+    if ((index < 0) | (index >= num_items)).any() or (label < 0).any():
+        return None
+    if num_classes is not None and (label >= num_classes).any():
+        return None
+    seen = np.bincount(index, minlength=num_items)
+    if (seen > 1).any() or (every_row and (seen == 0).any()):
+        return None
+    out = labels.copy()
+    out[index] = label
+    return out
+
+
 def read_labels_csv(path: str | os.PathLike[str], num_items: int, *,
                     base_labels: Sequence[int] | np.ndarray | None = None,
                     num_classes: int | None = None,
@@ -140,6 +169,10 @@ def read_labels_csv(path: str | os.PathLike[str], num_items: int, *,
         raise ValueError(f"labels CSV {str(path)!r}: missing column(s) {', '.join(missing)}; "
                          f"expected a header 'index,label[,excluded,flag,duplicate_of]', "
                          f"got {','.join(header)!r}")
+    if cols == ["index", "label"]:
+        fast = _plain_labels(text, num_items, labels, base_labels is None, num_classes)
+        if fast is not None:
+            return fast, excluded
     i_idx, i_lab = cols.index("index"), cols.index("label")
     i_exc = cols.index("excluded") if "excluded" in cols else None
     i_flag = cols.index("flag") if "flag" in cols else None
