@@ -842,7 +842,6 @@ def review_view(ws, store, reviewer: str, table: pd.DataFrame, order: list[int],
         render_browse(ws, store, reviewer, table, order, ranking, snap.decisions, snap.finals)
 
 
-@st.fragment(run_every=RENEW_SECONDS)
 def ask_before_ranking(ws, method: Optional[str]) -> None:
     """A large workspace whose ranking is not kept (never computed, or made by other
     rankers' code): say so, with the CLI command that computes it ahead of time, and compute
@@ -867,6 +866,7 @@ def ask_before_ranking(ws, method: Optional[str]) -> None:
         box.update(label="Ranking computed", state="complete")
 
 
+@st.fragment(run_every=RENEW_SECONDS)
 def keep_claim(store, reviewer: str) -> None:
     """Renew the claim while the page stays open; move on if the item was taken."""
     item = _state().get("rv_current")

@@ -786,3 +786,18 @@ def test_apptest_large_unranked_workspace_asks_before_ranking(review_app, monkey
     _apptest_item(at)  # the queue is on show
     at.run()  # kept now: no notice, nothing recomputed
     assert len(calls) == computed and not any("not computed yet" in w.value for w in at.warning)
+
+
+def test_the_claim_is_renewed_by_a_timed_fragment_and_the_ranking_notice_is_not_one():
+    """An open Review page renews its claim every RENEW_SECONDS (a fragment run on a timer);
+    the notice about a missing ranking runs once per page run (a timed fragment around it
+    would re-check the ranking every 40 s and leave the claim to lapse)."""
+    import ast
+
+    tree = ast.parse((REPO / "pages" / "review.py").read_text())
+    timed = {f.name for f in tree.body if isinstance(f, ast.FunctionDef)
+             for d in f.decorator_list
+             if isinstance(d, ast.Call) and ast.unparse(d.func) == "st.fragment"
+             and any(k.arg == "run_every" and ast.unparse(k.value) == "RENEW_SECONDS" for k in d.keywords)}
+    assert "keep_claim" in timed
+    assert "ask_before_ranking" not in timed
