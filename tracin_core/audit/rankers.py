@@ -257,18 +257,30 @@ def _content_key(a: np.ndarray) -> str:
     return hashlib.blake2b(np.ascontiguousarray(a).tobytes(), digest_size=16).hexdigest()
 
 
-def _memoised(key: tuple, compute: Callable[[], tuple]) -> tuple:
-    """``compute()``, kept in the neighbour cache (the last :data:`_NN_CACHE_SIZE` results) by ``key``."""
+def _cache_get(key: tuple) -> Optional[tuple]:
+    """The neighbour cache's entry for ``key`` (marked recently used), or None."""
     with _NN_LOCK:
         hit = _NN_CACHE.get(key)
         if hit is not None:
             _NN_CACHE.move_to_end(key)
+    return hit
+
+
+def _cache_put(entries: "dict[tuple, tuple]") -> None:
+    """Keep ``entries`` in the neighbour cache (the last :data:`_NN_CACHE_SIZE` results)."""
+    with _NN_LOCK:
+        for key, value in entries.items():
+            _NN_CACHE[key] = value
+        while len(_NN_CACHE) > _NN_CACHE_SIZE:
+            _NN_CACHE.popitem(last=False)
+
+
+def _memoised(key: tuple, compute: Callable[[], tuple]) -> tuple:
+    """``compute()``, kept in the neighbour cache by ``key``."""
+    hit = _cache_get(key)
     if hit is None:
         hit = compute()
-        with _NN_LOCK:
-            _NN_CACHE[key] = hit
-            while len(_NN_CACHE) > _NN_CACHE_SIZE:
-                _NN_CACHE.popitem(last=False)
+        _cache_put({key: hit})
     return hit
 
 
@@ -448,10 +460,7 @@ def nearest_neighbours_many(embs: Sequence[np.ndarray], k: int, chunk: int = 204
         use = method if method != "auto" else ("exact" if n <= EXACT_SEARCH_MAX else "annoy")
         key = (_content_key(x), x.shape, kk, use)
         keys.append(key)
-        with _NN_LOCK:
-            hit = _NN_CACHE.get(key)
-            if hit is not None:
-                _NN_CACHE.move_to_end(key)
+        hit = _cache_get(key)
         if hit is not None:
             results[i] = hit
         else:
@@ -476,11 +485,7 @@ def nearest_neighbours_many(embs: Sequence[np.ndarray], k: int, chunk: int = 204
         for key, (found, search_k, recall, sample) in zip(group, done):
             fresh[key] = (found, NeighbourSearch("annoy", len(xs[key]), kk, recall, sample, ANNOY_TREES, search_k,
                                                  seconds=seconds, key=key[0][:16]))
-    with _NN_LOCK:
-        for key, hit in fresh.items():
-            _NN_CACHE[key] = hit
-            while len(_NN_CACHE) > _NN_CACHE_SIZE:
-                _NN_CACHE.popitem(last=False)
+    _cache_put(fresh)
     log = getattr(_SEARCH_LOG, "log", None)
     for key, idx in todo.items():
         for i in idx:
@@ -720,8 +725,9 @@ def memorisation(inp: RankerInputs, k: int = 10) -> np.ndarray:
         shares = np.zeros((len(rows), K))
         at = np.arange(len(rows), dtype=np.int64)[:, None] * K
         for c in range(n_early(len(inp.logits))):
-            emb = checkpoint_embeddings(inp, c)
-            nn = np.concatenate([neighbours_of_rows(emb, r, k) for r in samples])[first]
+            x = _unit_rows(checkpoint_embeddings(inp, c))
+            xkey = _content_key(x)  # once per checkpoint, not per sample (256 MB at 1M rows)
+            nn = np.concatenate([_exact_sample(x, r, min(k, n - 1), xkey)[0] for r in samples])[first]
             shares += np.bincount((at + y[nn]).ravel(), minlength=len(rows) * K).reshape(len(rows), K)
         suspects = rows[shares.argmax(axis=1) != y[rows]]
     else:
@@ -890,11 +896,11 @@ def score_ranks(scores: np.ndarray) -> np.ndarray:
 
 
 def score_table(scores: np.ndarray) -> pd.DataFrame:
-    """``index``, ``score``, ``rank`` (1 = most likely mislabelled), sorted by rank."""
+    """``index``, ``score``, ``rank`` (1 = most likely mislabelled), sorted by rank (the
+    order :func:`score_ranks` gives: ties keep index order)."""
     scores = np.asarray(scores, dtype=np.float64)
-    rank = score_ranks(scores)
-    df = pd.DataFrame({"index": np.arange(len(scores)), "score": scores, "rank": rank})
-    return df.sort_values("rank", kind="stable").reset_index(drop=True)
+    order = np.argsort(-scores, kind="stable")  # one sort: the rows in rank order are the table
+    return pd.DataFrame({"index": order, "score": scores[order], "rank": np.arange(1, len(scores) + 1)})
 
 
 def compute(name: Optional[str], inp: RankerInputs) -> np.ndarray:
