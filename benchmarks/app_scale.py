@@ -290,6 +290,8 @@ def rows_60k(r: dict) -> list[tuple[str, str, str, str]]:
          "≤ 5 s"),
         (f"app: key press -> next item, p50 / p95 ({len(keys)} keys)",
          f"{statistics.median(keys):.3f} / {p95(keys):.3f} s", "", "p95 ≤ 0.5 s"),
+        ("app: key presses lost (no next item within 60 s; not in the figures above)",
+         f"{r.get('review_keys_lost', 0)}", "", ""),
         ("app: Influence first load", f"{r['influence_first_load_s']:.2f} s", "", ""),
         ("app: pick -> both galleries, first / median of the next",
          f"{r['pick_cold_s']:.2f} / {statistics.median(r['pick_warm_s']):.2f} s", "", "≤ 0.5 s"),
