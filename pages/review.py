@@ -24,8 +24,9 @@ import streamlit as st
 
 from pages import common
 from tracin_core.audit import active_review as ar
+from tracin_core.audit import live_queue as lq
 from tracin_core.engine.checkpoints import CheckpointError
-from tracin_core.audit.rankers import DEFAULT_RANKER, score_table
+from tracin_core.audit.rankers import DEFAULT_RANKER
 from tracin_core.audit.review import ReviewStoreError, final_status, open_items
 from tracin_core.audit.review_queue import queue_order, review_table
 from tracin_core.audit.workspace import WorkspaceError
@@ -629,9 +630,12 @@ def render_conflicts(ws, store, who, reviewer, table, ranking) -> None:
 # ---------------------------------------------------------------- live re-ranking
 # The queue learns from the decisions (tracin_core.audit.active_review): a confirmed mislabel or
 # a confirmed clean label is evidence about the examples like it. The order is recomputed
-# every LIVE_EVERY decisions (a full run of the page; key presses in between rerun only the
-# review fragment), so the queue does not shuffle under the reviewer at each key. The item
-# on show and the claimed item stay: only the queue ahead changes.
+# every LIVE_EVERY decisions, so the queue does not shuffle under the reviewer at each key,
+# and never inside a key press's page run: the key press that completes a batch hands it to
+# a worker thread (lq.LiveReranker, one per ranking, shared by the sessions) and the queue
+# on show stays; a later key press finds the result ready and reruns the page to swap it in
+# (a full run that computes nothing). The item on show and the claimed item stay: only the
+# queue ahead changes.
 LIVE_EVERY = 10
 
 
@@ -640,24 +644,31 @@ def _live_signals(fingerprint: str, method: Optional[str], _ws) -> "ar.ReviewSig
     return _ws.review_signals(method)  # kept beside the store (precompute writes the default's)
 
 
-@st.cache_resource(show_spinner=False, max_entries=64)
-def _live_result(fingerprint: str, method: Optional[str], outcomes: tuple, _sig) -> tuple:
-    """(live scores, estimate) for one set of outcomes (a sorted tuple of (item, bool))."""
-    decided = dict(outcomes)
-    scores = ar.rerank(_sig, decided) if ar.is_active(decided) else None
-    order = ar.queue_order(_sig.static if scores is None else scores, list(decided))
-    return scores, ar.estimate_remaining(_sig, decided, ahead=50, order=order)
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _live_worker(fingerprint: str, method: Optional[str], _sig) -> "lq.LiveReranker":
+    """The re-ranking worker of one ranking, shared by every session on the server."""
+    return lq.LiveReranker(_sig)
 
 
 def _outcome_key(finals: pd.DataFrame) -> tuple:
-    return tuple(sorted(ar.outcomes_from_finals(finals).items()))
+    return lq.outcome_key(ar.outcomes_from_finals(finals))
+
+
+def _batch_due(used: tuple, key: tuple) -> bool:
+    """Whether decisions ``key`` are a new batch against the ones the queue used: LIVE_EVERY
+    of them changed, or none is left."""
+    return len(set(used) ^ set(key)) >= LIVE_EVERY or (not key and bool(used))
 
 
 def live_ranking(ws, method: Optional[str], ranking_table: pd.DataFrame,
                  finals: pd.DataFrame) -> pd.DataFrame:
     """The ranking table re-ranked by the decisions so far (when the sidebar switch is on),
-    and the estimate of what is left kept for :func:`render_estimate`. The decisions used
-    are refreshed once LIVE_EVERY of them changed."""
+    and the estimate of what is left kept for :func:`render_estimate`.
+
+    The decisions used are refreshed once LIVE_EVERY of them changed: that batch goes to
+    the worker and this run shows the last result (``rv_live_pending`` names the batch on
+    its way); a run that finds it ready swaps it in. Only a session's first run on this
+    ranking, which has nothing to show yet, computes in the page."""
     live_on = st.sidebar.toggle(
         "Learn from decisions", value=True, key="rv_live",
         help="Re-rank the queue as decisions arrive: a confirmed mislabel makes similar "
@@ -668,31 +679,59 @@ def live_ranking(ws, method: Optional[str], ranking_table: pd.DataFrame,
         sig = _live_signals(ws.fingerprint, method, ws)
     except (WorkspaceError, CheckpointError, ValueError, RuntimeError, OSError) as exc:
         st.sidebar.caption(f"Learning from decisions unavailable: {common.public_message(exc)}")
+        _state().pop("rv_live_worker", None)
         return ranking_table
+    worker = _live_worker(ws.fingerprint, method, sig)
+    _state()["rv_live_worker"] = worker  # the review fragment asks it whether a batch is ready
     key = _outcome_key(finals)
-    used = _state().get("rv_live_used")
-    if _state().get("rv_live_workspace") != ws.fingerprint or used is None \
-            or len(set(used) ^ set(key)) >= LIVE_EVERY or not key:
-        used = key  # another workspace, a new batch of decisions, or none left
-    _state()["rv_live_used"], _state()["rv_live_workspace"] = used, ws.fingerprint
+    used, pending = _state().get("rv_live_used"), _state().get("rv_live_pending")
     try:
-        scores, estimate = _live_result(ws.fingerprint, method, used, sig)
+        if _state().get("rv_live_workspace") != (ws.fingerprint, method) or used is None:
+            used, pending = key, None  # another workspace or ranking, or the first visit
+        else:
+            if pending is not None and worker.get(pending) is not None:
+                used, pending = pending, None  # the batch on its way is ready: swap it in
+            if pending is None and _batch_due(used, key):
+                if worker.get(key) is not None:
+                    used = key
+                else:
+                    pending = key
+            if pending is not None:
+                worker.request(pending)  # again, in case it was dropped
+        _state()["rv_live_used"], _state()["rv_live_pending"] = used, pending
+        _state()["rv_live_workspace"] = (ws.fingerprint, method)
+        result = worker.compute(used)  # ready, unless this is the first visit
     except ValueError as exc:  # e.g. a decision on an item the training data does not have
+        _state()["rv_live_pending"] = None
         st.sidebar.caption(f"Learning from decisions unavailable: {common.public_message(exc)}")
         return ranking_table
-    _state()["rv_live_estimate"] = (estimate, live_on and scores is not None)
-    if not live_on or scores is None:
+    _state()["rv_live_estimate"] = (result.estimate, live_on and result.table is not None)
+    if not live_on or result.table is None:
         return ranking_table
-    return score_table(scores)
+    return result.table
 
 
 def live_due(snap) -> bool:
-    """Whether LIVE_EVERY decisions arrived since the queue was last re-ranked and the
-    estimate last updated (also with the switch off: the estimate follows the decisions)."""
-    if "rv_live_used" not in _state():
+    """Whether to rerun the page to swap in a re-ranked queue (a batch handed to the worker
+    earlier is ready). A new batch of LIVE_EVERY decisions (also with the switch off: the
+    estimate follows the decisions) is handed to the worker here, without a rerun: the
+    queue on show stays until its re-rank is ready."""
+    worker, used = _state().get("rv_live_worker"), _state().get("rv_live_used")
+    if worker is None or used is None:
         return False
-    used = set(_state()["rv_live_used"])
-    return len(used ^ set(_outcome_key(snap.finals))) >= LIVE_EVERY
+    pending = _state().get("rv_live_pending")
+    if pending is None:
+        key = _outcome_key(snap.finals)
+        if not _batch_due(used, key):
+            return False
+        _state()["rv_live_pending"] = pending = key
+    try:
+        ready = worker.get(pending) is not None
+    except ValueError:
+        return True  # the full run says what is wrong
+    if not ready:
+        worker.request(pending)
+    return ready
 
 
 def render_estimate() -> None:
@@ -831,7 +870,7 @@ def review_view(ws, store, reviewer: str, table: pd.DataFrame, order: list[int],
         st.error(f"Could not read the review store: {common.public_message(exc)}")
         return
     if live_due(snap):
-        st.rerun(scope="app")  # re-rank the queue ahead (the claimed item stays)
+        st.rerun(scope="app")  # swap in the re-ranked queue ahead (the claimed item stays)
     # the table is the last full run's (ranking, predictions); what a decision changes (the
     # item's status, the open count) is read from snap.finals: no per-key copy of N rows
     render_status(snap, len(ws.train))

@@ -3,6 +3,7 @@ shown, the queue re-ranks once enough decisions arrived, and the item on show st
 from __future__ import annotations
 
 import re
+import threading
 
 from tests.test_app_review import WORKSPACE, _apptest_item, _events, _open_review, review_app  # noqa: F401
 from tracin_core import ReviewStore
@@ -60,8 +61,17 @@ def test_apptest_live_rerank_keeps_the_item_and_shows_the_estimate(review_app): 
     used_before = at.session_state["rv_live_used"]
     for i in more:
         store.record(i, "bob", "exclude" if truth[i] else "accept", given_label=labels[i])
+    # the next run hands the batch to the worker thread and keeps the queue on show; a run
+    # after the worker finished swaps the re-ranked queue in
     at.run()
     assert not at.exception and not at.error
+    pending = at.session_state["rv_live_pending"]
+    assert pending is not None and len(pending) == len(used_before) + 10
+    assert at.session_state["rv_live_used"] == used_before
+    assert at.session_state["rv_live_worker"].wait(pending, timeout=120) is not None
+    at.run()
+    assert not at.exception and not at.error
+    assert at.session_state["rv_live_pending"] is None
     assert len(at.session_state["rv_live_used"]) == len(used_before) + 10
     assert _apptest_item(at) == shown
     assert "re-ranked by 34 decisions" in _estimate_text(at)
@@ -79,3 +89,45 @@ def test_apptest_live_rerank_keeps_the_item_and_shows_the_estimate(review_app): 
     at.toggle(key="rv_live").set_value(False).run()
     assert not at.exception and not at.error
     assert "from 34 decisions" in _estimate_text(at)
+
+
+def test_apptest_rerank_runs_off_the_key_press(review_app, monkeypatch):  # noqa: F811
+    """The key press that completes a batch of decisions does not re-rank in its page run:
+    the batch goes to the worker thread, the queue on show stays, a later run swaps it in."""
+    at, db = review_app
+    from tracin_core.audit import active_review as ar
+    from pages.review import LIVE_EVERY
+    from tracin_core.audit import live_queue as lq
+
+    _open_review(at)
+    assert not at.error, [e.value for e in at.error]
+    assert at.session_state["rv_live_used"] == ()
+    calls: list[str] = []  # the thread of each re-rank / estimate
+
+    def counted(fn):
+        def wrapper(*args, **kwargs):
+            calls.append(threading.current_thread().name)
+            return fn(*args, **kwargs)
+        return wrapper
+
+    monkeypatch.setattr(ar, "rerank", counted(ar.rerank))
+    monkeypatch.setattr(ar, "estimate_remaining", counted(ar.estimate_remaining))
+    shown = []
+    for _ in range(LIVE_EVERY):
+        shown.append(_apptest_item(at))
+        at.button(key="rv_accept").click().run()
+        assert not at.exception and not at.error
+    assert [e["item_id"] for e in _events(db, "apptest")] == shown
+    pending = at.session_state["rv_live_pending"]
+    assert pending is not None and len(pending) == LIVE_EVERY  # handed to the worker ...
+    assert at.session_state["rv_live_used"] == ()  # ... and the queue on show stays
+    assert at.session_state["rv_live_worker"].wait(pending, timeout=120) is not None
+    on_page = [name for name in calls if name != lq.LiveReranker.THREAD_NAME]
+    assert on_page == [], f"re-ranked inside a page run: {on_page}"
+    held = _apptest_item(at)
+    at.run()
+    assert not at.exception and not at.error
+    assert len(at.session_state["rv_live_used"]) == LIVE_EVERY
+    assert at.session_state["rv_live_pending"] is None
+    assert _apptest_item(at) == held  # the reviewer keeps the place
+    assert [name for name in calls if name != lq.LiveReranker.THREAD_NAME] == []
