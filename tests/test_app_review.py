@@ -801,3 +801,41 @@ def test_the_claim_is_renewed_by_a_timed_fragment_and_the_ranking_notice_is_not_
              and any(k.arg == "run_every" and ast.unparse(k.value) == "RENEW_SECONDS" for k in d.keywords)}
     assert "keep_claim" in timed
     assert "ask_before_ranking" not in timed
+
+
+def test_apptest_actions_are_drawn_before_the_item_image_and_proponents(review_app, monkeypatch):
+    """A key pressed as soon as the next item's "Item #N" caption shows must find its button:
+    the page draws every action button (and so its shortcut) before the item's image and
+    before the proponents (the slow influence search). Drawn after them, the first press on
+    a freshly opened 1M-row page landed before the buttons existed and was lost."""
+    at, _ = review_app
+    from streamlit.runtime.scriptrunner_utils.script_run_context import get_script_run_ctx
+
+    from pages import common
+
+    seen: list[tuple[str, set]] = []  # (what was drawn, the widget keys drawn before it)
+    upscale, proponents = common.upscale, common.train_proponents
+
+    def keys_so_far() -> set:  # the widget keys this run has drawn so far (Streamlit's own record)
+        return set(get_script_run_ctx().shared.widget_user_keys_this_run.snapshot())
+
+    def traced_upscale(img, size=112):
+        if size == 224:  # the item's own image (proponents are drawn at 72)
+            seen.append(("image", keys_so_far()))
+        return upscale(img, size)
+
+    def traced_proponents(*args, **kwargs):
+        seen.append(("proponents", keys_so_far()))
+        return proponents(*args, **kwargs)
+
+    monkeypatch.setattr(common, "upscale", traced_upscale)
+    monkeypatch.setattr(common, "train_proponents", traced_proponents)
+    _open_review(at)
+    assert not at.error, [e.value for e in at.error]
+    at.button(key="rv_accept").click().run()  # the next item, drawn by the same code
+    assert not at.exception and not at.error
+    actions = {"rv_accept", "rv_exclude", "rv_skip", "rv_undo_btn", "rv_relabel", "rv_ambiguous",
+               "rv_outlier", "rv_duplicate"}
+    assert [what for what, _ in seen].count("image") >= 2 and "proponents" in [w for w, _ in seen]
+    for what, keys in seen:
+        assert actions <= keys, f"{what} drawn before the buttons {sorted(actions - keys)}"
