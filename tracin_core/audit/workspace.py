@@ -69,7 +69,7 @@ class InfluenceResult:
 
 
 #: Rows above which a missing ranking is not computed on a page visit without asking
-#: (:attr:`RankingStatus.expensive`): the neighbour searches switch to annoy there and the
+#: (:attr:`RankingStatus.expensive`): the neighbour searches switch to an HNSW graph there and the
 #: default ranking takes seconds to minutes. Read at call time (tests lower it).
 RANKING_ASK_ROWS = rk.EXACT_SEARCH_MAX
 
@@ -678,7 +678,7 @@ class Workspace:
 
     def ranking_searches(self, method: Optional[str] = None) -> list[rk.NeighbourSearch]:
         """How the neighbour searches behind the kept ranking ``method`` (None = the
-        default) were done (exact, or annoy with its sampled recall); empty when the
+        default) were done (exact, or HNSW with its sampled recall); empty when the
         ranking looks at no neighbourhoods or has not been computed."""
         path = self._ranking_path(method or rk.DEFAULT_RANKER).with_suffix(".json")
         try:
