@@ -52,7 +52,7 @@ GALLERIES_SHOWN = """([idx, k]) => {
     const head = box.querySelector('h3');
     if (!head || !head.textContent.includes('of test #' + idx)) return false;
     if (box.querySelector('[data-stale="true"]')) return false;
-    const imgs = [...box.querySelectorAll('[data-testid="stImage"] img')];
+    const imgs = [...box.querySelectorAll('img')];  // inline (data URI) thumbnails, decoded
     if (imgs.length !== k || !imgs.every(i => i.complete && i.naturalWidth > 0)) return false;
   }
   return true;

@@ -40,7 +40,7 @@ SCROLL_TO_RESULTS_JS = """
   var tries = 60;  // nonce {nonce}
   (function go() {{
     var box = document.querySelector(".st-key-inf_results");
-    if (box && box.querySelector("[class*='st-key-gallery_'] [data-testid='stImage']")) {{
+    if (box && box.querySelector("[class*='st-key-gallery_'] img")) {{
       box.style.scrollMarginTop = "3.75rem";  // below Streamlit's top bar
       box.scrollIntoView({{block: "start"}});
       return;
@@ -289,7 +289,8 @@ def gallery(ws, table, kind: str, title: str, help_text: str, per_row: int = GAL
         for col, r in zip(cols, rows[start: start + per_row]):
             i = int(r.index)
             with col:
-                st.image(common.upscale(ws.train.image(i), 96), width=96)
+                st.html(common.image_html(ws.train.image(i), 96, f"Training example #{i}, label "
+                                          f"{common.class_name(ws, r.label)}"))
                 wrong = "" if r.label == r.predicted else " :orange[:material/warning:]"
                 st.markdown(f"**{common.class_md(ws, r.label)}**{wrong} · {_sig3(r.score)}  \n"
                             f":small[:gray[#{i} · pred. {common.class_md(ws, r.predicted)}]]")
