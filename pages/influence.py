@@ -229,7 +229,7 @@ def browse_tab(ws) -> None:
         for col, i in zip(cols, shown[row: row + GRID_COLS]):
             i = int(i)
             with col:
-                st.image(common.upscale(ws.test.image(i), 64), width=64)
+                st.html(common.image_html(ws.test.image(i), 64, f"Test image #{i}"))
                 mark = "" if labels[i] == predicted[i] else " :red[:material/close:]"
                 st.caption(f"#{i} · {common.class_md(ws, labels[i])}→{common.class_md(ws, predicted[i])}{mark}")
                 st.button("Pick", key=f"pick_{i}", on_click=_select_index, args=(i,))

@@ -555,9 +555,9 @@ def test_misclassified_image_explains_truth_and_prediction_side_by_side(app_cach
 
 
 def test_gallery_images_are_inline_with_alt_text(app_cache):
-    """#12: each gallery image travels inline with the page (a PNG data URI in one HTML
-    element, no /media request per image) and keeps its alt text; the PNG holds the
-    training image's own pixels, in the cards' order."""
+    """#12: each gallery and picker image travels inline with the page (a PNG data URI in
+    one HTML element: no media file registered per run, no /media request per image) and
+    keeps its alt text; the PNG holds the image's own pixels, in the cards' order."""
     import base64
     import html
     import io
@@ -578,3 +578,11 @@ def test_gallery_images_are_inline_with_alt_text(app_cache):
         assert html.unescape(m.group(3)) == ws.classes[int(ws.train.labels[i])]
         pixels = np.asarray(Image.open(io.BytesIO(base64.b64decode(m.group(1)))))
         assert np.array_equal(pixels, np.asarray(ws.train.image(i), dtype=np.uint8))
+    # the picker: one inline image per Pick button, the test image it picks
+    pat = re.compile(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)" alt="Test image #(\d+)"')
+    found = [m for h in at.get("html") for m in [pat.match(h.proto.body)] if m]
+    picks = [int(b.key[5:]) for b in at.button if (b.key or "").startswith("pick_")]
+    assert len(picks) == 40 and [int(m.group(2)) for m in found] == picks
+    for m in found:
+        pixels = np.asarray(Image.open(io.BytesIO(base64.b64decode(m.group(1)))))
+        assert np.array_equal(pixels, np.asarray(ws.test.image(int(m.group(2))), dtype=np.uint8))
