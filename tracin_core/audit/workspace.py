@@ -98,13 +98,17 @@ class RankingStatus:
 
 @functools.lru_cache(maxsize=1)
 def _rankers_code() -> str:
-    """Short hash of the rankers' source and of this module (which feeds them): stored
-    rankings are recomputed when either changes."""
+    """Short hash of the code that computes stored rankings: the rankers' and the live
+    re-ranking's modules and :meth:`Workspace.ranker_inputs` (which feeds them), so stored
+    rankings are recomputed when any of them changes, and only then (an edit elsewhere in
+    this module, e.g. to a page helper, keeps them)."""
+    import inspect
+
     from . import active_review
 
     h = hashlib.sha256(Path(rk.__file__).read_bytes())
-    h.update(Path(__file__).read_bytes())
     h.update(Path(active_review.__file__).read_bytes())
+    h.update(inspect.getsource(Workspace.ranker_inputs).encode())
     return h.hexdigest()[:12]
 
 
