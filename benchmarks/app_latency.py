@@ -50,9 +50,10 @@ GALLERIES_SHOWN = """([idx, k]) => {
     const box = document.querySelector('.st-key-gallery_' + kind);
     if (!box) return false;
     const head = box.querySelector('h3');
-    if (!head || !head.textContent.includes('of test #' + idx)) return false;
+    // the whole index: "of test #1" must not match the previous pick's "of test #12"
+    if (!head || !new RegExp('of test #' + idx + '(?![0-9])').test(head.textContent)) return false;
     if (box.querySelector('[data-stale="true"]')) return false;
-    const imgs = [...box.querySelectorAll('[data-testid="stImage"] img')];
+    const imgs = [...box.querySelectorAll('img')];  // inline (data URI) thumbnails, decoded
     if (imgs.length !== k || !imgs.every(i => i.complete && i.naturalWidth > 0)) return false;
   }
   return true;

@@ -20,7 +20,7 @@ Then the large half (``--million N`` rows, default 1,000,000; 0 skips it), on a 
 ``benchmarks/make_million.py`` (shifted Fashion-MNIST images, the ``npy`` kind, kept in
 ``benchmarks/_work/million`` and reused): ``precompute`` killed with SIGKILL at 30% of its
 batches and run again to the end (peak RSS of both, against the 60k run's), the default
-ranking (annoy neighbour search; its recall against exact search on 1,000 sampled rows is
+ranking (HNSW neighbour search; its recall against exact search on 1,000 sampled rows is
 printed), exact top-10 for 4 test images in process, and Review in the app (the workspace
 listed in a server config).
 
@@ -247,7 +247,7 @@ def killed_and_resumed(cmd: list[str], env: dict[str, str], stores: Path, at: fl
 
 def million_steps(n: int, keys: int, data_dir: Path) -> dict:
     """The 1M half: make the set, precompute killed once and resumed, the default ranking
-    (annoy neighbour search, its sampled recall), exact top-10 for 4 test images, Review."""
+    (HNSW neighbour search, its sampled recall), exact top-10 for 4 test images, Review."""
     from benchmarks.make_million import make
     from tests.conftest import write_server_config
 

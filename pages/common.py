@@ -376,6 +376,28 @@ def upscale(img: np.ndarray, size: int = 112) -> Image.Image:
     return im.resize((arr.shape[1] * scale, arr.shape[0] * scale), Image.NEAREST)
 
 
+def image_html(img: np.ndarray, size: int, alt: str) -> str:
+    """An ``<img>`` of ``img`` (H×W or H×W×C, values 0..255) inline as a PNG data URI, drawn
+    ``size`` px on its longer side with nearest-neighbour scaling; ``alt`` is escaped.
+
+    For galleries: the image travels with the page's message, so no /media request per
+    image and no media file registered per script run."""
+    import base64
+    import html
+    import io
+
+    arr = np.asarray(img)
+    if arr.dtype != np.uint8:
+        arr = np.clip(arr, 0, 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    h, w = arr.shape[:2]
+    width, height = (size, max(1, round(size * h / w))) if w >= h else (max(1, round(size * w / h)), size)
+    return (f'<img src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}" '
+            f'alt="{html.escape(alt, quote=True)}" width="{width}" height="{height}" '
+            'style="image-rendering: pixelated; display: block">')
+
+
 def class_name(ws: Workspace, label: Optional[int]) -> str:
     if label is None:
         return "?"

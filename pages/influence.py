@@ -40,7 +40,7 @@ SCROLL_TO_RESULTS_JS = """
   var tries = 60;  // nonce {nonce}
   (function go() {{
     var box = document.querySelector(".st-key-inf_results");
-    if (box && box.querySelector("[class*='st-key-gallery_'] [data-testid='stImage']")) {{
+    if (box && box.querySelector("[class*='st-key-gallery_'] img")) {{
       box.style.scrollMarginTop = "3.75rem";  // below Streamlit's top bar
       box.scrollIntoView({{block: "start"}});
       return;
@@ -229,7 +229,7 @@ def browse_tab(ws) -> None:
         for col, i in zip(cols, shown[row: row + GRID_COLS]):
             i = int(i)
             with col:
-                st.image(common.upscale(ws.test.image(i), 64), width=64)
+                st.html(common.image_html(ws.test.image(i), 64, f"Test image #{i}"))
                 mark = "" if labels[i] == predicted[i] else " :red[:material/close:]"
                 st.caption(f"#{i} · {common.class_md(ws, labels[i])}→{common.class_md(ws, predicted[i])}{mark}")
                 st.button("Pick", key=f"pick_{i}", on_click=_select_index, args=(i,))
@@ -289,7 +289,8 @@ def gallery(ws, table, kind: str, title: str, help_text: str, per_row: int = GAL
         for col, r in zip(cols, rows[start: start + per_row]):
             i = int(r.index)
             with col:
-                st.image(common.upscale(ws.train.image(i), 96), width=96)
+                st.html(common.image_html(ws.train.image(i), 96, f"Training example #{i}, label "
+                                          f"{common.class_name(ws, r.label)}"))
                 wrong = "" if r.label == r.predicted else " :orange[:material/warning:]"
                 st.markdown(f"**{common.class_md(ws, r.label)}**{wrong} · {_sig3(r.score)}  \n"
                             f":small[:gray[#{i} · pred. {common.class_md(ws, r.predicted)}]]")

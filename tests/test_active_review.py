@@ -163,7 +163,7 @@ def test_build_signals_above_the_exact_size_reuse_the_first_checkpoints_search(m
     assert np.array_equal(small.neighbours, first)
     monkeypatch.setattr(rk, "EXACT_SEARCH_MAX", len(static) - 1)
     big = ar.build_signals(static, inp, k=5)
-    first = rk.nearest_neighbours(rk.checkpoint_embeddings(inp, 0), 5)  # now through annoy, like the ranking's
+    first = rk.nearest_neighbours(rk.checkpoint_embeddings(inp, 0), 5)  # now through the HNSW graph, like the ranking's
     assert np.array_equal(big.neighbours, first)
     y = np.asarray(inp.labels)
     shares = rk.neighbour_label_shares(inp, 5, neighbours=[first])

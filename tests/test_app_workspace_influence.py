@@ -225,11 +225,19 @@ def _no_exceptions(pg) -> None:
 
 
 def _expect_galleries(pg, k: int) -> None:
-    """Both galleries show ``k`` training images each."""
+    """Both galleries show ``k`` training images each, inline (no /media request per image),
+    each decoded and with its alt text."""
     from playwright.sync_api import expect
 
     for kind in ("p", "o"):
-        expect(pg.locator(f'.st-key-gallery_{kind} [data-testid="stImage"] img')).to_have_count(k, timeout=30_000)
+        imgs = pg.locator(f'.st-key-gallery_{kind} img')
+        expect(imgs).to_have_count(k, timeout=30_000)
+        pg.wait_for_function("(sel) => [...document.querySelectorAll(sel)].every(i => i.complete && i.naturalWidth > 0)",
+                             arg=f'.st-key-gallery_{kind} img', timeout=30_000)
+        for n in range(k):
+            assert imgs.nth(n).get_attribute("src").startswith("data:image/png;base64,")
+            assert re.fullmatch(r"Training example #\d+, label .+", imgs.nth(n).get_attribute("alt"))
+        assert pg.locator(f'.st-key-gallery_{kind} [data-testid="stImage"]').count() == 0
 
 
 def _nav(pg, title: str) -> None:
@@ -364,7 +372,7 @@ def test_browser_galleries_in_view_after_pick_at_1280x720(browser, warm_server):
     try:
         pg.goto(warm_server.url + "/influence")
         _settle(pg, "Pick a test image above")
-        first_image = '.st-key-gallery_p [data-testid="stImage"]'
+        first_image = '.st-key-gallery_p img'
         for i in (3, 12):
             pg.locator(f".st-key-pick_{i} button").click()  # Playwright scrolls up to the picker
             _settle(pg, f"Opponents of test #{i}")
@@ -544,3 +552,37 @@ def test_misclassified_image_explains_truth_and_prediction_side_by_side(app_cach
     right = int(preds.loc[preds["correct"]].iloc[0]["index"])
     at = _app(app_cache, "pages/influence.py", query={"test": str(right)})
     assert len(at.subheader) == 2 and not at.get("segmented_control")
+
+
+def test_gallery_images_are_inline_with_alt_text(app_cache):
+    """#12: each gallery and picker image travels inline with the page (a PNG data URI in
+    one HTML element: no media file registered per run, no /media request per image) and
+    keeps its alt text; the PNG holds the image's own pixels, in the cards' order."""
+    import base64
+    import html
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from pages.common import DEMO_SPEC, _load_workspace, spec_key
+
+    ws = _load_workspace(spec_key(DEMO_SPEC))
+    at = _app(app_cache, "pages/influence.py", query={"test": "5"})
+    pat = re.compile(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)" alt="Training example #(\d+), label ([^"]+)"')
+    found = [m for h in at.get("html") for m in [pat.match(h.proto.body)] if m]
+    cards = _card_indices(at)
+    assert len(cards) == 16 and [int(m.group(2)) for m in found] == cards
+    for m in found:
+        i = int(m.group(2))
+        assert html.unescape(m.group(3)) == ws.classes[int(ws.train.labels[i])]
+        pixels = np.asarray(Image.open(io.BytesIO(base64.b64decode(m.group(1)))))
+        assert np.array_equal(pixels, np.asarray(ws.train.image(i), dtype=np.uint8))
+    # the picker: one inline image per Pick button, the test image it picks
+    pat = re.compile(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)" alt="Test image #(\d+)"')
+    found = [m for h in at.get("html") for m in [pat.match(h.proto.body)] if m]
+    picks = [int(b.key[5:]) for b in at.button if (b.key or "").startswith("pick_")]
+    assert len(picks) == 40 and [int(m.group(2)) for m in found] == picks
+    for m in found:
+        pixels = np.asarray(Image.open(io.BytesIO(base64.b64decode(m.group(1)))))
+        assert np.array_equal(pixels, np.asarray(ws.test.image(int(m.group(2))), dtype=np.uint8))

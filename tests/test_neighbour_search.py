@@ -1,4 +1,4 @@
-"""Neighbour search behind the neighbourhood rankings: exact below a size, annoy above it
+"""Neighbour search behind the neighbourhood rankings: exact below a size, HNSW above it
 with a recall measured against exact search, the record kept beside a ranking; chart
 curves thinned without changing their shape."""
 from __future__ import annotations
@@ -24,7 +24,7 @@ def _exact_sets(x: np.ndarray, k: int) -> list[set[int]]:
     return [set(row) for row in np.argsort(-sim, axis=1, kind="stable")[:, :k]]
 
 
-def test_auto_is_exact_up_to_the_threshold_and_annoy_above(monkeypatch):
+def test_auto_is_exact_up_to_the_threshold_and_hnsw_above(monkeypatch):
     x = _clusters()
     rk._NN_CACHE.clear()
     with rk.recording_searches() as log:
@@ -34,9 +34,9 @@ def test_auto_is_exact_up_to_the_threshold_and_annoy_above(monkeypatch):
     with rk.recording_searches() as log:
         approx = rk.nearest_neighbours(x, 10)
         assert np.array_equal(rk.nearest_neighbours(x, 10), approx)  # memoised: recorded once
-    assert [s.method for s in log] == ["annoy"] and len(log[0].key) == 16
+    assert [s.method for s in log] == ["hnsw"] and len(log[0].key) == 16
     info = log[0]
-    assert info.sample == rk.RECALL_SAMPLE and info.trees == rk.ANNOY_TREES and info.k == 10
+    assert info.sample == rk.RECALL_SAMPLE and info.links == rk.HNSW_LINKS and info.k == 10
     # the recall it reports is the recall it has, measured here on every row
     truth = _exact_sets(x, 10)
     full = np.mean([len(set(a) & t) / 10 for a, t in zip(approx, truth)])
@@ -46,17 +46,37 @@ def test_auto_is_exact_up_to_the_threshold_and_annoy_above(monkeypatch):
     assert all(len(set(r)) == 10 for r in approx)  # k distinct neighbours per row
     # deterministic: a fresh search (memo cleared) gives the same neighbours
     rk._NN_CACHE.clear()
-    assert np.array_equal(rk.nearest_neighbours(x, 10, method="annoy"), approx)
+    assert np.array_equal(rk.nearest_neighbours(x, 10, method="hnsw"), approx)
 
 
-def test_annoy_widens_its_search_until_the_recall_is_reached(monkeypatch):
+def test_hnsw_calibrates_its_width_until_the_recall_is_reached(monkeypatch):
     x = _clusters(n=2000, dim=32, centres=200, seed=3)
     rk._NN_CACHE.clear()
-    monkeypatch.setattr(rk, "ANNOY_TREES", 1)
-    monkeypatch.setattr(rk, "ANNOY_SEARCH_PER_NEIGHBOUR", 1)  # far too narrow at first
+    monkeypatch.setattr(rk, "HNSW_LINKS", 4)  # a poor graph: the narrowest search falls short
+    monkeypatch.setattr(rk, "HNSW_BUILD_WIDTH", 8)
     with rk.recording_searches() as log:
-        rk.nearest_neighbours(x, 10, method="annoy")
-    assert log[0].search_k > 11 and log[0].recall >= rk.TARGET_RECALL
+        rk.nearest_neighbours(x, 10, method="hnsw")
+    assert log[0].width > 11 and log[0].recall >= rk.TARGET_RECALL
+    rk._NN_CACHE.clear()
+
+
+def test_hnsw_widens_when_the_reported_recall_falls_short(monkeypatch):
+    """The calibration stops too early (a margin far below the target): the recall check on
+    the other sample sees the shortfall and the search is redone twice as wide."""
+    x = _clusters(n=2000, dim=32, centres=200, seed=3)
+    rk._NN_CACHE.clear()
+    monkeypatch.setattr(rk, "HNSW_LINKS", 8)  # a poor graph: recall 0.83 at width 11, 0.95 at 88
+    monkeypatch.setattr(rk, "HNSW_BUILD_WIDTH", 8)
+    monkeypatch.setattr(rk, "HNSW_WIDENINGS", 6)
+    monkeypatch.setattr(rk, "CALIBRATION_MARGIN", -1.0)  # the first width passes the calibration
+    calls = []
+    real = rk._hnsw_rows
+    monkeypatch.setattr(rk, "_hnsw_rows", lambda *a: calls.append(a[-1]) or real(*a))
+    with rk.recording_searches() as log:
+        found = rk.nearest_neighbours(x, 10, method="hnsw")
+    assert calls[0] == 11 and log[0].width in (22, 44, 88, 176, 352) and log[0].width == max(calls)
+    assert log[0].recall >= rk.TARGET_RECALL
+    assert rk.sampled_recall(x, found)[0] == log[0].recall  # the neighbours returned are the widest search's
     rk._NN_CACHE.clear()
 
 
@@ -79,16 +99,16 @@ def test_ranking_keeps_its_neighbour_search_record(tmp_path, monkeypatch):
     from tracin_core.audit.workspace import Workspace
 
     rk._NN_CACHE.clear()
-    monkeypatch.setattr(rk, "EXACT_SEARCH_MAX", 500)  # the demo's 1,437 rows go through annoy
+    monkeypatch.setattr(rk, "EXACT_SEARCH_MAX", 500)  # the demo's 1,437 rows go through HNSW
     ws = Workspace.demo(cache_dir=tmp_path / "c")
     assert ws.ranking_searches() == []  # nothing computed yet
     scores = ws.mislabel_scores()
     searches = Workspace.demo(cache_dir=tmp_path / "c").ranking_searches()  # read back from disk
-    assert searches and {s.method for s in searches} == {"annoy"}  # one per checkpoint it looks at
+    assert searches and {s.method for s in searches} == {"hnsw"}  # one per checkpoint it looks at
     assert all(s.n == len(scores) and s.recall >= rk.TARGET_RECALL for s in searches)
     assert "recall" in searches[0].describe() and "1,437 rows" in searches[0].describe()
     assert ws.ranking_searches("loss_mean") == []
-    # annoy's ranking is close to the exact one's
+    # the graph search's ranking is close to the exact one's
     rk._NN_CACHE.clear()
     monkeypatch.setattr(rk, "EXACT_SEARCH_MAX", 10**9)
     exact = rk.compute(None, ws.ranker_inputs())
@@ -181,7 +201,7 @@ def test_memorisation_is_estimated_on_a_sample_above_the_exact_size(monkeypatch)
 
 def test_memorisation_reuses_the_searches_samples(monkeypatch):
     """Above the exact size, the first checkpoint's sampled rows were searched exactly by the
-    annoy search's calibration and recall check: memorisation searches only the others."""
+    graph search's calibration and recall check: memorisation searches only the others."""
     inp = _noisy_inputs()
     n = len(inp.labels)
     monkeypatch.setattr(rk, "EXACT_SEARCH_MAX", n - 1)

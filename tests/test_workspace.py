@@ -334,6 +334,38 @@ def test_rankings_are_kept_beside_the_store(tmp_path, monkeypatch):
     assert calls[-1] == "loss_mean"
 
 
+def test_stored_rankings_are_keyed_by_the_ranking_code_only(tmp_path):
+    """The stored rankings' code key changes with the rankers, the live re-ranking and
+    ``Workspace.ranker_inputs``, not with an edit elsewhere in workspace.py (which made every
+    stored 1M ranking stale before)."""
+    import shutil
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    def key(edit) -> str:
+        root = tmp_path / f"copy{len(list(tmp_path.iterdir()))}"
+        shutil.copytree(REPO / "tracin_core", root / "tracin_core", ignore=shutil.ignore_patterns("__pycache__"))
+        if edit:
+            path, old, new = edit
+            text = (root / path).read_text()
+            assert old is None or old in text
+            (root / path).write_text(text + new if old is None else text.replace(old, new, 1))
+        probe = "from tracin_core.audit.workspace import _rankers_code; print(_rankers_code())"
+        out = subprocess.run([sys.executable, "-c", probe], cwd=root, capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr
+        return out.stdout.strip()
+
+    ws = "tracin_core/audit/workspace.py"
+    base = key(None)
+    assert key((ws, "def _write_atomic(", "# an unrelated edit\ndef _write_atomic(")) == base
+    assert key((ws, "        eng = self._engine(\"fast\")\n        with self._lock:\n            store",
+                "        eng = self._engine(\"fast\")  # edited\n        with self._lock:\n            store")) != base
+    assert key(("tracin_core/audit/rankers.py", None, "# edited\n")) != base
+    assert key(("tracin_core/audit/active_review.py", None, "# edited\n")) != base
+
+
 def test_cli_precompute_warms_the_store_the_app_opens(tmp_path):
     """The CLI and the app share ``$TRACIN_CACHE/stores``: a store (and the default ranking)
     built ahead of time is the one the app opens."""

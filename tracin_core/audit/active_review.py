@@ -165,7 +165,7 @@ def build_signals(static: np.ndarray, inp: rk.RankerInputs, k: int = 10,
     inputs). ``neighbours``: (N, k) nearest neighbours to use; default the early
     checkpoints' (:func:`tracin_core.audit.rankers.early_neighbours`), above
     :data:`tracin_core.audit.rankers.EXACT_SEARCH_MAX` rows the first checkpoint's only (the
-    search the default ranking already made: another annoy search per early checkpoint
+    search the default ranking already made: another neighbour search per early checkpoint
     would cost minutes at 1,000,000 rows)."""
     static = np.asarray(static, dtype=np.float64).reshape(-1)
     labels = np.asarray(inp.labels, dtype=np.int64).reshape(-1)

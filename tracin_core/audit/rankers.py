@@ -105,30 +105,32 @@ def per_checkpoint_margin(inp: RankerInputs) -> np.ndarray:
     return given - others.max(axis=-1)
 
 
-#: at most this many rows, neighbours are found by exact search; above it, with an annoy
-#: index (exact search costs O(N² · H): 13 s per checkpoint at 60,000 rows on two cores)
+#: at most this many rows, neighbours are found by exact search; above it, through an HNSW
+#: graph (exact search costs O(N² · H): 13 s per checkpoint at 60,000 rows on two cores)
 EXACT_SEARCH_MAX = 20_000
-#: the annoy index: trees (fewer trees with a wider search are cheaper for the same recall:
-#: on the 60,000 Fashion-MNIST rows, 4 trees reach 0.95 for 0.35 + 2.6 CPU-s, 16 trees for
-#: 0.9 + 4.6), the recall it must reach on the sample checked against exact search, and that
-#: sample's size (another sample of CALIBRATION_SAMPLE rows chooses search_k)
-ANNOY_TREES = 4
+#: the HNSW graph (faiss ``IndexHNSWFlat``, inner product of unit rows): links per node and
+#: the build's search width (``efConstruction``). A light graph with a calibrated search
+#: width costs least for the recall asked: on one core, building and querying every row of
+#: the last checkpoint's 1,000,000 Fashion-MNIST rows took 66 CPU-s with (10, 10), 71 with
+#: (8, 12) and 73 with (12, 16); at 60,000 rows (10, 10) was also the cheapest of seven
+#: settings. ``benchmarks/neighbour_search.py`` compares it with the annoy index it replaced.
+HNSW_LINKS = 10
+HNSW_BUILD_WIDTH = 10
+#: the recall the search must reach on the sample checked against exact search, and that
+#: sample's size (another sample of CALIBRATION_SAMPLE rows chooses the search width)
 TARGET_RECALL = 0.95
 RECALL_SAMPLE = 1000
 CALIBRATION_SAMPLE = 1000
 #: the calibration aims this far above TARGET_RECALL, so that the recall measured on the
-#: other sample rarely falls short (a shortfall re-runs every query at twice the search_k)
+#: other sample rarely falls short (a shortfall re-runs every query twice as wide)
 CALIBRATION_MARGIN = 0.01
-#: ``search_k`` (annoy's nodes inspected per query) is calibrated per search before the full
-#: pass: it starts at this many per neighbour asked for and grows by a quarter until the recall on
-#: a calibration sample (another seed than the one reported) reaches :data:`TARGET_RECALL`.
-#: Measured on the 60,000 Fashion-MNIST rows: the first checkpoint needs about 450, the last
-#: about 560.
-ANNOY_SEARCH_PER_NEIGHBOUR = 20
-#: the calibration's ceiling: ``search_k`` at most this many per neighbour asked for
-ANNOY_SEARCH_MAX_PER_NEIGHBOUR = 3200
-#: how many times ``search_k`` may double when the reported recall still falls short
-ANNOY_WIDENINGS = 2
+#: the search width (HNSW's ``efSearch``: candidates kept per query) is calibrated per search
+#: before the full pass: it starts at k + 1 and grows by a quarter until the recall on a
+#: calibration sample (another seed than the one reported) reaches :data:`TARGET_RECALL` +
+#: :data:`CALIBRATION_MARGIN`; at most this many per neighbour asked for
+HNSW_WIDTH_MAX_PER_NEIGHBOUR = 256
+#: how many times the width may double when the reported recall still falls short
+HNSW_WIDENINGS = 2
 #: peak size (elements) of one block of similarities in exact search (64 MB of float32: query
 #: rows are blocked by EXACT_QUERY_BLOCK and the columns so that a block stays below it;
 #: searches running side by side each hold one, and 2,048 x 60,000 blocks put the 60,000-row
@@ -139,8 +141,9 @@ EXACT_QUERY_BLOCK = 1024
 
 
 def search_threads() -> int:
-    """Threads that build and query annoy indexes (annoy releases the GIL for both; on two
-    cores two threads query 2.3x faster than one). Read at call time: ``TRACIN_SEARCH_THREADS``,
+    """Threads that build and query the neighbour graphs (faiss releases the GIL for both,
+    each call on one OpenMP thread; several searches and blocks of queries run side by
+    side). Read at call time: ``TRACIN_SEARCH_THREADS``,
     else the machine's cores, at most 8. The neighbours found never depend on it."""
     env = os.environ.get("TRACIN_SEARCH_THREADS", "").strip()
     if env:
@@ -155,23 +158,24 @@ def search_threads() -> int:
 class NeighbourSearch:
     """How one neighbour search was done. ``recall``: share of the true ``k`` nearest
     neighbours found, measured against exact search on ``sample`` random rows (1.0 and
-    ``sample = n`` for exact search); ``search_k``: annoy's nodes inspected per query."""
+    ``sample = n`` for exact search); ``links`` and ``width``: the HNSW graph's links per
+    node and its search width (``efSearch``) for ``method == "hnsw"``."""
 
     method: str
     n: int
     k: int
     recall: float
     sample: int
-    trees: int = 0
-    search_k: int = 0
+    links: int = 0
+    width: int = 0
     seconds: float = 0.0
     key: str = ""  # content hash of the rows searched (the same search, memoised, has the same key)
 
     def describe(self) -> str:
         if self.method == "exact":
             return f"exact neighbour search ({self.n:,} rows, k = {self.k})"
-        return (f"annoy neighbour search ({self.n:,} rows, k = {self.k}, {self.trees} trees, "
-                f"search_k {self.search_k}): recall {self.recall:.3f} against exact search "
+        return (f"HNSW neighbour search ({self.n:,} rows, k = {self.k}, {self.links} links, "
+                f"width {self.width}): recall {self.recall:.3f} against exact search "
                 f"on {self.sample:,} random rows")
 
 
@@ -316,31 +320,35 @@ def sampled_recall(emb: np.ndarray, found: np.ndarray, sample: int = RECALL_SAMP
     return _recall_on_sample(_unit_rows(emb), found, sample, seed, chunk=chunk)
 
 
-def _annoy_index(x: np.ndarray, trees: int):
-    """An annoy "angular" index of unit rows ``x``, seeded and built on one thread (so the
-    trees, and every neighbour found, do not depend on the machine)."""
-    import annoy
+def _hnsw_index(x: np.ndarray):
+    """A faiss HNSW graph (inner product) of unit rows ``x`` (C-contiguous float32), built
+    on one OpenMP thread: faiss inserts rows in parallel otherwise, and the graph (so every
+    neighbour found) would depend on the timing."""
+    import faiss
 
-    index = annoy.AnnoyIndex(x.shape[1], "angular")
-    index.set_seed(0)
-    for i in range(len(x)):
-        index.add_item(i, x[i])
-    index.build(trees, n_jobs=1)
+    faiss.omp_set_num_threads(1)  # this thread's setting (each worker thread sets its own)
+    index = faiss.IndexHNSWFlat(x.shape[1], HNSW_LINKS, faiss.METRIC_INNER_PRODUCT)
+    index.hnsw.efConstruction = HNSW_BUILD_WIDTH
+    index.add(x)
     return index
 
 
-def _annoy_rows(index, x: np.ndarray, rows: np.ndarray, k: int, search_k: int) -> np.ndarray:
-    """(len(rows), k) neighbours of ``rows`` through ``index``; rows for which annoy visited
-    too few leaves are searched exactly."""
-    out = np.empty((len(rows), k), dtype=np.int64)
-    short = []
-    for r, i in enumerate(rows.tolist()):
-        got = [j for j in index.get_nns_by_item(i, k + 1, search_k=search_k) if j != i][:k]
-        if len(got) < k:
-            short.append(r)
-        else:
-            out[r] = got
-    if short:
+def _hnsw_rows(index, x: np.ndarray, rows: np.ndarray, k: int, width: int) -> np.ndarray:
+    """(len(rows), k) neighbours of ``rows`` (the graph's own rows ``x``) through ``index``
+    searching ``width`` candidates, itself excluded; rows for which the graph returned too
+    few others are searched exactly."""
+    import faiss
+
+    faiss.omp_set_num_threads(1)
+    params = faiss.SearchParametersHNSW(efSearch=int(max(width, k + 1)))
+    got = index.search(np.ascontiguousarray(x[rows]), k + 1, params=params)[1]
+    own = got == rows[:, None]
+    # each row's first k results other than itself (and not -1, faiss's "nothing found")
+    keep = ~own & (got >= 0)
+    short = keep.sum(1) < k
+    order = np.argsort(~keep, axis=1, kind="stable")[:, :k]
+    out = np.take_along_axis(got, order, axis=1)
+    if short.any():
         import torch
 
         out[short] = _exact_rows(torch.from_numpy(x), rows[short], k)[0]
@@ -356,11 +364,12 @@ def locality_order(x: np.ndarray, leaf: int = LOCALITY_LEAF, seed: int = 0) -> n
     the leaves, in order, of a random-projection tree (each level splits every group at the
     median of its rows' projections on one random direction; groups of at most ``leaf`` rows).
 
-    Annoy's queries are bound by memory latency: an index built on rows in this order and
-    queried in this order finds the same recall 2.5x faster at 1,000,000 rows (88 vs 222 µs a
-    query, measured on the 1M Fashion-MNIST set's last checkpoint), because consecutive queries
-    and their candidates share cache lines and pages. Written by hand: annoy does not expose
-    its trees' leaves, and a k-means order costs more. Deterministic given ``seed``."""
+    Graph and tree searches are bound by memory latency: an index built on rows in this order
+    and queried in this order finds the same recall 2.5x faster at 1,000,000 rows (annoy: 88
+    vs 222 µs a query, measured on the 1M Fashion-MNIST set's last checkpoint), because
+    consecutive queries and their candidates share cache lines and pages. Written by hand:
+    neither annoy nor faiss exposes such an order, and a k-means order costs more.
+    Deterministic given ``seed``."""
     n = len(x)
     depth = int(np.ceil(np.log2(n / leaf))) if n > leaf else 0
     proj = x @ np.random.default_rng(seed).standard_normal((x.shape[1], depth)).astype(x.dtype)
@@ -376,45 +385,45 @@ def locality_order(x: np.ndarray, leaf: int = LOCALITY_LEAF, seed: int = 0) -> n
 
 
 def _calibrated_index(x: np.ndarray, k: int, xkey: Optional[str] = None):
-    """Build the index on the rows in :func:`locality_order` and choose ``search_k``: the
-    smallest on the ladder (see :data:`ANNOY_SEARCH_PER_NEIGHBOUR`) whose recall on a
+    """Build the graph on the rows in :func:`locality_order` and choose its search width:
+    the smallest on the ladder (k + 1, then a quarter more each step) whose recall on a
     calibration sample (seed 1) reaches :data:`TARGET_RECALL` + :data:`CALIBRATION_MARGIN`.
-    Returns (index, search_k, order, ordered rows): the index's item ``i`` is row ``order[i]``."""
+    Returns (index, width, order, ordered rows): the graph's row ``i`` is row ``order[i]``."""
     order = locality_order(x)
     xo = np.ascontiguousarray(x[order])
-    index = _annoy_index(xo, ANNOY_TREES)
+    index = _hnsw_index(xo)
     at = np.empty(len(x), dtype=np.int64)
     at[order] = np.arange(len(x))
     rows = _sample_rows(len(x), CALIBRATION_SAMPLE, seed=1)
     sims = _exact_sample(x, rows, k, xkey)[1]
-    search_k, ceiling = ANNOY_SEARCH_PER_NEIGHBOUR * (k + 1), ANNOY_SEARCH_MAX_PER_NEIGHBOUR * (k + 1)
-    while search_k < ceiling:
-        found = order[_annoy_rows(index, xo, at[rows], k, search_k)]
+    width, ceiling = k + 1, HNSW_WIDTH_MAX_PER_NEIGHBOUR * (k + 1)
+    while width < ceiling:
+        found = order[_hnsw_rows(index, xo, at[rows], k, width)]
         if _recall_rows(x, rows, found, sims) >= TARGET_RECALL + CALIBRATION_MARGIN:
             break
-        search_k = min(ceiling, max(search_k + 1, search_k * 5 // 4))
-    return index, search_k, order, xo
+        width = min(ceiling, max(width + 1, width * 5 // 4))
+    return index, width, order, xo
 
 
-def _annoy_searches(xs: list[np.ndarray], k: int, chunk: int,
+def _graph_searches(xs: list[np.ndarray], k: int, chunk: int,
                     xkeys: Optional[list[str]] = None) -> list[tuple[np.ndarray, int, float, int]]:
-    """Annoy neighbours for several searches at once, on :func:`search_threads` threads:
-    index builds run side by side and each search's queries are split in blocks, so two
-    cores stay busy. Returns (neighbours, search_k, recall, sample) per search; the recall
-    is measured on another sample than the calibration's and ``search_k`` doubles (at most
-    :data:`ANNOY_WIDENINGS` times) while it falls short."""
+    """HNSW neighbours for several searches at once, on :func:`search_threads` threads:
+    graph builds run side by side and each search's queries are split in blocks, so every
+    core stays busy. Returns (neighbours, width, recall, sample) per search; the recall is
+    measured on another sample than the calibration's and the width doubles (at most
+    :data:`HNSW_WIDENINGS` times) while it falls short."""
     from concurrent.futures import ThreadPoolExecutor
 
     threads = search_threads()
     out = []
     with ThreadPoolExecutor(threads) as pool:
-        def query(index, xo: np.ndarray, search_k: int) -> list:
-            """Every item's query, in blocks of consecutive items on the pool (futures, in item order)."""
-            return [pool.submit(_annoy_rows, index, xo, r, k, search_k)
+        def query(index, xo: np.ndarray, width: int) -> list:
+            """Every row's query, in blocks of consecutive rows on the pool (futures, in row order)."""
+            return [pool.submit(_hnsw_rows, index, xo, r, k, width)
                     for r in np.array_split(np.arange(len(xo)), 4 * threads)]
 
         def gather(parts: list, order: np.ndarray) -> np.ndarray:
-            """The items' neighbours as rows' neighbours (row ``order[i]`` is item ``i``)."""
+            """The graph rows' neighbours as the rows' neighbours (row ``order[i]`` is graph row ``i``)."""
             found = np.empty((len(order), k), dtype=np.int64)
             found[order] = order[np.concatenate([p.result() for p in parts])]
             return found
@@ -422,30 +431,30 @@ def _annoy_searches(xs: list[np.ndarray], k: int, chunk: int,
         xkeys = xkeys or [None] * len(xs)
         built = [pool.submit(_calibrated_index, x, k, xkey) for x, xkey in zip(xs, xkeys)]
         pending = []
-        for b in built:  # each search's queries queue up as soon as its index is ready
-            index, search_k, order, xo = b.result()
-            pending.append((index, search_k, order, xo, query(index, xo, search_k)))
-        for x, xkey, (index, search_k, order, xo, parts) in zip(xs, xkeys, pending):
-            for attempt in range(ANNOY_WIDENINGS + 1):
+        for b in built:  # each search's queries queue up as soon as its graph is ready
+            index, width, order, xo = b.result()
+            pending.append((index, width, order, xo, query(index, xo, width)))
+        for x, xkey, (index, width, order, xo, parts) in zip(xs, xkeys, pending):
+            for attempt in range(HNSW_WIDENINGS + 1):
                 found = gather(parts, order)
                 recall, sample = _recall_on_sample(x, found, RECALL_SAMPLE, 0, xkey, chunk)
-                if (recall >= TARGET_RECALL or attempt == ANNOY_WIDENINGS
-                        or search_k >= ANNOY_SEARCH_MAX_PER_NEIGHBOUR * (k + 1)):
-                    break  # the neighbours, search_k and recall returned always belong together
-                search_k *= 2
-                parts = query(index, xo, search_k)
-            out.append((found, search_k, recall, sample))
+                if (recall >= TARGET_RECALL or attempt == HNSW_WIDENINGS
+                        or width >= HNSW_WIDTH_MAX_PER_NEIGHBOUR * (k + 1)):
+                    break  # the neighbours, width and recall returned always belong together
+                width *= 2
+                parts = query(index, xo, width)
+            out.append((found, width, recall, sample))
     return out
 
 
 def nearest_neighbours_many(embs: Sequence[np.ndarray], k: int, chunk: int = 2048,
                             method: str = "auto") -> list[np.ndarray]:
-    """:func:`nearest_neighbours` of several embeddings (e.g. one per checkpoint), the annoy
-    ones searched side by side (:func:`_annoy_searches`). Same results as one call each."""
+    """:func:`nearest_neighbours` of several embeddings (e.g. one per checkpoint), the HNSW
+    ones searched side by side (:func:`_graph_searches`). Same results as one call each."""
     import torch
 
-    if method not in ("auto", "exact", "annoy"):
-        raise ValueError(f"method must be 'auto', 'exact' or 'annoy'; got {method!r}")
+    if method not in ("auto", "exact", "hnsw"):
+        raise ValueError(f"method must be 'auto', 'exact' or 'hnsw'; got {method!r}")
     todo: dict[tuple, list[int]] = {}
     results: list = [None] * len(embs)
     keys, xs = [], {}
@@ -457,7 +466,7 @@ def nearest_neighbours_many(embs: Sequence[np.ndarray], k: int, chunk: int = 204
             results[i] = (np.zeros((n, 0), dtype=np.int64), None)
             keys.append(None)
             continue
-        use = method if method != "auto" else ("exact" if n <= EXACT_SEARCH_MAX else "annoy")
+        use = method if method != "auto" else ("exact" if n <= EXACT_SEARCH_MAX else "hnsw")
         key = (_content_key(x), x.shape, kk, use)
         keys.append(key)
         hit = _cache_get(key)
@@ -467,7 +476,7 @@ def nearest_neighbours_many(embs: Sequence[np.ndarray], k: int, chunk: int = 204
             todo.setdefault(key, []).append(i)
             xs[key] = x
     fresh: dict[tuple, tuple[np.ndarray, NeighbourSearch]] = {}
-    annoy_keys = [key for key in todo if key[3] == "annoy"]
+    graph_keys = [key for key in todo if key[3] == "hnsw"]
     for key in todo:
         if key[3] == "exact":
             t0 = time.perf_counter()
@@ -476,14 +485,14 @@ def nearest_neighbours_many(embs: Sequence[np.ndarray], k: int, chunk: int = 204
             fresh[key] = (found, NeighbourSearch("exact", len(x), key[2], 1.0, len(x),
                                                  seconds=time.perf_counter() - t0, key=key[0][:16]))
     by_k: dict[int, list[tuple]] = {}
-    for key in annoy_keys:
+    for key in graph_keys:
         by_k.setdefault(key[2], []).append(key)
     for kk, group in by_k.items():
         t0 = time.perf_counter()
-        done = _annoy_searches([xs[key] for key in group], kk, chunk, [key[0] for key in group])
+        done = _graph_searches([xs[key] for key in group], kk, chunk, [key[0] for key in group])
         seconds = (time.perf_counter() - t0) / len(group)  # side by side: each one's share of the wall time
-        for key, (found, search_k, recall, sample) in zip(group, done):
-            fresh[key] = (found, NeighbourSearch("annoy", len(xs[key]), kk, recall, sample, ANNOY_TREES, search_k,
+        for key, (found, width, recall, sample) in zip(group, done):
+            fresh[key] = (found, NeighbourSearch("hnsw", len(xs[key]), kk, recall, sample, HNSW_LINKS, width,
                                                  seconds=seconds, key=key[0][:16]))
     _cache_put(fresh)
     log = getattr(_SEARCH_LOG, "log", None)
@@ -504,10 +513,10 @@ def nearest_neighbours(emb: np.ndarray, k: int, chunk: int = 2048, method: str =
     most similar first.
 
     ``method``: ``"exact"`` (in blocks of rows: O(N² · H) time, O(chunk · N) memory),
-    ``"annoy"`` (an annoy index of :data:`ANNOY_TREES` trees, ``search_k`` calibrated to
-    :data:`TARGET_RECALL` on a sample, then the recall measured against exact search on
-    :data:`RECALL_SAMPLE` other random rows and reported), or ``"auto"`` (exact up to
-    :data:`EXACT_SEARCH_MAX` rows, annoy above). Each call's :class:`NeighbourSearch` goes to
+    ``"hnsw"`` (a faiss HNSW graph of :data:`HNSW_LINKS` links per node, its search width
+    calibrated to :data:`TARGET_RECALL` on a sample, then the recall measured against exact
+    search on :data:`RECALL_SAMPLE` other random rows and reported), or ``"auto"`` (exact up
+    to :data:`EXACT_SEARCH_MAX` rows, HNSW above). Each call's :class:`NeighbourSearch` goes to
     :func:`recording_searches`. Results are memoised by content (the last 16 calls), so
     several rankers and repeated queries over the same store pay once.
     """
@@ -539,7 +548,7 @@ def spread_neighbours(inp: RankerInputs, k: int = 10) -> list[np.ndarray]:
 
 
 #: above :data:`EXACT_SEARCH_MAX` rows, :func:`memorisation` (one share per checkpoint) is
-#: estimated on the rows whose exact neighbours the annoy searches' recall check (seed 0) and
+#: estimated on the rows whose exact neighbours the graph searches' recall check (seed 0) and
 #: calibration (seed 1) found: about 2,000 rows, so a share's standard error is at most
 #: 0.5 / √(suspects in the sample), about 0.035 at a 10% error rate, where a whole neighbour
 #: search per early checkpoint would cost 3-5 CPU-s at 60,000 rows and minutes at 1,000,000;

@@ -69,7 +69,7 @@ class InfluenceResult:
 
 
 #: Rows above which a missing ranking is not computed on a page visit without asking
-#: (:attr:`RankingStatus.expensive`): the neighbour searches switch to annoy there and the
+#: (:attr:`RankingStatus.expensive`): the neighbour searches switch to an HNSW graph there and the
 #: default ranking takes seconds to minutes. Read at call time (tests lower it).
 RANKING_ASK_ROWS = rk.EXACT_SEARCH_MAX
 
@@ -98,13 +98,17 @@ class RankingStatus:
 
 @functools.lru_cache(maxsize=1)
 def _rankers_code() -> str:
-    """Short hash of the rankers' source and of this module (which feeds them): stored
-    rankings are recomputed when either changes."""
+    """Short hash of the code that computes stored rankings: the rankers' and the live
+    re-ranking's modules and :meth:`Workspace.ranker_inputs` (which feeds them), so stored
+    rankings are recomputed when any of them changes, and only then (an edit elsewhere in
+    this module, e.g. to a page helper, keeps them)."""
+    import inspect
+
     from . import active_review
 
     h = hashlib.sha256(Path(rk.__file__).read_bytes())
-    h.update(Path(__file__).read_bytes())
     h.update(Path(active_review.__file__).read_bytes())
+    h.update(inspect.getsource(Workspace.ranker_inputs).encode())
     return h.hexdigest()[:12]
 
 
@@ -674,7 +678,7 @@ class Workspace:
 
     def ranking_searches(self, method: Optional[str] = None) -> list[rk.NeighbourSearch]:
         """How the neighbour searches behind the kept ranking ``method`` (None = the
-        default) were done (exact, or annoy with its sampled recall); empty when the
+        default) were done (exact, or HNSW with its sampled recall); empty when the
         ranking looks at no neighbourhoods or has not been computed."""
         path = self._ranking_path(method or rk.DEFAULT_RANKER).with_suffix(".json")
         try:
