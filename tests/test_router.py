@@ -52,3 +52,26 @@ def test_every_page_goes_through_the_router_first():
         first_call = min(text.find(f"common.{fn}(") for fn in ("require", "current_workspace")
                          if f"common.{fn}(" in text)
         assert text.find("common.ensure_router(") < first_call, name
+
+
+def test_the_server_imports_the_engine_at_start_before_any_visit(tmp_path):
+    """``streamlit run app.py`` serves ``app.py``'s ``st.App``: its lifespan imports torch and
+    the pages' shared module when the server starts, so the first visitor does not wait for
+    them (2-3 s). No browser visits here: the log line comes from the server alone."""
+    import time
+
+    from streamlit.web.server.app_discovery import discover_asgi_app
+
+    from tests.conftest import REPO, AppServer
+
+    found = discover_asgi_app(REPO / "app.py")
+    assert found.is_asgi_app and found.import_string == "app:app"
+    log = tmp_path / "streamlit.log"
+    server = AppServer(tmp_path, log)
+    try:
+        deadline = time.monotonic() + 180
+        while "engine imported at server start" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert "engine imported at server start" in log.read_text(), log.read_text()[-2000:]
+    finally:
+        server.stop()
