@@ -578,3 +578,21 @@ def test_replayed_admin_widget_changes_nothing(env, oidc_app):
     _run(at)
     assert len(store.history()) == before
     assert any("cannot adjudicate conflicts; nothing was changed" in e.value for e in at.error)
+
+
+def test_inline_gallery_image_escapes_its_alt_text():
+    """``pages.common.image_html`` (the Influence galleries' raw ``st.html``) puts class names,
+    which may come from folder names, into an attribute: a hostile name stays text."""
+    import html
+    import re
+
+    import numpy as np
+
+    from pages.common import image_html
+
+    evil = 'cat"><img src=x id=injected onerror=alert(1)> & <b>'
+    out = image_html(np.zeros((8, 8), dtype=np.uint8), 96, f"Training example #3, label {evil}")
+    assert out.count("<") == 1 and out.count(">") == 1  # one tag: nothing in the name became markup
+    alt = re.search(r'alt="([^"]*)"', out).group(1)
+    assert html.unescape(alt) == f"Training example #3, label {evil}"
+    assert re.search(r'width="96" height="96"', out)

@@ -73,9 +73,10 @@ class InfluenceResult:
 #: default ranking takes seconds to minutes. Read at call time (tests lower it).
 RANKING_ASK_ROWS = rk.EXACT_SEARCH_MAX
 
-#: Rough CPU seconds per training row of the default ranking (60,000 Fashion-MNIST rows:
-#: 14-16 s, benchmarks/results/app_scale.md), for :attr:`RankingStatus.estimated_seconds`.
-RANKING_SECONDS_PER_ROW = 2.6e-4
+#: Rough seconds per training row of the default ranking on two cores, for
+#: :attr:`RankingStatus.estimated_seconds` (benchmarks/results/app_scale.md and
+#: app_scale_60k.md: 60,000 Fashion-MNIST rows in about 9 s, 1,000,000 in about 190 s).
+RANKING_SECONDS_PER_ROW = 1.9e-4
 
 
 @dataclasses.dataclass(frozen=True)
