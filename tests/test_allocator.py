@@ -16,6 +16,9 @@ PROBE = """
 import json, resource, torch
 from tracin_core.engine.allocator import keep_freed_batches
 on = keep_freed_batches()
+# one thread: each extra intra-op thread has its own malloc arena to warm up, and how many
+# there are depends on the machine (CI's 8+ threads faulted 12,500 tuned against 6,300 here)
+torch.set_num_threads(1)
 torch.manual_seed(0)
 net = torch.nn.Sequential(  # a small CNN's forward at batch 512: activations of 3-26 MB
     torch.nn.Conv2d(1, 16, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
@@ -43,10 +46,11 @@ def _probe(**env: str) -> dict:
 def test_freed_batches_are_reused_instead_of_faulted_in_again():
     tuned, default = _probe(), _probe(TRACIN_MALLOC_TUNING="0")
     assert tuned["on"] is True and default["on"] is False
-    # glibc's defaults map and zero about 60 MB of fresh pages per forward (about 167,000
-    # page faults for 10 forwards, measured); tuned, the freed activations are reused (6,000)
+    # glibc's defaults map and zero about 60 MB of fresh pages per forward (about 190,000
+    # page faults for 10 forwards on one thread, measured); tuned, the freed activations are
+    # reused (about 1,600)
     assert default["faults"] > 50_000
-    assert tuned["faults"] < default["faults"] / 5
+    assert tuned["faults"] < default["faults"] / 10
 
 
 def test_switch_off_leaves_the_allocator_alone(monkeypatch):
