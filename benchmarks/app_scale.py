@@ -98,6 +98,10 @@ def run_step(cmd: list[str], env: dict[str, str], stderr: list[str] | None = Non
 
 #: a review key press whose next item has not shown after this long counts as lost
 KEY_TIMEOUT_MS = 60_000
+#: the Evaluation page is shown: its three plotly charts (the ROC and found curves, precision in
+#: the top k, the histogram) are each drawn (plotly has put its SVG in them)
+EVALUATION_DRAWN = ("() => { const c = [...document.querySelectorAll('[data-testid=\"stPlotlyChart\"]')];"
+                    " return c.length >= 3 && c.every(e => e.querySelector('.main-svg')); }")
 
 
 def app_steps(cache: Path, keys: int, picks: int, workspace: str = "fashion", config: Path | None = None,
@@ -155,8 +159,7 @@ def app_steps(cache: Path, keys: int, picks: int, workspace: str = "fashion", co
             out["pick_cold_s"], out["pick_warm_s"] = times[0], times[1:]
             t = time.perf_counter()
             pg.goto(server.url + "/evaluation?workspace=fashion")
-            pg.wait_for_function("() => document.querySelectorAll('[data-testid=\"stPlotlyChart\"]').length >= 4",
-                                 polling=50)
+            pg.wait_for_function(EVALUATION_DRAWN, polling=50)
             wait_idle(pg)
             out["evaluation_first_load_s"] = time.perf_counter() - t
             browser.close()
@@ -295,7 +298,7 @@ def rows_60k(r: dict) -> list[tuple[str, str, str, str]]:
         ("app: Influence first load", f"{r['influence_first_load_s']:.2f} s", "", ""),
         ("app: pick -> both galleries, first / median of the next",
          f"{r['pick_cold_s']:.2f} / {statistics.median(r['pick_warm_s']):.2f} s", "", "≤ 0.5 s"),
-        ("app: Evaluation first load (four charts)", f"{r['evaluation_first_load_s']:.2f} s", "", "≤ 3 s"),
+        ("app: Evaluation first load (its charts drawn)", f"{r['evaluation_first_load_s']:.2f} s", "", "≤ 3 s"),
     ]
 
 

@@ -67,17 +67,21 @@ def test_demo_rankings_are_scored(app_cache):
     assert "Evaluation" in [t.value for t in at.title]
     assert not at.error
     charts = _charts(at)
-    assert len(charts) == 4  # ROC, found curve, precision@k, histogram
+    assert len(charts) == 3  # ROC and found curves (one figure), precision@k, histogram
     import json
 
-    for chart in charts[:2]:  # ROC and found curves: one colour per ranking, the default in black,
-        traces = [t for t in json.loads(chart.proto.spec)["data"] if t["name"] not in  # thinned curves
-                  ("random", "random order", "perfect queue")]
+    curves = json.loads(charts[0].proto.spec)["data"]
+    for axis in ("x", "x2"):  # ROC left, found curve right: one colour per ranking, the default in black,
+        traces = [t for t in curves if t.get("xaxis", "x") == axis and t.get("legendgroup") != "random"
+                  and t["name"] != "perfect queue"]  # thinned curves
         colours = [t["line"]["color"] for t in traces]
         assert len(set(colours)) == len(colours) == len(rk.available(False))
         assert [t["line"]["color"] for t in traces if "(default)" in t["name"]] == ["#000000"]
         assert all(10 <= len(_values(t["x"])) <= 2 * 500 + 2 for t in traces)
-    hist = json.loads(charts[3].proto.spec)["data"]
+        # one legend for both: a ranking's two curves share its legend entry (a click hides both)
+        assert [t["legendgroup"] for t in traces] == list(rk.available(False))
+        assert all(t.get("showlegend", True) == (axis == "x") for t in traces)
+    hist = json.loads(charts[2].proto.spec)["data"]
     assert [t["type"] for t in hist] == ["bar", "bar"]  # counted server-side
     assert sum(_values(t["y"]).sum() for t in hist) == 1437
     table = _table(at)
