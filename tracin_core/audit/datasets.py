@@ -578,6 +578,7 @@ def read_idx(path: PathLike) -> np.ndarray:
     need = 4 + 4 * ndim + int(np.prod(shape)) * dtype.itemsize
     if len(data) != need:
         raise ValueError(f"IDX file {str(path)!r}: {len(data)} bytes, expected {need} for shape {shape}")
+    # astype copies: the array returned is writable and owns its memory (not the bytes read)
     return np.frombuffer(data, dtype=dtype, offset=4 + 4 * ndim).reshape(shape).astype(dtype.newbyteorder("="))
 
 
@@ -605,7 +606,7 @@ def _load_fashion_mnist(root: Path, split: str) -> dict[str, Any]:
                          f"and labels {labels.shape} do not match")
     if len(labels) and not 0 <= int(labels.min()) <= int(labels.max()) < 10:
         raise ValueError(f"Fashion-MNIST folder {str(root)!r}: labels outside 0-9")
-    x = torch.from_numpy(images.copy())
+    x = torch.from_numpy(images)  # read_idx's array is writable and its own: no second copy
     y = torch.from_numpy(labels.astype(np.int64))
     batch = _normalized(x, *FASHION_MNIST_NORMALIZE)
     return dict(
