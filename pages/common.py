@@ -376,12 +376,15 @@ def upscale(img: np.ndarray, size: int = 112) -> Image.Image:
     return im.resize((arr.shape[1] * scale, arr.shape[0] * scale), Image.NEAREST)
 
 
-def image_html(img: np.ndarray, size: int, alt: str) -> str:
+def image_html(img: np.ndarray, size: int, alt: str, caption: str = "") -> str:
     """An ``<img>`` of ``img`` (H×W or H×W×C, values 0..255) inline as a PNG data URI, drawn
     ``size`` px on its longer side with nearest-neighbour scaling; ``alt`` is escaped.
+    ``caption``: HTML drawn under the image in the same element (the caller escapes what it
+    puts in it: :func:`caption_html`).
 
     For galleries: the image travels with the page's message, so no /media request per
-    image and no media file registered per script run."""
+    image and no media file registered per script run; with its caption, a card is one
+    element instead of two (a pick redraws 56 fewer elements)."""
     import base64
     import html
     import io
@@ -395,7 +398,22 @@ def image_html(img: np.ndarray, size: int, alt: str) -> str:
     width, height = (size, max(1, round(size * h / w))) if w >= h else (max(1, round(size * w / h)), size)
     return (f'<img src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}" '
             f'alt="{html.escape(alt, quote=True)}" width="{width}" height="{height}" '
-            'style="image-rendering: pixelated; display: block">')
+            'style="image-rendering: pixelated; display: block">' + caption)
+
+
+#: a card caption's secondary line: smaller and faded, readable on light and dark themes
+_CAPTION_STYLE = "font-size: 0.8rem; line-height: 1.35; margin-top: 0.2rem"
+_FADED_STYLE = "font-size: 0.8rem; opacity: 0.6"
+#: signs drawn after a caption (misclassified, label differs from the prediction)
+CROSS = '<span style="color: #ff2b2b" title="misclassified">✕</span>'
+WARNING = '<span style="color: #e07b00" title="the model predicts another class">⚠</span>'
+
+
+def caption_html(main: str, faded: str = "") -> str:
+    """A card caption under :func:`image_html`: ``main`` and a smaller, faded ``faded`` line.
+    Both are HTML: the caller escapes user text in them (``html.escape``)."""
+    out = f'<div style="{_CAPTION_STYLE}">{main}</div>' if main else ""
+    return out + (f'<div style="{_FADED_STYLE}">{faded}</div>' if faded else "")
 
 
 def class_name(ws: Workspace, label: Optional[int]) -> str:
@@ -408,6 +426,13 @@ def class_name(ws: Workspace, label: Optional[int]) -> str:
 def class_md(ws: Workspace, label: Optional[int]) -> str:
     """:func:`class_name` as literal text for markdown (class names may come from folder names)."""
     return esc(class_name(ws, label))
+
+
+def class_html(ws: Workspace, label: Optional[int]) -> str:
+    """:func:`class_name` as literal text inside HTML (class names may come from folder names)."""
+    import html
+
+    return html.escape(class_name(ws, label), quote=True)
 
 
 def upload_too_large(f) -> Optional[str]:

@@ -229,9 +229,9 @@ def browse_tab(ws) -> None:
         for col, i in zip(cols, shown[row: row + GRID_COLS]):
             i = int(i)
             with col:
-                st.html(common.image_html(ws.test.image(i), 64, f"Test image #{i}"))
-                mark = "" if labels[i] == predicted[i] else " :red[:material/close:]"
-                st.caption(f"#{i} · {common.class_md(ws, labels[i])}→{common.class_md(ws, predicted[i])}{mark}")
+                mark = "" if labels[i] == predicted[i] else " " + common.CROSS
+                st.html(common.image_html(ws.test.image(i), 64, f"Test image #{i}", common.caption_html(
+                    "", f"#{i} · {common.class_html(ws, labels[i])}→{common.class_html(ws, predicted[i])}{mark}")))
                 st.button("Pick", key=f"pick_{i}", on_click=_select_index, args=(i,))
 
 
@@ -289,11 +289,11 @@ def gallery(ws, table, kind: str, title: str, help_text: str, per_row: int = GAL
         for col, r in zip(cols, rows[start: start + per_row]):
             i = int(r.index)
             with col:
-                st.html(common.image_html(ws.train.image(i), 96, f"Training example #{i}, label "
-                                          f"{common.class_name(ws, r.label)}"))
-                wrong = "" if r.label == r.predicted else " :orange[:material/warning:]"
-                st.markdown(f"**{common.class_md(ws, r.label)}**{wrong} · {_sig3(r.score)}  \n"
-                            f":small[:gray[#{i} · pred. {common.class_md(ws, r.predicted)}]]")
+                wrong = "" if r.label == r.predicted else " " + common.WARNING
+                st.html(common.image_html(
+                    ws.train.image(i), 96, f"Training example #{i}, label {common.class_name(ws, r.label)}",
+                    common.caption_html(f"<b>{common.class_html(ws, r.label)}</b>{wrong} · {_sig3(r.score)}",
+                                        f"#{i} · pred. {common.class_html(ws, r.predicted)}")))
                 if st.button("details", key=f"det_{kind}_{r.rank}", type="tertiary"):
                     details(ws, i)
 
@@ -392,7 +392,7 @@ def results(ws, sel: dict[str, Any], method_label: str, method: str, k: int, opt
 def galleries(ws, res, title: str, which: str, prefix: str, per_row: int) -> None:
     """Proponents then opponents of one explained label (``which``: named in the titles)."""
     legend = ("Each: **label in the data** · TracIn score, then the training index and the model's "
-              "prediction (:orange[:material/warning:] where they differ).")
+              "prediction (:orange[⚠] where they differ).")
     suffix = f" · {which}" if which else ""
     gallery(ws, res.proponents, f"{prefix}p", f"Proponents of {title}{suffix}",
             "Training examples whose gradients agree with this one: they pushed the model towards this label. "

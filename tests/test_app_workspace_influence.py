@@ -53,10 +53,13 @@ def _texts(at) -> str:
     return "\n".join(str(p) for p in parts)
 
 
+#: a gallery card's caption (HTML under its inline image): label, score, index, prediction
+CARD = re.compile(r'<div [^>]*><b>(\d)</b>[^·]* · ([^<]+)</div><div [^>]*>#(\d+) · pred\. (\d)</div>$')
+
+
 def _cards(at) -> list[str]:
     """Gallery cards: label, score (3 significant digits), index and predicted class."""
-    pat = re.compile(r"\*\*\d\*\*.* · -?\d\.\d+  \n:small\[:gray\[#\d+ · pred\. \d\]\]$")
-    return [m.value for m in at.markdown if pat.match(m.value)]
+    return ["|".join(m.groups()) for h in at.get("html") for m in [CARD.search(h.proto.body)] if m]
 
 
 def test_workspace_page_shows_demo_and_choosers(app_cache):
@@ -118,6 +121,8 @@ def test_influence_page_pick_filters_and_methods(app_cache):
     assert "Proponents of test #5" in heads and "Opponents of test #5" in heads
     assert at.query_params["test"] in ("5", ["5"])
     assert len(_cards(at)) == 16  # k = 8 proponents + 8 opponents
+    scores = [c.split("|")[1] for c in _cards(at)]  # three significant digits, trailing zeros kept
+    assert scores == [f"{float(v):#.3g}".rstrip(".").replace(".e", "e") for v in scores]
     assert "True label: **3**" in _texts(at) and "with probability" in _texts(at)
 
     # k and the other methods
@@ -516,8 +521,7 @@ def test_every_page_offers_the_way_back_when_the_pass_fails(tmp_path, monkeypatc
 
 def _card_indices(at) -> list[int]:
     """Training indices of every gallery card, in page order (any score format)."""
-    pat = re.compile(r":small\[:gray\[#(\d+) · pred\. ")
-    return [int(m.group(1)) for e in at.markdown for m in [pat.search(e.value)] if m]
+    return [int(m.group(3)) for h in at.get("html") for m in [CARD.search(h.proto.body)] if m]
 
 
 def test_misclassified_image_explains_truth_and_prediction_side_by_side(app_cache):

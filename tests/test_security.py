@@ -596,3 +596,23 @@ def test_inline_gallery_image_escapes_its_alt_text():
     alt = re.search(r'alt="([^"]*)"', out).group(1)
     assert html.unescape(alt) == f"Training example #3, label {evil}"
     assert re.search(r'width="96" height="96"', out)
+
+
+def test_card_captions_keep_class_names_as_text():
+    """The Influence cards' captions (HTML under the inline image, ``caption_html``) show
+    class names through ``class_html``: a hostile name stays text, the only tags are the card's."""
+    import html
+    import re
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from pages.common import WARNING, caption_html, class_html, image_html
+
+    evil = 'cat"><img src=x id=injected onerror=alert(1)> & <b>'
+    ws = SimpleNamespace(classes=[evil, "dog"])
+    card = image_html(np.zeros((8, 8), dtype=np.uint8), 96, f"Training example #3, label {evil}",
+                      caption_html(f"<b>{class_html(ws, 0)}</b> {WARNING} · 1.23", f"#3 · pred. {class_html(ws, 1)}"))
+    assert re.findall(r"<(/?\w+)", card) == ["img", "div", "b", "/b", "span", "/span", "/div", "div", "/div"]
+    text = html.unescape(re.sub(r"<[^>]*>", "", card[card.index("<div"):]))
+    assert text == f"{evil} ⚠ · 1.23#3 · pred. dog"
