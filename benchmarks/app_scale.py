@@ -98,10 +98,10 @@ def run_step(cmd: list[str], env: dict[str, str], stderr: list[str] | None = Non
 
 #: a review key press whose next item has not shown after this long counts as lost
 KEY_TIMEOUT_MS = 60_000
-#: the Evaluation page is shown: its three plotly charts (the ROC and found curves, precision in
-#: the top k, the histogram) are each drawn (plotly has put its SVG in them)
+#: the Evaluation page is shown: its two plotly charts (the ROC and found curves; precision in
+#: the top k and the histogram) are each drawn (plotly has put its SVG in them)
 EVALUATION_DRAWN = ("() => { const c = [...document.querySelectorAll('[data-testid=\"stPlotlyChart\"]')];"
-                    " return c.length >= 3 && c.every(e => e.querySelector('.main-svg')); }")
+                    " return c.length >= 2 && c.every(e => e.querySelector('.main-svg')); }")
 
 
 def app_steps(cache: Path, keys: int, picks: int, workspace: str = "fashion", config: Path | None = None,

@@ -67,7 +67,7 @@ def test_demo_rankings_are_scored(app_cache):
     assert "Evaluation" in [t.value for t in at.title]
     assert not at.error
     charts = _charts(at)
-    assert len(charts) == 3  # ROC and found curves (one figure), precision@k, histogram
+    assert len(charts) == 2  # ROC and found curves; precision@k and the histogram
     import json
 
     curves = json.loads(charts[0].proto.spec)["data"]
@@ -81,7 +81,11 @@ def test_demo_rankings_are_scored(app_cache):
         # one legend for both: a ranking's two curves share its legend entry (a click hides both)
         assert [t["legendgroup"] for t in traces] == list(rk.available(False))
         assert all(t.get("showlegend", True) == (axis == "x") for t in traces)
-    hist = json.loads(charts[2].proto.spec)["data"]
+    bars = json.loads(charts[1].proto.spec)["data"]
+    precision = [t for t in bars if t.get("xaxis", "x") == "x"]
+    assert len(precision) == 1 and precision[0]["orientation"] == "h"
+    assert len(precision[0]["y"]) == len(rk.available(False))  # one bar per ranking
+    hist = [t for t in bars if t.get("xaxis") == "x2"]
     assert [t["type"] for t in hist] == ["bar", "bar"]  # counted server-side
     assert sum(_values(t["y"]).sum() for t in hist) == 1437
     table = _table(at)
