@@ -74,8 +74,8 @@ class InfluenceResult:
 RANKING_ASK_ROWS = rk.EXACT_SEARCH_MAX
 
 #: Rough seconds per training row of the default ranking on two cores, for
-#: :attr:`RankingStatus.estimated_seconds` (benchmarks/results/app_scale.md and
-#: app_scale_60k.md: 60,000 Fashion-MNIST rows in about 9 s, 1,000,000 in about 190 s).
+#: :attr:`RankingStatus.estimated_seconds` (benchmarks/results/app_scale.md: 60,000 Fashion-MNIST
+#: rows in 7-11 s, 1,000,000 in 131-193 s across runs; the slower end, so the page does not promise too little).
 RANKING_SECONDS_PER_ROW = 1.9e-4
 
 
