@@ -329,13 +329,13 @@ def results(ws, sel: dict[str, Any], method_label: str, method: str, k: int, opt
     if sel["kind"] == "index":
         i = int(sel["index"])
         img = ws.test.image(i)
-        title = f"test #{i}"
+        title, alt = f"test #{i}", f"Test image #{i}"
         known = int(ws.test.labels[i])
         x, test_key, label = None, str(i), None
     else:
         up = st.session_state["inf_upload"]
         img = up["view"]
-        title = f"uploaded {common.esc(up['name'])}"
+        title, alt = f"uploaded {common.esc(up['name'])}", f"Uploaded image {up['name']}"
         known = up["label"]
         x, test_key, label = up["x"], "upload:" + up["sha"], up["label"]
 
@@ -350,8 +350,8 @@ def results(ws, sel: dict[str, Any], method_label: str, method: str, k: int, opt
         return
 
     left, mid = st.columns([1, 3], gap="medium")
-    left.image(common.upscale(img, 224), width=224,
-               caption=None if sel["kind"] == "index" else "As the model sees it")
+    left.html(common.image_html(img, 224, alt, "" if sel["kind"] == "index" else
+                                common.caption_html("", "As the model sees it")))  # inline, as the cards
     ok = None if known is None else known == res.predicted
     explain = "prediction" if known is None else "true label"
     if ok is False:  # misclassified: what made the model say so, beside what supports the truth

@@ -582,9 +582,15 @@ def test_gallery_images_are_inline_with_alt_text(app_cache):
         assert html.unescape(m.group(3)) == ws.classes[int(ws.train.labels[i])]
         pixels = np.asarray(Image.open(io.BytesIO(base64.b64decode(m.group(1)))))
         assert np.array_equal(pixels, np.asarray(ws.train.image(i), dtype=np.uint8))
-    # the picker: one inline image per Pick button, the test image it picks
-    pat = re.compile(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)" alt="Test image #(\d+)"')
+    # the picked test image, inline too (no st.image: no media file, no lazy image component)
+    pat = re.compile(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)" alt="Test image #(\d+)" width="(\d+)"')
     found = [m for h in at.get("html") for m in [pat.match(h.proto.body)] if m]
+    big = [m for m in found if m.group(3) == "224"]
+    assert [int(m.group(2)) for m in big] == [5]
+    pixels = np.asarray(Image.open(io.BytesIO(base64.b64decode(big[0].group(1)))))
+    assert np.array_equal(pixels, np.asarray(ws.test.image(5), dtype=np.uint8))
+    # the picker: one inline image per Pick button, the test image it picks
+    found = [m for m in found if m.group(3) == "64"]
     picks = [int(b.key[5:]) for b in at.button if (b.key or "").startswith("pick_")]
     assert len(picks) == 40 and [int(m.group(2)) for m in found] == picks
     for m in found:
