@@ -55,13 +55,14 @@ class LiveResult:
 def live_result(sig: ReviewSignals, outcomes: Mapping[int, bool], ahead: int = 50) -> LiveResult:
     """The re-ranked queue and the estimate for ``outcomes`` (a pure function of the signals
     and the *set* of decisions). Raises ValueError for an item outside ``0..sig.n - 1``."""
-    decided = dict(outcome_key(outcomes))
+    key = outcome_key(outcomes)
+    decided = dict(key)
     ar._outcome_vector(sig, decided)  # ValueError for an item outside the signals
     scores = ar.rerank(sig, decided) if ar.is_active(decided) else None
     order = ar.queue_order(sig.static if scores is None else scores, list(decided))
     estimate = ar.estimate_remaining(sig, decided, ahead=ahead, order=order)
     table = None if scores is None else rk.score_table(scores)
-    return LiveResult(outcomes=outcome_key(decided), scores=scores, table=table, estimate=estimate)
+    return LiveResult(outcomes=key, scores=scores, table=table, estimate=estimate)
 
 
 class LiveReranker:
@@ -172,4 +173,4 @@ class LiveReranker:
 
     @staticmethod
     def _key(outcomes: Mapping[int, bool] | OutcomeKey) -> OutcomeKey:
-        return outcome_key(outcomes) if isinstance(outcomes, Mapping) else outcome_key(dict(outcomes))
+        return outcome_key(outcomes if isinstance(outcomes, Mapping) else dict(outcomes))
