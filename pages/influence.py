@@ -79,6 +79,15 @@ def _influence(fp: str, test_key: str, k: int, method: str, opts_json: str, labe
     return _ws.influence(test, k=k, method=method, label=label, **opts)
 
 
+@st.cache_resource(show_spinner=False, max_entries=4096)
+def _thumbnail(fp: str, split: str, i: int, size: int, alt: str, _ws) -> str:
+    """Image ``i`` of the ``split`` data as an inline ``<img>`` (:func:`pages.common.image_html`),
+    PNG-encoded once per server: every pick reruns the page, and the 40 picker thumbnails
+    (and a gallery's recurring training examples) do not change between runs."""
+    data = _ws.test if split == "test" else _ws.train
+    return common.image_html(data.image(i), size, alt)
+
+
 @st.cache_resource(show_spinner=False, max_entries=8)
 def _self_influence_rank(fp: str, _ws) -> np.ndarray:
     """Rank (1 = largest) of every training example's self-influence (fast method)."""
@@ -230,8 +239,8 @@ def browse_tab(ws) -> None:
             i = int(i)
             with col:
                 mark = "" if labels[i] == predicted[i] else " " + common.CROSS
-                st.html(common.image_html(ws.test.image(i), 64, f"Test image #{i}", common.caption_html(
-                    "", f"#{i} · {common.class_html(ws, labels[i])}→{common.class_html(ws, predicted[i])}{mark}")))
+                st.html(_thumbnail(ws.fingerprint, "test", i, 64, f"Test image #{i}", ws) + common.caption_html(
+                    "", f"#{i} · {common.class_html(ws, labels[i])}→{common.class_html(ws, predicted[i])}{mark}"))
                 st.button("Pick", key=f"pick_{i}", on_click=_select_index, args=(i,))
 
 
@@ -290,10 +299,10 @@ def gallery(ws, table, kind: str, title: str, help_text: str, per_row: int = GAL
             i = int(r.index)
             with col:
                 wrong = "" if r.label == r.predicted else " " + common.WARNING
-                st.html(common.image_html(
-                    ws.train.image(i), 96, f"Training example #{i}, label {common.class_name(ws, r.label)}",
-                    common.caption_html(f"<b>{common.class_html(ws, r.label)}</b>{wrong} · {_sig3(r.score)}",
-                                        f"#{i} · pred. {common.class_html(ws, r.predicted)}")))
+                st.html(_thumbnail(ws.fingerprint, "train", i, 96,
+                                   f"Training example #{i}, label {common.class_name(ws, r.label)}", ws)
+                        + common.caption_html(f"<b>{common.class_html(ws, r.label)}</b>{wrong} · {_sig3(r.score)}",
+                                              f"#{i} · pred. {common.class_html(ws, r.predicted)}"))
                 if st.button("details", key=f"det_{kind}_{r.rank}", type="tertiary"):
                     details(ws, i)
 
