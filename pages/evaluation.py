@@ -49,11 +49,6 @@ def _curves(fingerprint: str, with_cp: bool, _scores: dict[str, np.ndarray],
     return {name: rk.queue_curves(s, _truth, points=CURVE_POINTS) for name, s in _scores.items()}
 
 
-@st.cache_resource(show_spinner=False, max_entries=16)
-def _has_features(fingerprint: str, _ws) -> bool:
-    return _ws.ranker_inputs(with_cp=False).features is not None
-
-
 @st.cache_resource(show_spinner=False)
 def _retrain_registry() -> retrain.RetrainRegistry:
     """Finished retrainings, shared by every session (one training at a time on the server)."""
@@ -323,9 +318,6 @@ def main() -> None:
         common.ensure_store(ws, "cp")
     with st.spinner("Scoring every ranking…"):
         scores = _scores(ws.fingerprint, with_cp, ws)
-    if not _has_features(ws.fingerprint, ws):
-        st.caption("The workspace hands the rankers no final-layer inputs, so the neighbourhood rankings "
-                   f"({', '.join(sorted(rk.USES_FEATURES))}) find neighbours among the logits.")
     section_rankings(ws, scores, truth)
     if truth is not None and who.can("retrain"):
         section_retrain(ws, scores, truth)
