@@ -60,3 +60,34 @@ def test_switch_off_leaves_the_allocator_alone(monkeypatch):
     monkeypatch.setenv("TRACIN_MALLOC_TUNING", "off")
     assert allocator.keep_freed_batches() is False
     assert allocator._DONE == []  # not decided: a later call with the switch on may still set it
+
+
+ARENAS = """
+import ctypes, sys, threading
+from tracin_core.engine.allocator import keep_freed_batches
+on = keep_freed_batches()
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+def work():  # a thread started after the setting, as a pass's decode-ahead thread is
+    p = libc.malloc(1 << 20)
+    libc.free(p)
+threads = [threading.Thread(target=work) for _ in range(3)]
+for t in threads: t.start()
+for t in threads: t.join()
+sys.stderr.flush()
+libc.malloc_stats()  # one "Arena N:" block per arena, on stderr
+"""
+
+
+@pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only")
+def test_threads_share_one_arena():
+    # one arena per thread made a pass's peak memory depend on which thread freed what
+    def arenas(**env: str) -> int:
+        out = subprocess.run([sys.executable, "-c", ARENAS], cwd=REPO, capture_output=True, text=True, timeout=120,
+                             env={**os.environ, "PYTHONPATH": str(REPO), **env})
+        assert out.returncode == 0, out.stderr
+        return sum(line.startswith("Arena ") for line in out.stderr.splitlines())
+
+    assert arenas() == 1
+    assert arenas(TRACIN_MALLOC_TUNING="0") > 1  # glibc's default: the threads got arenas of their own

@@ -125,6 +125,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     d.add_argument("rest", nargs=argparse.REMAINDER)
 
     args = parser.parse_args(argv)
+    from .engine.allocator import keep_freed_batches
+
+    # before any thread allocates: threads that already hold a malloc arena keep it, and the
+    # passes' memory is then flat only as long as every thread shares one
+    keep_freed_batches()
     if args.cmd == "demo":
         from .audit.demo import main as demo_main
 
