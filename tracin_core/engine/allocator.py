@@ -10,8 +10,9 @@ Memory that a batch frees is kept for the next one instead.
 All threads allocate from one arena: glibc otherwise gives each thread (the intra-op
 workers, the decode-ahead thread) an arena of its own, each keeping up to the trim threshold
 of freed memory, so a pass's peak memory depended on which thread happened to free what (the
-60k Fashion-MNIST precompute peaked anywhere from 818 to 945 MB across runs; with one arena,
-939-952 MB every run, and the million-row pass the same: ``benchmarks/results/app_scale.md``).
+60k Fashion-MNIST precompute peaked anywhere from 818 to 945 MB across runs, and the
+million-row pass's ratio to it with it; with one arena, 904-965 MB in six runs, and the
+million-row pass 0.98x the 60k run's in the same benchmark run: ``benchmarks/results/app_scale.md``).
 
 This is what ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_`` (or preloading jemalloc,
 as PyTorch's CPU performance guide suggests) do from outside the process; written by hand
