@@ -20,17 +20,15 @@ from typing import Optional
 
 import numpy as np
 import pandas as pd
-import plotly.graph_objects as go
-from plotly.subplots import make_subplots
 import streamlit as st
 
 from pages import common
+from pages.charts import curves_figure, histogram_figure, precision_histogram_figure, ranking_label
 from tracin_core.audit import rankers as rk
 from tracin_core.audit import retrain
 
 #: epochs for the retraining (the demo's recipe uses 30); tests set it low
 RETRAIN_EPOCHS = 30  # the Epochs box's default (tests set the box: key "ev_epochs")
-HIST_BINS = 40
 #: points per curve sent to the browser (a 60,000-item queue's curves, thinned, look the same)
 CURVE_POINTS = 500
 
@@ -65,127 +63,10 @@ def _is_demo(ws) -> bool:
     return ws.source is not None and Path(ws.source).resolve() == DEMO_TOML.resolve()
 
 
-# ---------------------------------------------------------------------------- figures
-def _label(name: str) -> str:
-    return f"{name} (default)" if name == rk.DEFAULT_RANKER else name
-
-
-def _line_width(name: str) -> float:
-    return 3.5 if name == rk.DEFAULT_RANKER else 1.6
-
-
-#: one clearly different colour per ranking (plotly's 24-colour qualitative palette), the
-#: same ranking in the same colour on every chart; the default ranking drawn in black
-PALETTE = ("#2E91E5", "#E15F99", "#1CA71C", "#FB0D0D", "#DA16FF", "#B68100", "#750D86", "#EB663B",
-           "#511CFB", "#00A08B", "#FB00D1", "#FC0080", "#B2828D", "#6C7C32", "#778AAE", "#862A16",
-           "#A777F1", "#620042", "#1616A7", "#DA60CA", "#6C4516", "#0D2A63", "#AF0038", "#222A2A")
-
-
-def _colour(name: str) -> str:
-    if name == rk.DEFAULT_RANKER:
-        return "#000000"
-    others = [n for n in rk.RANKERS if n != rk.DEFAULT_RANKER]
-    return PALETTE[others.index(name) % len(PALETTE)] if name in others else "#7F7F7F"
-
-
-def _line(name: str) -> dict:
-    return dict(width=_line_width(name), color=_colour(name))
-
-
-LEGEND = dict(font=dict(size=12), itemclick="toggleothers", title=dict(text="click: show only this one"))
-
-
-def _xy(points: np.ndarray) -> np.ndarray:
-    """A curve's coordinates as float32 (plotly sends numpy arrays as base64: half the bytes
-    of float64, and the curves look the same)."""
-    return np.asarray(points, dtype=np.float32)
-
-
-def curves_figure(curves: dict[str, rk.QueueCurves], truth: np.ndarray) -> go.Figure:
-    """The ROC curves (left) and the share of mislabels found against the share of the data
-    reviewed (right), one figure with one legend: a ranking keeps its colour on both, and a
-    click on its legend entry shows or hides it on both. (One plotly figure instead of two:
-    each figure costs the browser a draw of its own.)"""
-    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.13, subplot_titles=(
-        "ROC curve (mislabelled vs clean)", "Mislabels found vs data reviewed"))
-    for name, c in curves.items():
-        common_style = dict(mode="lines", line=_line(name), legendgroup=name)
-        fig.add_trace(go.Scatter(x=_xy(c.roc[0]), y=_xy(c.roc[1]), name=f"{_label(name)} · AUC {c.auc:.4f}",
-                                 **common_style), row=1, col=1)
-        fig.add_trace(go.Scatter(x=_xy(c.found[0]), y=_xy(c.found[1]), name=_label(name), showlegend=False,
-                                 **common_style), row=1, col=2)
-    share = float(truth.mean())
-    fig.add_trace(go.Scatter(x=[0, share, 1], y=[0, 1, 1], mode="lines", name="perfect queue",
-                             line=dict(dash="dash", color="black")), row=1, col=2)
-    for col in (1, 2):
-        fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="random order", legendgroup="random",
-                                 showlegend=col == 1, line=dict(dash="dot", color="gray")), row=1, col=col)
-    fig.update_xaxes(title_text="false positive rate", row=1, col=1)
-    fig.update_yaxes(title_text="true positive rate", row=1, col=1)
-    fig.update_xaxes(title_text="share of the data reviewed", tickformat=".0%", row=1, col=2)
-    fig.update_yaxes(title_text="share of the mislabels found", tickformat=".0%", row=1, col=2)
-    fig.update_layout(height=520, legend=LEGEND, margin=dict(l=10, r=10, t=50, b=10))
-    return fig
-
-
-def precision_figure(precisions: dict[str, float], k: int) -> go.Figure:
-    names = sorted(precisions, key=lambda n: -precisions[n])
-    fig = go.Figure(go.Bar(x=[precisions[n] for n in names], y=[_label(n) for n in names], orientation="h",
-                           text=[f"{precisions[n]:.1%}" for n in names], textposition="auto"))
-    fig.update_layout(title=f"Precision in the top {k:,}", xaxis_title="share of mislabelled items",
-                      xaxis_tickformat=".0%", xaxis_range=[0, 1], yaxis_autorange="reversed",
-                      height=max(300, 28 * len(names) + 80), margin=dict(l=10, r=10, t=50, b=10))
-    return fig
-
-
-def histogram_figure(score: np.ndarray, truth: Optional[np.ndarray], name: str) -> go.Figure:
-    # counted here and drawn as bars: the browser gets HIST_BINS numbers, not every score
-    fig = go.Figure()
-    lo, hi = float(np.min(score)), float(np.max(score))
-    edges = np.linspace(lo, hi if hi > lo else lo + 1.0, HIST_BINS + 1)
-    centres, width = (edges[:-1] + edges[1:]) / 2, edges[1] - edges[0]
-
-    def bars(values: np.ndarray, name: str, **style) -> go.Bar:
-        return go.Bar(x=centres, y=np.histogram(values, bins=edges)[0], width=width, name=name, **style)
-
-    if truth is None:
-        fig.add_trace(bars(score, "all items"))
-    else:
-        fig.add_trace(bars(score[~truth], f"clean ({int((~truth).sum()):,})", opacity=0.65, marker_color="#4C78A8"))
-        fig.add_trace(bars(score[truth], f"mislabelled ({int(truth.sum()):,})", opacity=0.75,
-                           marker_color="#E45756"))
-    fig.update_layout(barmode="overlay", title=f"Scores of {_label(name)}",
-                      xaxis_title="score (higher = more likely mislabelled)", yaxis_title="training items", height=380,
-                      margin=dict(l=10, r=10, t=50, b=10))
-    return fig
-
-
-def precision_histogram_figure(precisions: dict[str, float], k: int, score: np.ndarray, truth: np.ndarray,
-                               name: str) -> go.Figure:
-    """Precision in the top ``k`` of each ranking (left) and the histogram of ranking
-    ``name``'s scores, mislabelled vs clean (right): :func:`precision_figure` and
-    :func:`histogram_figure` as one figure (one draw in the browser instead of two)."""
-    bar, hist = precision_figure(precisions, k), histogram_figure(score, truth, name)
-    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.1,
-                        subplot_titles=(bar.layout.title.text, hist.layout.title.text))
-    for trace in bar.data:
-        fig.add_trace(trace.update(showlegend=False), row=1, col=1)
-    for trace in hist.data:
-        fig.add_trace(trace, row=1, col=2)
-    fig.update_xaxes(title_text=bar.layout.xaxis.title.text, tickformat=".0%", range=[0, 1], row=1, col=1)
-    fig.update_yaxes(autorange="reversed", row=1, col=1)
-    fig.update_xaxes(title_text=hist.layout.xaxis.title.text, row=1, col=2)
-    fig.update_yaxes(title_text=hist.layout.yaxis.title.text, row=1, col=2)
-    fig.update_layout(barmode="overlay", height=max(bar.layout.height, hist.layout.height),
-                      legend=dict(x=1, y=1, xanchor="right", bgcolor="rgba(255,255,255,0.6)"),
-                      margin=dict(l=10, r=10, t=50, b=10))
-    return fig
-
-
 def metrics_table(curves: dict[str, rk.QueueCurves], k: int) -> pd.DataFrame:
     rows = []
     for name, c in curves.items():
-        rows.append({"ranking": _label(name), "AUC": c.auc, "found@10%": c.found10,
+        rows.append({"ranking": ranking_label(name), "AUC": c.auc, "found@10%": c.found10,
                      "found@20%": c.found20, f"precision@{k}": c.precision_at(k),
                      "description": rk.RANKERS[name][1]})
     return pd.DataFrame(rows).sort_values("AUC", ascending=False, kind="stable").reset_index(drop=True)
@@ -198,7 +79,7 @@ def section_rankings(ws, scores: dict[str, np.ndarray], truth: Optional[np.ndarr
                 "cannot be scored here. Below: the distribution of a ranking's scores. A workspace file "
                 "can name a ground-truth CSV under `[evaluation] ground_truth`.")
         name = st.selectbox("Ranking", list(scores), index=list(scores).index(rk.DEFAULT_RANKER)
-                            if rk.DEFAULT_RANKER in scores else 0, format_func=_label, key="ev_hist_ranker")
+                            if rk.DEFAULT_RANKER in scores else 0, format_func=ranking_label, key="ev_hist_ranker")
         st.plotly_chart(histogram_figure(scores[name], None, name), key="ev_hist")
         return
 
@@ -219,7 +100,7 @@ def section_rankings(ws, scores: dict[str, np.ndarray], truth: Optional[np.ndarr
     st.plotly_chart(curves_figure(curves, truth), key="ev_curves")
     _, right = st.columns(2)
     name = right.selectbox("Histogram of", list(scores), index=list(scores).index(rk.DEFAULT_RANKER)
-                           if rk.DEFAULT_RANKER in scores else 0, format_func=_label, key="ev_hist_ranker")
+                           if rk.DEFAULT_RANKER in scores else 0, format_func=ranking_label, key="ev_hist_ranker")
     st.plotly_chart(precision_histogram_figure({nm: c.precision_at(k) for nm, c in curves.items()}, k,
                                                scores[name], truth, name), key="ev_precision_hist")
 
@@ -252,7 +133,7 @@ def section_retrain(ws, scores: dict[str, np.ndarray], truth: np.ndarray) -> Non
     else:
         c1, c2 = st.columns(2)
         name = c1.selectbox("Queue", list(scores), index=list(scores).index(rk.DEFAULT_RANKER)
-                            if rk.DEFAULT_RANKER in scores else 0, format_func=_label, key="ev_oracle_ranker")
+                            if rk.DEFAULT_RANKER in scores else 0, format_func=ranking_label, key="ev_oracle_ranker")
         count = int(c2.number_input("Items reviewed", min_value=0, max_value=len(given),
                                     value=int(round(0.1 * len(given))), step=10, key="ev_oracle_n"))
         corrected = retrain.oracle_labels(given, ws.ground_truth, scores[name], count)
