@@ -11,8 +11,8 @@ All threads allocate from one arena: glibc otherwise gives each thread (the intr
 workers, the decode-ahead thread) an arena of its own, each keeping up to the trim threshold
 of freed memory, so a pass's peak memory depended on which thread happened to free what (the
 60k Fashion-MNIST precompute peaked anywhere from 818 to 945 MB across runs, and the
-million-row pass's ratio to it with it; with one arena, 904-965 MB in six runs, and the
-million-row pass 0.98x the 60k run's in the same benchmark run: ``benchmarks/results/app_scale.md``).
+million-row pass's ratio to it with it; with one arena, 904-965 MB in seven runs, and the
+million-row pass 0.98x and 1.00x the 60k run's in two benchmark runs: ``benchmarks/results/app_scale.md``).
 
 This is what ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_`` (or preloading jemalloc,
 as PyTorch's CPU performance guide suggests) do from outside the process; written by hand
