@@ -4,6 +4,8 @@ reviewed items never re-entering the queue, the static fallback, and the interva
 estimate on a synthetic calibrated example."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -64,8 +66,8 @@ def test_confirmed_mislabels_raise_their_lookalikes_and_clean_ones_lower_them():
     assert min(live[open_a]) > max(live[open_b])
     assert not min(sig.static[open_a]) > max(sig.static[open_b])
     # the fitted weights: evidence of a mislabel pushes up, of a clean label pushes down
-    coef = ar.fit(sig, log).coef
-    assert coef[-2] > 0 > coef[-1]
+    coef = ar.fit(sig, log).coef  # ..., neighbours confirmed mislabelled, confirmed clean, confusion
+    assert coef[-3] > 0 > coef[-2]
 
 
 def test_reviewed_items_never_reenter_the_queue():
@@ -200,3 +202,46 @@ def test_review_simulation_benchmark_runs_on_a_dump(tmp_path):
     text = out.read_text()
     assert "| tiny / tutorial / 10% | 2 | 36 (1) |" in text
     assert "## Targets (issue #11)" in text and "live queue, all runs and checkpoints" in text
+
+
+def test_pair_evidence_is_leave_one_out_and_raises_a_confirmed_confusion():
+    """Two confusions with the same static scores: reviewers confirm mislabels in one and
+    clean labels in the other, so its unreviewed items move up and the other's down; an
+    item's own answer never enters its own feature."""
+    n = 200
+    rng = np.random.default_rng(3)
+    static = rng.permutation(np.linspace(0.0, 1.0, n))
+    pairs = np.where(np.arange(n) % 2 == 0, 1, 2)  # even items: confusion 1, odd: confusion 2
+    sig = ar.ReviewSignals(static=static, static_logit=ar._rank_logit(static), features=np.zeros((n, 1)),
+                           neighbours=np.zeros((n, 0), dtype=np.int64), same_label=np.zeros((n, 0), dtype=bool),
+                           names=("a",), pairs=pairs)
+    log = {int(i): bool(i % 2 == 0) for i in ar.queue_order(static)[:60]}
+    o = ar._outcome_vector(sig, log)
+    got = ar.pair_evidence(sig, o, 5.0)
+    # direct: the other reviewed items of the same confusion, shrunk towards the overall rate
+    r = np.mean(list(log.values()))
+    lg = lambda p: np.log(np.clip(p, 1e-3, 1 - 1e-3) / (1 - np.clip(p, 1e-3, 1 - 1e-3)))  # noqa: E731
+    for i in range(n):
+        others = [v for j, v in log.items() if j != i and pairs[j] == pairs[i]]
+        want = lg((sum(others) + 5.0 * r) / (len(others) + 5.0)) - lg(r)
+        assert np.isclose(got[i], want), i
+    assert np.allclose(ar.pair_evidence(sig, np.zeros(n, dtype=np.int8), 5.0), 0)
+    live = ar.rerank(sig, log)
+    ahead = ar.queue_order(live, list(log))[:40]
+    assert (pairs[ahead] == 1).mean() > 0.9  # the confirmed confusion comes first
+    # without pairs: no such evidence, the static order among the unreviewed
+    plain = ar.rerank(dataclasses.replace(sig, pairs=None), log)
+    assert np.array_equal(ar.queue_order(plain, list(log)), ar.queue_order(static, list(log)))
+
+
+def test_confusion_pairs_direct():
+    from tests.test_rankers import constructed
+
+    inp, _ = constructed(memorised=True)
+    t = rk.checkpoint_trust(inp)
+    p = np.exp(inp.logits) / np.exp(inp.logits).sum(-1, keepdims=True)
+    pm = (t[:, None, None] * p).sum(0) / t.sum()
+    y = inp.labels
+    K = p.shape[2]
+    want = [y[i] * K + max((c for c in range(K) if c != y[i]), key=lambda c: pm[i, c]) for i in range(len(y))]
+    assert ar.confusion_pairs(inp).tolist() == want

@@ -662,7 +662,7 @@ class Workspace:
 
         name = method or rk.DEFAULT_RANKER
         path = self._ranking_path(name).with_name(f"{name}-{_rankers_code()}-signals.npz")
-        fields = ("static", "static_logit", "features", "neighbours", "same_label")
+        fields = ("static", "static_logit", "features", "neighbours", "same_label", "pairs")
         try:
             with np.load(path, allow_pickle=False) as saved:
                 sig = ar.ReviewSignals(**{f: saved[f] for f in fields},
