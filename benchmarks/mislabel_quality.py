@@ -418,29 +418,50 @@ def grid_aucs(R: np.ndarray, truth: np.ndarray, W: np.ndarray) -> np.ndarray:
 
 
 def select_weights(aucs: np.ndarray, datasets: np.ndarray, settings: np.ndarray, best_single: np.ndarray,
-                   exclude: Optional[str] = None) -> int:
+                   exclude: Optional[str] = None, seeds: Optional[np.ndarray] = None,
+                   sizes: Optional[np.ndarray] = None) -> int:
     """Grid index chosen on the runs of every data set but ``exclude``, by the issue's rule read
-    as a floor: among the points whose margin is at least :data:`TARGET_MARGIN` in every setting (setting =
-    data set x schedule x noise x rate; margin = its mean AUC over seeds minus the best of
-    :data:`SINGLES`' mean AUCs), the best mean AUC with data sets weighted equally; when no
-    point clears the floor, the largest worst margin (ties to 1e-4: the best mean AUC). Ties:
-    the first index.
+    as a floor: among the points whose margin is at least :data:`TARGET_MARGIN` in every setting
+    (setting = data set x schedule x noise x rate; margin = its mean AUC over seeds minus the best
+    of :data:`SINGLES`' mean AUCs), the best mean AUC with data sets weighted equally; then, with
+    ``seeds`` and ``sizes``, the one-standard-error rule (Hastie, Tibshirani & Friedman, *The
+    Elements of Statistical Learning*, 7.10): the point with the fewest signals among those
+    clearing the floor whose mean AUC is within one standard error (over seeds) of the best's,
+    the best mean among them. When no point clears the floor: the largest worst margin (ties to
+    1e-4: the best mean AUC). Ties: the first index.
 
     Why not the largest worst margin everywhere: once every candidate clears the floor, that
     spends the whole choice on one setting, usually the noisiest (wine's 14 mislabels a run),
-    where differences of 1e-4 are noise; the mean over everything is the steadier measure.
+    where differences of 1e-4 are noise. Why the fewest signals within one standard error: a
+    signal that adds less than the seeds' own scatter on the data sets it was chosen on is
+    fitted to them, not evidence that it helps elsewhere.
 
     ``aucs``: (runs, G); ``datasets``, ``settings``: (runs,) names; ``best_single``: (runs,)
-    the best single signal's mean AUC in the run's setting."""
+    the best single signal's mean AUC in the run's setting; ``seeds``: (runs,) the run's seed;
+    ``sizes``: (G,) how many signals each point weights."""
     keep = datasets != exclude
     names = list(dict.fromkeys(settings[keep]))
     margins = np.stack([aucs[keep & (settings == s)].mean(0) - best_single[keep & (settings == s)][0]
                         for s in names])
-    mean = np.stack([aucs[keep & (datasets == d)].mean(0) for d in dict.fromkeys(datasets[keep])]).mean(0)
+    sets = list(dict.fromkeys(datasets[keep]))
+    mean = np.stack([aucs[keep & (datasets == d)].mean(0) for d in sets]).mean(0)
     worst = np.round(margins.min(0), 4)
-    if (worst >= TARGET_MARGIN).any():
-        return int(np.argmax(np.where(worst >= TARGET_MARGIN, mean, -np.inf)))
-    return int(np.lexsort((-mean, -worst))[0])
+    feasible = worst >= TARGET_MARGIN
+    if not feasible.any():
+        return int(np.lexsort((-mean, -worst))[0])
+    best = int(np.argmax(np.where(feasible, mean, -np.inf)))
+    if seeds is None or sizes is None:
+        return best
+    kept = sorted(set(seeds[keep].tolist()))
+    if len(kept) < 2:
+        return best
+    # per seed: the mean over data sets (each the mean of its runs with that seed)
+    per_seed = np.stack([np.mean([aucs[keep & (datasets == d) & (seeds == s)].mean(0) for d in sets
+                                  if (keep & (datasets == d) & (seeds == s)).any()], axis=0) for s in kept])
+    se = per_seed[:, best].std(ddof=1) / np.sqrt(len(kept))
+    near = np.flatnonzero(feasible & (mean >= mean[best] - se))
+    near = near[sizes[near] == sizes[near].min()]
+    return int(near[np.argmax(mean[near])])
 
 
 def weights_str(w: np.ndarray) -> str:
@@ -471,9 +492,11 @@ def lodo(results: list[tuple], grid: np.ndarray) -> tuple[list[dict[str, Any]], 
     names = list(dict.fromkeys(ds))
     shipped = np.array([rk.COMBINED_WEIGHTS.get(n, 0.0) for n in rk.COMBINABLE])
     # with one data set there is nothing to leave it out for: the shipped weights (a smoke run)
-    chosen = {d: grid[select_weights(aucs, ds, st, best, exclude=d)] if len(names) > 1 else shipped / shipped.sum()
-              for d in names}
-    chosen["all"] = grid[select_weights(aucs, ds, st, best)]
+    seeds = np.array([m["seed"] for *_, m in sel])
+    sizes = (grid > 0).sum(1)
+    chosen = {d: grid[select_weights(aucs, ds, st, best, exclude=d, seeds=seeds, sizes=sizes)] if len(names) > 1
+              else shipped / shipped.sum() for d in names}
+    chosen["all"] = grid[select_weights(aucs, ds, st, best, seeds=seeds, sizes=sizes)]
     rows = []
     for run_rows, R, truth, meta in results:
         base = run_rows[0]
@@ -536,8 +559,10 @@ def report(df: Any, chosen: dict[str, np.ndarray], args: argparse.Namespace, sec
         f"rank-normalised scores of {', '.join(f'`{n}`' for n in rk.COMBINABLE)}. Its weights are the point of a grid "
         f"(multiples of {GRID_STEP}, summing to 1; {len(weight_grid(len(rk.COMBINABLE)))} points) chosen by the issue's own "
         f"rule read as a floor: among the points whose ROC AUC, in every setting (data set x schedule x noise x rate, "
-        f"mean over seeds), is at least the best of the three single signals below minus {-TARGET_MARGIN}, the one with the "
-        "best mean AUC, data sets weighted equally (were there none, the largest worst margin).",
+        f"mean over seeds), is at least the best of the three single signals below minus {-TARGET_MARGIN}, the best mean AUC "
+        "(data sets weighted equally); then the one-standard-error rule: of the points within one standard error "
+        "(over seeds) of that best mean, the one with the fewest signals (were there no point above the floor, "
+        "the largest worst margin).",
         "",
         "**Leave-one-dataset-out:** the default reported for a data set (`" + LODO + "` in every table below, and "
         "the one the targets are judged on) uses the weights chosen on the *other* data sets only; it never saw "

@@ -636,3 +636,28 @@ def test_selection_is_a_floor_then_the_mean():
     # nothing clears it: the largest worst margin (point 1, −0.006, over point 0's −0.03)
     aucs[:, 0] = [0.87, 0.99]
     assert bench.select_weights(aucs, ds, st, best) == 1
+
+
+def test_selection_prefers_fewer_signals_within_one_standard_error():
+    """The one-standard-error rule: a point with fewer signals whose mean AUC is within one
+    standard error (over seeds) of the best point's is chosen instead; outside it, not."""
+    import importlib.util
+
+    from tests.conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("mislabel_quality", REPO / "benchmarks" / "mislabel_quality.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    # one data set, one setting, 4 seeds; point 0 weights two signals, point 1 one
+    ds = np.array(["a"] * 4)
+    st = np.array(["a/x"] * 4)
+    seeds = np.arange(4)
+    best = np.full(4, 0.90)
+    sizes = np.array([2, 1])
+    spread = np.array([-0.01, 0.01, -0.01, 0.01])  # the best point's seeds: standard error 0.01 / √4 · √(4/3)
+    se = spread.std(ddof=1) / 2
+    aucs = np.stack([0.95 + spread, np.full(4, 0.95 - 0.5 * se)], axis=1)
+    assert bench.select_weights(aucs, ds, st, best) == 0  # without seeds: the best mean
+    assert bench.select_weights(aucs, ds, st, best, seeds=seeds, sizes=sizes) == 1  # within one SE: fewer signals
+    aucs[:, 1] = 0.95 - 2 * se
+    assert bench.select_weights(aucs, ds, st, best, seeds=seeds, sizes=sizes) == 0  # two SE below: not
