@@ -52,6 +52,9 @@ def test_same_log_gives_bitwise_same_scores_whatever_its_order():
     assert ea == eb
     # and again from scratch (no hidden state between calls)
     assert ar.rerank(sig, dict(log)).tobytes() == a.tobytes()
+    # with the confusions' evidence too (sums over reviewed items, whatever their order)
+    paired = dataclasses.replace(sig, pairs=np.arange(sig.n) % 3)
+    assert ar.rerank(paired, log).tobytes() == ar.rerank(paired, shuffled).tobytes()
 
 
 def test_confirmed_mislabels_raise_their_lookalikes_and_clean_ones_lower_them():
