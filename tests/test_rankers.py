@@ -431,6 +431,14 @@ def test_spread_neighbour_rankers_direct(tiny):
     assert ((got >= -1) & (got <= 1)).all()
 
 
+def test_weighted_probabilities_equal_the_weighted_mean_of_softmaxes(tiny):
+    inp = tiny["inp"]
+    w = np.array([0.0, 1.0, 2.0, 0.5, 0.0, 3.0])
+    want = np.tensordot(w / w.sum(), rk.probabilities(inp), axes=1)
+    got = rk.weighted_probabilities(inp, w)
+    assert got.shape == want.shape and np.allclose(got, want, rtol=1e-12, atol=1e-14)
+
+
 def test_flip_structure_tells_confusable_from_random_flips():
     """Suspects labelled with their runner-up class: 1; labels spread at random: about 0;
     the score then follows the squared margin or the given label's support alone."""

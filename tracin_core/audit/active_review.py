@@ -210,13 +210,8 @@ def confusion_pairs(inp: rk.RankerInputs) -> np.ndarray:
     """(N,) int64 ``given label · K + most likely other class``: the predictions averaged
     over checkpoints, each weighted by :func:`tracin_core.audit.rankers.checkpoint_trust`."""
     labels = np.asarray(inp.labels, dtype=np.int64).reshape(-1)
-    t = rk.checkpoint_trust(inp)
     K = np.shape(inp.logits)[2]
-    p = np.zeros((len(labels), K))
-    for c, w in enumerate(t / t.sum()):  # one checkpoint at a time: (N, K), not (C, N, K)
-        z = np.asarray(inp.logits[c], dtype=np.float64)
-        z = np.exp(z - z.max(axis=1, keepdims=True))
-        p += w * z / z.sum(axis=1, keepdims=True)
+    p = rk.weighted_probabilities(inp, rk.checkpoint_trust(inp))
     p[np.arange(len(labels)), labels] = -np.inf
     return labels * K + p.argmax(axis=1)
 
