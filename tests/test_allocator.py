@@ -46,11 +46,13 @@ def _probe(**env: str) -> dict:
 def test_freed_batches_are_reused_instead_of_faulted_in_again():
     tuned, default = _probe(), _probe(TRACIN_MALLOC_TUNING="0")
     assert tuned["on"] is True and default["on"] is False
-    # glibc's defaults map and zero about 60 MB of fresh pages per forward (about 190,000
-    # page faults for 10 forwards on one thread, measured); tuned, the freed activations are
-    # reused (about 1,600)
+    # glibc's defaults map and zero about 60 MB of fresh pages per forward (90,000 to 190,000
+    # page faults for 10 forwards on one thread, measured run to run); tuned, the freed
+    # activations are reused: 1,600 to 12,545 faults (in steps of one 12 MB buffer faulted in
+    # again, 0 to 4 times in 10 forwards). A tenth was too tight for the two ends to meet
+    # (12,545 against 90,036 failed once in a full run); a fifth still says "mostly reused".
     assert default["faults"] > 50_000
-    assert tuned["faults"] < default["faults"] / 10
+    assert tuned["faults"] < default["faults"] / 5
 
 
 def test_switch_off_leaves_the_allocator_alone(monkeypatch):
