@@ -164,11 +164,14 @@ class RemainingEstimate:
 
 
 # --------------------------------------------------------------------------- signals
+def _logit(p: np.ndarray) -> np.ndarray:
+    return np.log(p) - np.log1p(-p)
+
+
 def _rank_logit(x: np.ndarray) -> np.ndarray:
     """logit((rank − ½) / N) with average ranks for ties: increasing in ``x``."""
     x = np.asarray(x, dtype=np.float64)
-    u = (pd.Series(x).rank(method="average").to_numpy() - 0.5) / len(x)
-    return np.log(u) - np.log1p(-u)
+    return _logit((pd.Series(x).rank(method="average").to_numpy() - 0.5) / len(x))
 
 
 def build_signals(static: np.ndarray, inp: rk.RankerInputs, k: int = 10,
@@ -212,8 +215,7 @@ def confusion_pairs(inp: rk.RankerInputs) -> np.ndarray:
     labels = np.asarray(inp.labels, dtype=np.int64).reshape(-1)
     K = np.shape(inp.logits)[2]
     p = rk.weighted_probabilities(inp, rk.checkpoint_trust(inp))
-    p[np.arange(len(labels)), labels] = -np.inf
-    return labels * K + p.argmax(axis=1)
+    return labels * K + rk.without_given(p, labels).argmax(axis=1)
 
 
 def outcomes_from_finals(finals: pd.DataFrame) -> dict[int, bool]:
@@ -241,11 +243,6 @@ def _outcome_vector(sig: ReviewSignals, outcomes: Mapping[int, bool]) -> np.ndar
     return o
 
 
-def _logit(p: np.ndarray) -> np.ndarray:
-    p = np.clip(p, 1e-3, 1 - 1e-3)
-    return np.log(p) - np.log1p(-p)
-
-
 def pair_evidence(sig: ReviewSignals, o: np.ndarray, pseudo: float) -> np.ndarray:
     """(N,) how much more often than overall the reviewers confirmed a mislabel among the
     other reviewed items of each item's confusion (:data:`ReviewSignals.pairs`), in log odds:
@@ -259,7 +256,8 @@ def pair_evidence(sig: ReviewSignals, o: np.ndarray, pseudo: float) -> np.ndarra
     bad = np.bincount(pairs, weights=is_bad)[pairs] - is_bad
     n = np.bincount(pairs, weights=seen)[pairs] - seen
     r = is_bad.sum() / seen.sum()
-    return _logit((bad + pseudo * r) / (n + pseudo)) - _logit(np.asarray(r))
+    share = np.clip((bad + pseudo * r) / (n + pseudo), 1e-3, 1 - 1e-3)
+    return _logit(share) - _logit(np.clip(r, 1e-3, 1 - 1e-3))
 
 
 def _design(sig: ReviewSignals, o: np.ndarray, cfg: Optional[ReviewModelConfig] = None) -> np.ndarray:

@@ -83,6 +83,14 @@ def _given(a: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return np.take_along_axis(a, idx, axis=-1)[..., 0]
 
 
+def without_given(a: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """A copy of ``a`` (class axis last, ``(..., N, K)``) with each item's given label at
+    −inf: its ``max`` / ``argmax`` over the last axis is the best *other* class."""
+    out = np.array(a, dtype=np.float64)
+    np.put_along_axis(out, np.broadcast_to(labels[:, None], out.shape[:-1] + (1,)), -np.inf, axis=-1)
+    return out
+
+
 def n_early(n_checkpoints: int) -> int:
     """How many checkpoints count as early: the first third, at least one."""
     return max(1, int(round(n_checkpoints / 3)))
@@ -100,9 +108,7 @@ def weighted_probabilities(inp: RankerInputs, weights: np.ndarray) -> np.ndarray
     w = np.asarray(weights, dtype=np.float64)
     out = None
     for c, wc in enumerate(w / w.sum()):
-        z = np.asarray(inp.logits[c], dtype=np.float64)
-        z = np.exp(z - z.max(axis=-1, keepdims=True))
-        z *= wc / z.sum(axis=-1, keepdims=True)
+        z = wc * np.exp(_log_softmax(np.asarray(inp.logits[c], dtype=np.float64)))
         out = z if out is None else out + z
     return out
 
@@ -116,10 +122,7 @@ def per_checkpoint_margin(inp: RankerInputs) -> np.ndarray:
     """(C, N) margin: logit of the given label minus the largest other logit (AUM's margin)."""
     z = np.asarray(inp.logits, dtype=np.float64)
     y = _labels(inp)
-    given = _given(z, y)
-    others = z.copy()
-    np.put_along_axis(others, np.broadcast_to(y[:, None], z.shape[:-1] + (1,)), -np.inf, axis=-1)
-    return given - others.max(axis=-1)
+    return _given(z, y) - without_given(z, y).max(axis=-1)
 
 
 #: at most this many rows, neighbours are found by exact search; above it, through an HNSW
@@ -806,10 +809,7 @@ def probability_margin_sq_adaptive(inp: RankerInputs) -> np.ndarray:
     like) counts more than doubt spread over many classes (a hard or odd item). In [−1, 1]."""
     p = probabilities(inp)
     y = _labels(inp)
-    py = _given(p, y)
-    others = p.copy()
-    np.put_along_axis(others, np.broadcast_to(y[:, None], p.shape[:-1] + (1,)), -np.inf, axis=-1)
-    d = others.max(axis=-1) ** 2 - py ** 2
+    d = without_given(p, y).max(axis=-1) ** 2 - _given(p, y) ** 2
     t = checkpoint_trust(inp)
     return (t[:, None] * d).sum(0) / t.sum()
 
@@ -856,11 +856,7 @@ def neighbour_margin_adaptive(inp: RankerInputs, k: int = 10) -> np.ndarray:
     shares = neighbour_label_shares(inp, k, neighbours=spread_neighbours(inp, k), weights=t[cs] / t[cs].sum())
     q = (shares + weighted_probabilities(inp, t)) / 2.0
     del shares
-    rows = np.arange(len(y))
-    qy = q[rows, y].copy()
-    q[rows, y] = -np.inf
-    qo = q.max(axis=1)
-    q[rows, y] = qy
+    qy, qo = _given(q, y), without_given(q, y).max(axis=1)
     w = 1.0 - flip_structure(q, y)
     rest = np.clip(1.0 - qy - qo, 0.0, None)
     return (qo + w * rest) ** 2 - qy ** 2
