@@ -47,11 +47,21 @@ NAME = re.compile(r"^(?P<dataset>.+?)_(?P<noise>tutorial|uniform|pair)_(?P<rate>
 
 def load(path: Path) -> tuple[rk.RankerInputs, np.ndarray]:
     """Ranker inputs and the truth (N,) bool: mislabelled = given label != clean label."""
+    from benchmarks.mislabel_quality import DATASETS, dataset_sketch
+
     z = np.load(path, allow_pickle=False)
     si_cp = z["si_cp"] if "si_cp" in z.files and z["si_cp"].ndim == 2 else None
     features = z["features"] if "features" in z.files and z["features"].ndim == 3 else None
+    m = NAME.match(Path(path).stem)
+    dataset = m["dataset"].split("-")[0] if m else ""
+    if "inputs" in z.files:
+        inputs = z["inputs"]
+    elif dataset in DATASETS:  # a run saved before the pass kept the input sketch: its data set's
+        inputs = dataset_sketch(dataset, int(m["seed"]))
+    else:
+        inputs = None
     inp = rk.RankerInputs(logits=z["logits"], labels=z["labels"], weights=z["weights"], si_fast=z["si_fast"],
-                          si_cp=si_cp, features=features)
+                          si_cp=si_cp, features=features, inputs=inputs)
     return inp, np.asarray(z["labels"]) != np.asarray(z["truth"])
 
 

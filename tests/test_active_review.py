@@ -199,7 +199,8 @@ def test_review_simulation_benchmark_runs_on_a_dump(tmp_path):
         clean = inp.labels.copy()
         clean[bad] = 0  # the constructed bad item is a class-0 item labelled 2
         np.savez(tmp_path / f"tiny_tutorial_0.1_{seed}.npz", logits=inp.logits, labels=inp.labels,
-                 weights=inp.weights, si_fast=inp.si_fast, si_cp=inp.si_cp, features=inp.features, truth=clean)
+                 weights=inp.weights, si_fast=inp.si_fast, si_cp=inp.si_cp, features=inp.features,
+                 inputs=inp.features[0], truth=clean)
     out = tmp_path / "report.md"
     assert rs.main([str(tmp_path), "--out", str(out), "--batch", "5"]) == 0
     text = out.read_text()

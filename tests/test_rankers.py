@@ -2,6 +2,8 @@
 computations on a tiny model, the evaluation helpers, and the noise models."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -60,7 +62,8 @@ def test_orientation_known_mislabel_ranks_first(name):
 @pytest.mark.parametrize("name", ["neighbour_vote", "knn_disagreement", "loss_early", "aum_early",
                                   "confidence_class_normalised", "self_influence_fast_early",
                                   "neighbour_vote_adaptive", "aum_adaptive", "loss_adaptive", "knn_spread",
-                                  "probability_margin_sq_adaptive", "neighbour_margin_adaptive", "combined"])
+                                  "probability_margin_sq_adaptive", "neighbour_margin_adaptive",
+                                  "neighbour_margin_inputs", "combined"])
 def test_early_rankers_find_a_memorised_mislabel(name):
     inp, bad = constructed(memorised=True)
     assert int(np.argmax(rk.compute(name, inp))) == bad
@@ -145,14 +148,15 @@ def tiny():
 
     ds = TensorDataset(x, y)
     common = dict(checkpoints_load_func=load, loss_fn=nn.CrossEntropyLoss(reduction="sum"), batch_size=7)
-    fast = TracInCPFast(Tiny(), "fc2", ds, list(range(6)), store_outputs=True, **common)
+    fast = TracInCPFast(Tiny(), "fc2", ds, list(range(6)), store_outputs=True, store_input_sketch=True, **common)
     cp = TracInCP(Tiny(), ds, list(range(6)), **common)
     store, cstore = fast._train_store(), cp._train_store()
     inp = rk.RankerInputs(
         logits=np.stack([store.outputs(c).double().numpy() for c in range(6)]), labels=y.numpy(),
         weights=np.asarray(lrs), si_fast=np.stack([store.self_terms(c).double().numpy() for c in range(6)]),
         si_cp=np.stack([cstore.self_terms(c).double().numpy() for c in range(6)]),
-        features=np.stack([store.layer_inputs(c).double().numpy() for c in range(6)]))
+        features=np.stack([store.layer_inputs(c).double().numpy() for c in range(6)]),
+        inputs=store.input_sketch().numpy())
     models = []
     for s in states:
         m = Tiny()
@@ -418,6 +422,14 @@ def test_spread_neighbour_rankers_direct(tiny):
     # (uncleaned) labels and predictions; w from the suspects' runner-up share
     q = np.array([[(sum(w * np.mean([y[j] == c for j in nb[i]]) for w, nb in zip(tn, nbrs)) + p_w[i, c]) / 2
                    for c in range(K)] for i in range(n)])
+    got = rk.compute("neighbour_margin_adaptive", inp)
+    assert np.allclose(got, _adaptive_margin_direct(q, y), rtol=1e-5, atol=1e-6)
+    assert ((got >= -1) & (got <= 1)).all()
+
+
+def _adaptive_margin_direct(q: np.ndarray, y: np.ndarray) -> list[float]:
+    """``(q_o + w·r)² − q_y²`` item by item, ``w`` from the suspects' runner-up share."""
+    n, K = q.shape
     suspects = [i for i in range(n) if q[i, y[i]] < q[i].max()]
     runner_up = np.mean([q[i, y[i]] >= sorted(q[i])[-2] for i in suspects])
     w = 1 - min(1.0, max(0.0, (runner_up - 1 / (K - 1)) / (1 - 1 / (K - 1))))
@@ -426,9 +438,111 @@ def test_spread_neighbour_rankers_direct(tiny):
     for i in range(n):
         qo = max(q[i, c] for c in range(K) if c != y[i])
         want.append((qo + w * max(0.0, 1 - q[i, y[i]] - qo)) ** 2 - q[i, y[i]] ** 2)
-    got = rk.compute("neighbour_margin_adaptive", inp)
-    assert np.allclose(got, want, rtol=1e-5, atol=1e-6)
+    return want
+
+
+def _clusters(y: np.ndarray, K: int, scale: float, rng: np.random.Generator, dim: int = 6) -> np.ndarray:
+    """(N, dim) points around one centre per class (``scale`` apart; unit noise)."""
+    return np.eye(K, dim)[y] * scale + rng.normal(size=(len(y), dim))
+
+
+def test_neighbour_margin_inputs_direct(tiny):
+    """neighbour_margin_inputs item by item on the tiny model's outputs: the trust-weighted
+    neighbour view of the features mixed with the input sketch's neighbours (centred, cosine)
+    by β = ½ · κ_in / κ_model (chance-corrected agreement with the given labels), then the
+    margin of neighbour_margin_adaptive."""
+    base = tiny["inp"]
+    y = base.labels
+    K, n = 3, len(y)
+    rng = np.random.default_rng(1)
+    feats = np.stack([_clusters(y, K, 2.5, rng) for _ in range(6)])
+    inputs = _clusters(y, K, 1.5, rng) + 3.0  # off the origin: the sketch is centred first
+    inp = dataclasses.replace(base, features=feats, inputs=inputs)
+    t = rk.checkpoint_trust(inp)
+    cs = [0, 2, 5]
+    tn = t[cs] / t[cs].sum()
+    nbrs = [_sk_neighbours(feats[c], 10) for c in cs]
+    own = _sk_neighbours(inputs - inputs.mean(0), 10)
+    _check_neighbours(inputs - inputs.mean(0), rk.input_neighbours(inp), 10)
+    model_sh = np.array([[sum(w * np.mean([y[j] == c for j in nb[i]]) for w, nb in zip(tn, nbrs)) for c in range(K)]
+                         for i in range(n)])
+    in_sh = np.array([[np.mean([y[j] == c for j in own[i]]) for c in range(K)] for i in range(n)])
+    pi = np.bincount(y, minlength=K) / n
+    chance = (pi ** 2).sum()
+
+    def kappa(sh):
+        return (np.mean([sh[i, y[i]] for i in range(n)]) - chance) / (1 - chance)
+
+    k_in, k_model = kappa(in_sh), kappa(model_sh)
+    assert 0 < k_in < k_model  # the weight's middle branch
+    beta = 0.5 * k_in / k_model
+    assert np.isclose(rk.input_view_weight(in_sh, model_sh, y), beta)
+    p = torch.softmax(_outputs(tiny), dim=2).numpy()
+    p_w = sum(t[c] * p[c] for c in range(6)) / t.sum()
+    q = ((1 - beta) * model_sh + beta * in_sh + p_w) / 2
+    got = rk.compute("neighbour_margin_inputs", inp)
+    assert np.allclose(got, _adaptive_margin_direct(q, y), rtol=1e-5, atol=1e-6)
     assert ((got >= -1) & (got <= 1)).all()
+    # without a sketch it is neighbour_margin_adaptive
+    assert np.array_equal(rk.compute("neighbour_margin_inputs", dataclasses.replace(inp, inputs=None)),
+                          rk.compute("neighbour_margin_adaptive", inp))
+
+
+def test_label_agreement_and_input_view_weight():
+    y = np.array([0] * 6 + [1] * 2)  # chance agreement: (6/8)² + (2/8)²
+    assert rk.label_agreement(np.eye(2)[y], y) == 1.0
+    pi = np.array([0.75, 0.25])
+    assert np.isclose(rk.label_agreement(np.tile(pi, (8, 1)), y), 0.0)  # neighbours drawn at random
+    assert rk.label_agreement(np.eye(2)[1 - y], y) < 0
+    mixed = 0.5 * np.eye(2)[y] + 0.5 * np.tile(pi, (8, 1))  # half-way between the two
+    assert np.isclose(rk.label_agreement(mixed, y), 0.5)
+    perfect = np.eye(2)[y]
+    assert rk.input_view_weight(perfect, mixed, y) == 0.5  # the inputs know more: capped at ½
+    assert rk.input_view_weight(perfect, perfect, y) == 0.5
+    assert np.isclose(rk.input_view_weight(mixed, perfect, y), 0.25)
+    assert rk.input_view_weight(np.tile(pi, (8, 1)), perfect, y) == 0.0
+    assert rk.input_view_weight(np.eye(2)[1 - y], perfect, y) == 0.0
+
+
+def _memorised_from_the_start(inputs_informative: bool, seed: int = 0) -> tuple[rk.RankerInputs, int]:
+    """Three classes; item ``bad`` (class 0) labelled 2, and every checkpoint has learnt it:
+    its features sit in class 2's cluster and every checkpoint predicts 2. Its inputs sit
+    among class 0's (``inputs_informative``) or every input is noise."""
+    rng = np.random.default_rng(seed)
+    K, per, C = 3, 40, 3
+    true = np.repeat(np.arange(K), per)
+    N = len(true)
+    bad = 5
+    labels = true.copy()
+    labels[bad] = 2
+    feats = np.stack([_clusters(labels, K, 6.0, rng) for _ in range(C)])  # the model's view: the given label
+    logits = np.zeros((C, N, K))
+    logits[:, np.arange(N), labels] = 3.0 + rng.uniform(0, 1, (C, N))
+    # a few clean items the model doubts: they would come first without the inputs
+    doubted = [50, 90, 110]
+    logits[:, doubted, (labels[doubted] + 1) % K] = 3.2
+    inputs = _clusters(true, K, 6.0, rng) if inputs_informative else rng.normal(size=(N, 6))
+    return rk.RankerInputs(logits, labels, np.full(C, 0.1), np.ones((C, N)), None, feats, inputs), bad
+
+
+def test_input_neighbours_find_a_label_learnt_from_the_start():
+    """The model's neighbourhoods and predictions agree with a wrong label learnt from the
+    first checkpoint: neighbour_margin_adaptive ranks clean items it doubts first; the
+    inputs' neighbours still see the item among its true class, and
+    neighbour_margin_inputs ranks it first (orientation: higher = more likely wrong)."""
+    inp, bad = _memorised_from_the_start(True)
+    assert int(np.argmax(rk.compute("neighbour_margin_adaptive", inp))) != bad
+    assert int(np.argmax(rk.compute("neighbour_margin_inputs", inp))) == bad
+    # an input sketch that knows nothing of the classes gets (almost) no weight
+    inp, bad = _memorised_from_the_start(False)
+    t = rk.checkpoint_trust(inp)
+    own = rk.neighbour_label_shares(inp, 10, neighbours=[rk.input_neighbours(inp)])
+    beta = rk.input_view_weight(own, rk._trusted_neighbour_shares(inp, t, 10), inp.labels)
+    assert beta < 0.05
+    with_noise, without = rk.compute("neighbour_margin_inputs", inp), rk.compute("neighbour_margin_adaptive", inp)
+    if beta == 0:
+        assert np.array_equal(with_noise, without)
+    assert np.corrcoef(rankdata(with_noise), rankdata(without))[0, 1] > 0.98
 
 
 def test_weighted_probabilities_equal_the_weighted_mean_of_softmaxes(tiny):

@@ -213,6 +213,66 @@ def test_named_accessors_read_what_the_pass_wrote(tmp_path):
         store.embeddings(0)
 
 
+def test_input_sketch_is_stored_once_and_resumes(tmp_path, ckpts, monkeypatch):
+    """``store_input_sketch``: the pass keeps each example's input sketch under checkpoint 0
+    only (it does not depend on the checkpoint), equal to input_sketch of the data; a crashed
+    pass resumes it; the option is part of the store key, and a store made without it keeps
+    the key it had before the option existed."""
+    import tracin_core.engine.tracin
+    from tracin_core.engine.featurize import input_sketch
+    from tracin_core.engine.store import INPUT_SKETCH, array_name
+
+    monkeypatch.setattr(tracin_core.engine.tracin, "PASS_BATCH", 4)
+    kw = dict(loss_fn=nn.CrossEntropyLoss(reduction="sum"), batch_size=4, store_outputs=True)
+    plain = TracInCPFast(SmallCNN(), "fc2", CountingDataset(), ckpts, **kw)
+    assert plain.train_store().input_sketch() is None
+    assert "input_sketch" not in plain._config()
+    ds = CountingDataset(fail_at=17)
+    fast = TracInCPFast(SmallCNN(), "fc2", ds, ckpts, cache_dir=tmp_path / "c", store_input_sketch=True, **kw)
+    assert fast._store_key() != plain._store_key()
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        fast.train_store()
+    again = TracInCPFast(SmallCNN(), "fc2", ds, ckpts, cache_dir=tmp_path / "c", store_input_sketch=True, **kw)
+    store = again.train_store()
+    want = input_sketch((ds.x,))
+    assert want.shape == (30, 36)  # 36 pixels: under SKETCH_DIM, kept as they are
+    assert torch.equal(store.input_sketch(), want) and torch.equal(want, ds.x.reshape(30, -1))
+    assert array_name(0, INPUT_SKETCH) in store.names() and array_name(1, INPUT_SKETCH) not in store.names()
+    # the rest of the store is what a store without the sketch holds
+    for c in range(2):
+        assert torch.equal(store.layer_inputs(c), plain.train_store().layer_inputs(c))
+        assert torch.equal(store.self_terms(c), plain.train_store().self_terms(c))
+
+
+def test_input_sketch_shapes():
+    """input_sketch: narrow float inputs as they are; wide ones projected to SKETCH_DIM by the
+    fixed projection (the same in every call); large images pooled first; several inputs
+    joined; nothing to sketch without a floating-point input."""
+    from tracin_core.engine.featurize import SKETCH_DIM, SKETCH_POOL_SIDE, input_sketch, sketch_projection
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(5, 1, 28, 28, generator=g)
+    got = input_sketch((x,))
+    assert got.shape == (5, SKETCH_DIM) and got.dtype == torch.float32
+    assert torch.allclose(got, x.reshape(5, -1) @ sketch_projection(784), atol=1e-5)
+    assert torch.equal(input_sketch((x,)), got)  # deterministic
+    assert torch.equal(sketch_projection(784), torch.randn(784, SKETCH_DIM, generator=torch.Generator().manual_seed(0))
+                       / SKETCH_DIM ** 0.5)
+    # a random projection keeps distances up to a small distortion (here within 35%)
+    d_in = torch.cdist(x.reshape(5, -1), x.reshape(5, -1))
+    d_out = torch.cdist(got, got)
+    off = ~torch.eye(5, dtype=torch.bool)
+    assert ((d_out[off] / d_in[off] - 1).abs() < 0.35).all()
+    big = torch.randn(2, 3, 64, 64, generator=g)
+    pooled = torch.nn.functional.adaptive_avg_pool2d(big, SKETCH_POOL_SIDE).reshape(2, -1)
+    assert torch.allclose(input_sketch((big,)), pooled @ sketch_projection(3 * SKETCH_POOL_SIDE ** 2), atol=1e-5)
+    a, b = torch.randn(4, 3, generator=g), torch.randn(4, 2, dtype=torch.float64, generator=g)
+    assert torch.equal(input_sketch((a, b)), torch.cat([a, b.float()], dim=1))
+    assert input_sketch((torch.randint(0, 9, (4, 7)),)) is None  # token ids: nothing to sketch
+    assert torch.equal(input_sketch((torch.randint(0, 9, (4, 7)), a)), a)
+    assert input_sketch((a, torch.randn(3, 2))) is None  # no common batch dimension
+
+
 # ----------------------------------------------------------------- hard kill mid-pass
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -345,7 +405,7 @@ def test_written_pages_are_released_and_the_rows_kept(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("projection_dim", [4, None])
-@pytest.mark.parametrize("outputs", [True, False])
+@pytest.mark.parametrize("outputs", ["sketch", True, False])
 def test_randproj_embeddings_derived_from_a_fast_store(tmp_path, ckpts, projection_dim, outputs):
     """With a complete TracInCPFast store of the same settings in ``cache_dir``, RandProj
     computes its embeddings from the stored ``a`` and ``δ``: the data set is read only
@@ -355,13 +415,14 @@ def test_randproj_embeddings_derived_from_a_fast_store(tmp_path, ckpts, projecti
 
     kw = dict(loss_fn=nn.CrossEntropyLoss(reduction="sum"), batch_size=4)
     ds = CountingDataset(n=30)
-    TracInCPFast(SmallCNN(), "fc2", ds, ckpts, cache_dir=tmp_path / "c", store_outputs=outputs, **kw).self_influence()
+    TracInCPFast(SmallCNN(), "fc2", ds, ckpts, cache_dir=tmp_path / "c", store_outputs=bool(outputs),
+                 store_input_sketch=outputs == "sketch", **kw).self_influence()
     ds.reads = 0
     derived = TracInCPFastRandProj(SmallCNN(), "fc2", ds, ckpts, projection_dim=projection_dim,
                                    cache_dir=tmp_path / "c", **kw)
-    # no pass over the 30 examples: 3 items per store key checked (its own, up to two Fast
+    # no pass over the 30 examples: 3 items per store key checked (its own, up to three Fast
     # ones), one batch of 4 for the projections' sizes
-    assert ds.reads <= 9 + (4 if projection_dim else 0)
+    assert ds.reads <= 12 + (4 if projection_dim else 0)
     passed = TracInCPFastRandProj(SmallCNN(), "fc2", CountingDataset(n=30), ckpts, projection_dim=projection_dim,
                                   cache_dir=tmp_path / "other", **kw)
     assert torch.allclose(derived._train_embedding, passed._train_embedding, rtol=1e-6, atol=1e-7)

@@ -66,6 +66,18 @@ def test_mislabel_scores_orientation(demo):
         assert sorted(df["index"]) == list(range(len(demo.train)))
 
 
+def test_ranker_inputs_carry_the_input_sketch(demo):
+    """The workspace's feature store keeps each training image's input sketch (the digits'
+    8x8 pixels: 64 values, kept as they are) and the rankers receive it."""
+    from tracin_core.engine.featurize import input_sketch
+
+    inp = demo.ranker_inputs()
+    x = torch.stack([demo.train[i][0] for i in range(len(demo.train))])
+    assert inp.inputs is not None and inp.inputs.shape == (1437, 64)
+    assert np.allclose(inp.inputs, input_sketch((x,)).numpy())
+    assert np.allclose(inp.inputs, x.reshape(1437, -1).numpy())
+
+
 def _queue_found(queue, truth):
     """(share of all mislabels in the first 10% of the queue, mislabels among its first 20)."""
     order = np.asarray(queue)

@@ -56,7 +56,10 @@ class RankerInputs:
     (last layer / all layers), ``si_cp`` may be None when not computed;
     ``features``: (C, N, H) inputs of the final layer per checkpoint (the store's
     ``c{c}/a``; a sequence of C (N, H) arrays works too), optional: rankers that look at
-    neighbourhoods use them when given and the logits otherwise.
+    neighbourhoods use them when given and the logits otherwise;
+    ``inputs``: (N, D) a sketch of each example's model inputs (the store's ``c0/x``,
+    :func:`tracin_core.engine.featurize.input_sketch`), optional: :func:`neighbour_margin_inputs`
+    also looks at neighbourhoods in it when given.
     """
 
     logits: np.ndarray
@@ -65,6 +68,7 @@ class RankerInputs:
     si_fast: np.ndarray
     si_cp: Optional[np.ndarray] = None
     features: Optional[np.ndarray] = None
+    inputs: Optional[np.ndarray] = None
 
 
 # --------------------------------------------------------------------------- building blocks
@@ -852,14 +856,88 @@ def neighbour_margin_adaptive(inp: RankerInputs, k: int = 10) -> np.ndarray:
     """
     y = _labels(inp)
     t = checkpoint_trust(inp, k)
-    cs = spread_checkpoints(len(t))
-    shares = neighbour_label_shares(inp, k, neighbours=spread_neighbours(inp, k), weights=t[cs] / t[cs].sum())
-    q = (shares + weighted_probabilities(inp, t)) / 2.0
-    del shares
-    qy, qo = _given(q, y), without_given(q, y).max(axis=1)
-    w = 1.0 - flip_structure(q, y)
+    q = (_trusted_neighbour_shares(inp, t, k) + weighted_probabilities(inp, t)) / 2.0
+    return _adaptive_margin(q, y)
+
+
+def _trusted_neighbour_shares(inp: RankerInputs, trust: np.ndarray, k: int) -> np.ndarray:
+    """(N, K) the neighbours' given labels at the first, middle and last checkpoints,
+    weighted by the checkpoints' ``trust``: the neighbour view of the margin rankers."""
+    cs = spread_checkpoints(len(trust))
+    return neighbour_label_shares(inp, k, neighbours=spread_neighbours(inp, k), weights=trust[cs] / trust[cs].sum())
+
+
+def _adaptive_margin(q: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """``(q_o + w·r)² − q_y²`` of a vote ``q`` (N, K) (see :func:`neighbour_margin_adaptive`)."""
+    qy, qo = _given(q, labels), without_given(q, labels).max(axis=1)
+    w = 1.0 - flip_structure(q, labels)
     rest = np.clip(1.0 - qy - qo, 0.0, None)
     return (qo + w * rest) ** 2 - qy ** 2
+
+
+def input_neighbours(inp: RankerInputs, k: int = 10) -> Optional[np.ndarray]:
+    """(N, k) the ``k`` nearest neighbours (:func:`nearest_neighbours`: cosine similarity)
+    of every example in its input sketch (``inp.inputs``) centred on the mean sketch; None
+    when the inputs carry no sketch."""
+    if inp.inputs is None:
+        return None
+    x = np.asarray(inp.inputs, dtype=np.float32)
+    x = x - x.mean(axis=0, dtype=np.float64).astype(np.float32)
+    return nearest_neighbours(x, k)
+
+
+def label_agreement(shares: np.ndarray, labels: np.ndarray) -> float:
+    """How far the neighbours' labels agree with each item's given label beyond chance:
+    ``(a − a₀) / (1 − a₀)`` with ``a`` the mean share of the given label among an item's
+    neighbours (``shares`` (N, K), rows summing to 1) and ``a₀ = Σ_c π_c²`` what neighbours
+    drawn at random would give (``π`` the given labels' class shares). 1 = every
+    neighbour carries the item's label; about 0 = the neighbourhoods know nothing of the
+    classes; below 0 possible."""
+    y = np.asarray(labels, dtype=np.int64).reshape(-1)
+    K = shares.shape[1]
+    pi = np.bincount(y, minlength=K) / max(1, len(y))
+    chance = float((pi ** 2).sum())
+    agree = float(_given(np.asarray(shares, dtype=np.float64), y).mean())
+    return (agree - chance) / max(1.0 - chance, 1e-12)
+
+
+def input_view_weight(input_shares: np.ndarray, model_shares: np.ndarray, labels: np.ndarray) -> float:
+    """The input-space neighbours' part of :func:`neighbour_margin_inputs`'s neighbour view,
+    in [0, ½]: ``½ · clip(κ_in / κ_model, 0, 1)``, ``κ`` the :func:`label_agreement` of the
+    input sketch's neighbourhoods and of the model's (trust-weighted) ones. Half when the
+    inputs' neighbours agree with the labels at least as well as the model's do (digits,
+    tabular data), less as they know less of the classes, 0 when they know nothing (an
+    uninformative sketch changes nothing)."""
+    k_in, k_model = label_agreement(input_shares, labels), label_agreement(model_shares, labels)
+    if k_in <= 0:
+        return 0.0
+    return 0.5 if k_in >= k_model else 0.5 * k_in / k_model
+
+
+def neighbour_margin_inputs(inp: RankerInputs, k: int = 10) -> np.ndarray:
+    """:func:`neighbour_margin_adaptive` with the examples' neighbourhoods in their own
+    inputs as part of the neighbour view: the model's neighbourhoods learn along with the
+    labels (an item whose wrong label a checkpoint has already learnt sits among the class
+    it was given), the inputs' never do.
+
+    The neighbour view becomes ``(1 − β) · model neighbours' shares + β · input neighbours'
+    shares`` (``k`` nearest in the input sketch, :func:`input_neighbours`), ``β`` =
+    :func:`input_view_weight` (at most ½, read from the run: how well each neighbourhood's
+    labels agree with the given ones); the predictions' view and the score are
+    :func:`neighbour_margin_adaptive`'s. Without an input sketch (``inp.inputs`` None) it
+    is :func:`neighbour_margin_adaptive`. Higher = more likely mislabelled; in [−1, 1].
+    """
+    y = _labels(inp)
+    t = checkpoint_trust(inp, k)
+    shares = _trusted_neighbour_shares(inp, t, k)
+    nn = input_neighbours(inp, k)
+    if nn is not None:
+        own = neighbour_label_shares(inp, k, neighbours=[nn])
+        beta = input_view_weight(own, shares, y)
+        shares = (1.0 - beta) * shares + beta * own
+        del own
+    q = (shares + weighted_probabilities(inp, t)) / 2.0
+    return _adaptive_margin(q, y)
 
 
 def _rank01(x: np.ndarray) -> np.ndarray:
@@ -877,16 +955,16 @@ def rank_combo(inp: RankerInputs) -> np.ndarray:
 #: ranker on the three small data sets, so a choice made on them gives it most of the weight,
 #: and on Fashion-MNIST with tutorial noise it is 0.024 AUC below AUM (benchmarks/results/
 #: mislabel_quality.md). It remains a ranking of its own.
-COMBINABLE = ("knn_spread", "aum_adaptive", "aum", "loss_mean",
-              "self_influence_fast_normalised", "probability_margin_sq_adaptive", "neighbour_margin_adaptive")
+COMBINABLE = ("knn_spread", "aum_adaptive", "aum", "loss_mean", "self_influence_fast_normalised",
+              "probability_margin_sq_adaptive", "neighbour_margin_adaptive", "neighbour_margin_inputs")
 #: the default's weights, chosen by ``benchmarks/mislabel_quality.py`` on all its data sets
 #: (digits, wine, breast cancer, Fashion-MNIST; every noise model, rate and schedule): among
 #: the grid points within 0.005 ROC AUC of the best of self-influence, averaged loss and AUM in
 #: every setting, the best mean ROC AUC (data sets weighted equally), then the fewest signals
 #: within one standard error of it. On all four data sets, and without any one of them, that
-#: is :func:`neighbour_margin_adaptive` alone. The benchmark reports each data set with
+#: is :func:`neighbour_margin_inputs` alone. The benchmark reports each data set with
 #: weights chosen without it (leave-one-dataset-out).
-COMBINED_WEIGHTS: dict[str, float] = {"neighbour_margin_adaptive": 1.0}
+COMBINED_WEIGHTS: dict[str, float] = {"neighbour_margin_inputs": 1.0}
 
 
 def rank_mean(inp: RankerInputs, weights: "dict[str, float]") -> np.ndarray:
@@ -915,7 +993,7 @@ def combined(inp: RankerInputs) -> np.ndarray:
 
 RANKERS: dict[str, tuple[Callable[[RankerInputs], np.ndarray], str]] = {
     "combined": (combined, "weighted mean rank of the combinable signals, weights chosen across data sets "
-                           "(now neighbour_margin_adaptive alone)"),
+                           "(now neighbour_margin_inputs alone)"),
     "neighbour_vote": (neighbour_vote, "neighbours' cleaned labels + early predictions: support for the given "
                                        "label relative to its class's average"),
     "knn_disagreement": (knn_disagreement, "share of the 10 nearest neighbours (early checkpoints) with another label"),
@@ -947,6 +1025,9 @@ RANKERS: dict[str, tuple[Callable[[RankerInputs], np.ndarray], str]] = {
     "neighbour_margin_adaptive": (neighbour_margin_adaptive,
                                   "squared margin of the neighbours' labels and the predictions together, the "
                                   "other classes' spread counted as far as the run's flips look random"),
+    "neighbour_margin_inputs": (neighbour_margin_inputs,
+                                "neighbour_margin_adaptive with neighbours in the examples' own inputs too, "
+                                "weighted by how well they agree with the labels"),
 }
 
 #: rankers that combine several signals (the others are single signals)
@@ -956,7 +1037,7 @@ NEEDS_CP = frozenset({"self_influence_cp"})
 #: rankers that use ``RankerInputs.features`` when given (neighbourhoods)
 USES_FEATURES = frozenset({"combined", "neighbour_vote", "knn_disagreement", "knn_spread", "neighbour_vote_adaptive",
                            "aum_adaptive", "loss_adaptive", "probability_margin_sq_adaptive",
-                           "neighbour_margin_adaptive"})
+                           "neighbour_margin_adaptive", "neighbour_margin_inputs"})
 
 #: the Review page's default ranking: see the module docstring and benchmarks/mislabel_quality.py
 DEFAULT_RANKER = "combined"

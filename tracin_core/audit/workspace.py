@@ -394,7 +394,8 @@ class Workspace:
                           loss_fn=self.loss_fn, batch_size=self.batch_size)
             cache = self.store_dir
             if kind == "fast":
-                eng = TracInCPFast(model, self.final_fc_layer, self.train, cache_dir=cache, store_outputs=True, **common)
+                eng = TracInCPFast(model, self.final_fc_layer, self.train, cache_dir=cache, store_outputs=True,
+                                  store_input_sketch=True, **common)
             elif kind == "cp":
                 eng = TracInCP(model, self.train, layers=opts.get("layers"), cache_dir=cache, **common)
             elif kind == "randproj":
@@ -608,8 +609,9 @@ class Workspace:
             # per-checkpoint views of the (memory-mapped) store, not one stacked copy: the
             # neighbourhood rankers read the early checkpoints only (1.5 GB saved at 1M rows)
             features = [store.layer_inputs(c).float().numpy() for c in range(C)]
+            sketch = store.input_sketch()  # None in a store made before the sketch was kept
         return rk.RankerInputs(logits, self.train.labels.numpy(), np.asarray(self.learning_rates), si_fast, si_cp,
-                               features=features)
+                               features=features, inputs=None if sketch is None else sketch.float().numpy())
 
     def mislabel_methods(self) -> dict[str, str]:
         """Ranking names and descriptions (``None`` in :meth:`mislabel_scores` = the default)."""

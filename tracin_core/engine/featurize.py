@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader
 
 from .allocator import keep_freed_batches
 from .errors import TracInArgumentError
-from .store import SELF, array_name
+from .store import INPUT_SKETCH, SELF, array_name
 
 Term = tuple  # ("factor", a_name, d_name) | ("dense", g_name)
 
@@ -213,6 +213,56 @@ class Featurizer:
     ) -> dict[str, Tensor]:
         raise NotImplementedError
 
+    def batch_arrays(self, inputs: tuple) -> dict[str, Tensor]:
+        """Per-example arrays that do not depend on the checkpoint (called once per batch,
+        on the batch as the loader gave it); ``run_pass`` stores them under checkpoint 0."""
+        return {}
+
+
+#: the input sketch's width: above it, inputs are projected (:func:`input_sketch`)
+SKETCH_DIM = 64
+#: images with more pixels than this per channel are average-pooled to it first
+SKETCH_POOL_SIDE = 32
+_PROJECTIONS: dict[tuple[int, int], Tensor] = {}
+_PROJECTIONS_LOCK = threading.Lock()
+
+
+def sketch_projection(d: int, dim: int = SKETCH_DIM) -> Tensor:
+    """The fixed ``(d, dim)`` projection of :func:`input_sketch`: Gaussian entries over
+    ``√dim`` drawn from seed 0 (the same in every process, so a resumed pass continues the
+    same sketch); cached per shape."""
+    with _PROJECTIONS_LOCK:
+        key = (int(d), int(dim))
+        if key not in _PROJECTIONS:
+            gen = torch.Generator().manual_seed(0)
+            _PROJECTIONS[key] = torch.randn(key, generator=gen) / float(dim) ** 0.5
+        return _PROJECTIONS[key]
+
+
+def input_sketch(inputs: tuple, dim: int = SKETCH_DIM) -> Optional[Tensor]:
+    """A short vector per example that stands for its model inputs, ``(B, D)`` float32 with
+    ``D ≤ dim``: the floating-point inputs flattened and joined (images with more than
+    ``SKETCH_POOL_SIDE²`` pixels per channel average-pooled to ``SKETCH_POOL_SIDE²`` first),
+    then, when wider than ``dim``, multiplied by :func:`sketch_projection` (a random
+    projection: distances and angles kept up to a small distortion). None when no input is
+    a floating-point tensor with a batch dimension (token ids, say): nothing to sketch.
+    Mislabel rankers look for each example's nearest neighbours in it
+    (:func:`tracin_core.audit.rankers.neighbour_margin_inputs`)."""
+    parts: list[Tensor] = []
+    for x in inputs:
+        if not isinstance(x, Tensor) or not x.is_floating_point() or x.dim() == 0:
+            continue
+        x = x.detach().float()
+        if x.dim() == 4 and x.shape[2] * x.shape[3] > SKETCH_POOL_SIDE ** 2:
+            x = torch.nn.functional.adaptive_avg_pool2d(x, SKETCH_POOL_SIDE)
+        parts.append(x.reshape(x.shape[0], -1))
+    if not parts or any(len(p) != len(parts[0]) for p in parts):
+        return None
+    z = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+    if z.shape[1] > dim:
+        z = z @ sketch_projection(z.shape[1], dim).to(z.device)
+    return z.contiguous()
+
 
 def self_term(feats: dict[str, Tensor], terms: Sequence[Term]) -> Tensor:
     """Unweighted squared gradient norm per example, from the featurizer's arrays."""
@@ -340,9 +390,10 @@ class FinalLayerFeaturizer(Featurizer):
 
     terms = [("factor", "a", "d")]
 
-    def __init__(self, layer: nn.Module, keep_outputs: bool = False) -> None:
+    def __init__(self, layer: nn.Module, keep_outputs: bool = False, keep_input_sketch: bool = False) -> None:
         self.layer = layer
         self.keep_outputs = keep_outputs
+        self.keep_input_sketch = keep_input_sketch
         self.dims: dict[str, int] = {}
         self.channels_last: Optional[ChannelsLast] = None
         self._planned = False
@@ -400,6 +451,12 @@ class FinalLayerFeaturizer(Featurizer):
             feats["o"] = out.detach().reshape(n, -1)
         self.dims = {k: v.shape[1] for k, v in feats.items()}
         return feats
+
+    def batch_arrays(self, inputs: tuple) -> dict[str, Tensor]:
+        if not self.keep_input_sketch:
+            return {}
+        sketch = input_sketch(inputs)
+        return {} if sketch is None else {INPUT_SKETCH: sketch}
 
 
 def conv2d_patches(a: Tensor, conv: nn.Conv2d) -> Tensor:
@@ -735,7 +792,7 @@ def run_pass(
                 if progress:
                     progress(n)
                 continue
-            out: dict[str, Tensor] = {}
+            out: dict[str, Tensor] = {array_name(0, k): v for k, v in featurizer.batch_arrays(inputs).items()}
             if snapshots:
                 inputs = featurizer.layout(model, snapshots[0], inputs, labels)
             for c, snap in enumerate(snapshots):

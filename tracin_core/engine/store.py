@@ -45,6 +45,10 @@ OUTPUTS = "o"
 EMBEDDING = "e"
 #: the unweighted squared gradient norm ⟨∇ℓ_i, ∇ℓ_i⟩, (N, 1): every engine
 SELF = "self"
+#: a sketch of each example's model inputs, (N, D) (:func:`tracin_core.engine.featurize.input_sketch`):
+#: TracInCPFast with store_input_sketch; one copy, stored under checkpoint 0 (it does not
+#: depend on the checkpoint)
+INPUT_SKETCH = "x"
 
 
 def array_name(checkpoint: int, part: str) -> str:
@@ -333,6 +337,12 @@ class FeatureStore:
     def embeddings(self, checkpoint: int) -> Tensor:
         """The projected gradient at ``checkpoint``, ``(N, P)`` (TracInCPFastRandProj)."""
         return self.checkpoint_array(checkpoint, EMBEDDING)
+
+    def input_sketch(self) -> Optional[Tensor]:
+        """The sketch of every example's inputs, ``(N, D)`` (TracInCPFast with
+        ``store_input_sketch``), or None when this store holds none."""
+        name = array_name(0, INPUT_SKETCH)
+        return self.array(name) if self.has(name) else None
 
 
 def _release_pages(m: np.memmap) -> None:

@@ -29,6 +29,7 @@ from .distributed import barrier, rank_world
 from .errors import TracInArgumentError
 from .featurize import (
     Featurizer,
+    SKETCH_DIM,
     FinalLayerFeaturizer,
     GradientFeaturizer,
     ProjectedFeaturizer,
@@ -624,6 +625,7 @@ class TracInCPFast(_TracInBase):
         show_progress: bool = False,
         captum_batching: bool = False,
         store_outputs: bool = False,
+        store_input_sketch: bool = False,
     ) -> None:
         if loss_fn is None:
             raise TracInArgumentError(
@@ -641,15 +643,19 @@ class TracInCPFast(_TracInBase):
                 raise ValueError(f'Invalid final_fc_layer str: "{final_fc_layer}" provided! {e}') from None
             raise
         self.vectorize = vectorize
-        # store_outputs: also keep each checkpoint's model outputs (for loss/margin rankers)
-        self._fz = FinalLayerFeaturizer(self.final_fc_layer, keep_outputs=store_outputs)
+        # store_outputs: also keep each checkpoint's model outputs (for loss/margin rankers);
+        # store_input_sketch: a sketch of every example's inputs (for neighbourhoods in input space)
+        self._fz = FinalLayerFeaturizer(self.final_fc_layer, keep_outputs=store_outputs,
+                                        keep_input_sketch=store_input_sketch)
 
     def _featurizer(self) -> Featurizer:
         return self._fz
 
     def _config(self):
-        return {**super()._config(), "final_fc_layer": self.final_fc_layer_name,
-                "outputs": self._fz.keep_outputs}
+        config = {**super()._config(), "final_fc_layer": self.final_fc_layer_name, "outputs": self._fz.keep_outputs}
+        if self._fz.keep_input_sketch:  # (absent when off: the stores made before it keep their keys)
+            config["input_sketch"] = SKETCH_DIM
+        return config
 
 
 class TracInCP(_TracInBase):
@@ -909,13 +915,15 @@ class TracInCPFastRandProj(TracInCPFast):
 
     def _fast_store(self, n: Optional[int]) -> Optional[FeatureStore]:
         """A complete on-disk :class:`TracInCPFast` store of the same model, checkpoints,
-        data, loss and batch size (with or without outputs), or None."""
+        data, loss and batch size (with or without outputs and input sketch), or None."""
         if self.cache_dir is None or n is None:
             return None
         base = {**_TracInBase._config(self), "method": TracInCPFast._method,
                 "final_fc_layer": self.final_fc_layer_name}
-        for outputs in (True, False):
-            key = self._store_key({**base, "outputs": outputs})
+        configs = [{**base, "outputs": True, "input_sketch": SKETCH_DIM}, {**base, "outputs": True},
+                   {**base, "outputs": False}]
+        for config in configs:
+            key = self._store_key(config)
             path = self.cache_dir / f"{TracInCPFast._method}-{key[:16]}"
             if not (path / MANIFEST).is_file():
                 continue
