@@ -68,9 +68,36 @@ def test_confirmed_mislabels_raise_their_lookalikes_and_clean_ones_lower_them():
     # static: the two groups are interleaved; live: every open A item before every open B item
     assert min(live[open_a]) > max(live[open_b])
     assert not min(sig.static[open_a]) > max(sig.static[open_b])
-    # the fitted weights: evidence of a mislabel pushes up, of a clean label pushes down
-    coef = ar.fit(sig, log).coef  # ..., neighbours confirmed mislabelled, confirmed clean, confusion
-    assert coef[-3] > 0 > coef[-2]
+    # the fitted weight of the look-alikes' confirmed rate: more mislabels there, higher
+    coef = ar.fit(sig, log).coef  # ..., look-alikes' rate, look-alikes reviewed, confusion
+    assert coef[-3] > 0
+
+
+def test_neighbour_evidence_direct():
+    """The look-alikes' evidence item by item: among the neighbours with the item's given
+    label, confirmed mislabels and clean labels, their rate in log odds against the overall
+    rate (shrunk with the pseudo-count), and the share of them reviewed; nothing without
+    decisions."""
+    sig, truth = clusters()
+    n, k = sig.n, sig.neighbours.shape[1]
+    assert all(np.all(x == 0) for x in ar.neighbour_evidence(sig, np.zeros(n, dtype=np.int8), 2.0))
+    rng = np.random.default_rng(5)
+    o = np.zeros(n, dtype=np.int8)
+    seen = rng.choice(n, 50, replace=False)
+    o[seen] = np.where(truth[seen], 1, -1)
+    r = (o == 1).sum() / (o != 0).sum()
+    logit = lambda p: np.log(p / (1 - p))  # noqa: E731
+    rate, reviewed = ar.neighbour_evidence(sig, o, 2.0)
+    for i in range(n):
+        same = [j for j, s in zip(sig.neighbours[i], sig.same_label[i]) if s]
+        bad = sum(o[j] == 1 for j in same)
+        clean = sum(o[j] == -1 for j in same)
+        assert np.isclose(rate[i], logit((bad + 2.0 * r) / (bad + clean + 2.0)) - logit(r))
+        assert np.isclose(reviewed[i], (bad + clean) / k)
+    # a neighbour with another given label is no evidence
+    other = dataclasses.replace(sig, same_label=np.zeros_like(sig.same_label))
+    rate, reviewed = ar.neighbour_evidence(other, o, 2.0)
+    assert np.allclose(rate, 0.0) and np.all(reviewed == 0)
 
 
 def test_reviewed_items_never_reenter_the_queue():
@@ -151,6 +178,31 @@ def test_build_signals_from_ranker_inputs():
     assert int(ar.queue_order(ar.rerank(sig, {}))[0]) == bad
     with pytest.raises(ValueError, match="static"):
         ar.build_signals(static[:-1], inp)
+
+
+def test_build_signals_with_an_input_sketch():
+    """With an input sketch the look-alikes are the early checkpoints' neighbours followed by
+    the sketch's (the default ranking's searches), and the sketch's neighbours' disagreement
+    with the given label is one more signal; explicit neighbours are used alone."""
+    from tests.test_rankers import _memorised_from_the_start
+
+    inp, bad = _memorised_from_the_start(True)
+    static = rk.compute(None, inp)
+    sig = ar.build_signals(static, inp, k=5)
+    early = rk.early_neighbours(inp, 5)[0]
+    own = rk.input_neighbours(inp, 5)
+    assert np.array_equal(sig.neighbours, np.hstack([early, own]))
+    y = np.asarray(inp.labels)
+    assert np.array_equal(sig.same_label, y[sig.neighbours] == y[:, None])
+    col = list(sig.names).index("input_disagreement")
+    shares = rk.neighbour_label_shares(inp, 5, neighbours=[own])
+    want = ar._rank_logit(-shares[np.arange(len(y)), y])
+    assert np.allclose(sig.features[:, col], (want - want.mean()) / want.std())
+    assert int(ar.queue_order(ar.rerank(sig, {}))[0]) == bad  # no decisions: the static queue
+    given = ar.build_signals(static, inp, k=5, neighbours=early)
+    assert np.array_equal(given.neighbours, early) and "input_disagreement" not in given.names
+    without = ar.build_signals(static, dataclasses.replace(inp, inputs=None), k=5)
+    assert without.neighbours.shape == (len(y), 5) and "input_disagreement" not in without.names
 
 
 def test_build_signals_above_the_exact_size_reuse_the_first_checkpoints_search(monkeypatch):

@@ -484,7 +484,8 @@ def test_review_signals_are_kept_beside_the_store(tmp_path, monkeypatch):
 
     ws = Workspace.demo(cache_dir=tmp_path / "c")
     first = ws.review_signals()
-    assert first.n == len(ws.train) and first.neighbours.shape == (len(ws.train), 10)
+    # look-alikes: 10 neighbours at the early checkpoint, then 10 in the input sketch
+    assert first.n == len(ws.train) and first.neighbours.shape == (len(ws.train), 20)
     files = list((ws.store_dir / "rankings").glob("*-signals.npz"))
     assert len(files) == 1
     calls = []

@@ -8,15 +8,16 @@ Model. Every training example ``i`` gets a probability of being mislabelled,
 ``s_i``: the static ranking's score as a rank logit (``logit((rank_i − ½) / N)``, rank 1 =
 least suspicious, so ``s`` grows with the static score); ``f_i``: a few other signals the
 feature store holds, standardised rank logits too (early and mean loss, early margin,
-self-influence, the early neighbours' support for the given label), plus three
-*review-evidence* features: the share of ``i``'s nearest neighbours (early checkpoint, final
-layer inputs) **with the same given label** that reviewers confirmed mislabelled, the share
-they confirmed clean, and how much more often than overall the reviewers confirmed a
-mislabel among the items of ``i``'s *confusion* (its given label and the class the model
-likes best after it: :func:`pair_evidence`, leaving ``i``'s own answer out). So a confirmed
-mislabel raises its look-alikes that carry the same label and the items confused the same
-way (wrong labels come in kinds: shirts called T-shirts), and a confirmed clean label lowers
-them.
+self-influence, the early neighbours' and the input sketch's neighbours' support for the
+given label), plus three *review-evidence* features: among ``i``'s look-alikes **with the
+same given label** (nearest neighbours at the early checkpoints' final-layer inputs and in
+the input sketch), how much more often than overall the reviewers confirmed a mislabel
+(log odds, shrunk towards the overall rate: :func:`neighbour_evidence`) and how many of them
+they reviewed; and how much more often than overall they confirmed a mislabel among the
+items of ``i``'s *confusion* (its given label and the class the model likes best after it:
+:func:`pair_evidence`, leaving ``i``'s own answer out). So a confirmed mislabel raises its
+look-alikes that carry the same label and the items confused the same way (wrong labels
+come in kinds: shirts called T-shirts), and a confirmed clean label lowers them.
 
 The coefficients are the maximum a posteriori fit (Newton's method, a Gaussian prior) on
 the reviewed items. The prior is the static queue: ``b`` is centred on 1, every ``w_j`` on
@@ -84,8 +85,9 @@ class ReviewSignals:
 
     ``static``: (N,) the static scores (higher = more likely mislabelled);
     ``static_logit``: (N,) their rank logits; ``features``: (N, F) standardised other
-    signals; ``neighbours``: (N, k) early-checkpoint nearest neighbours; ``same_label``:
-    (N, k) bool, the neighbour has the item's given label; ``names``: the F feature names;
+    signals; ``neighbours``: (N, k) early-checkpoint nearest neighbours, (N, 2k) with the
+    input sketch's neighbours after them when the store has a sketch; ``same_label``:
+    (N, k or 2k) bool, the neighbour has the item's given label; ``names``: the F feature names;
     ``pairs``: (N,) int, the item's *confusion*: ``given label · K + the most likely other
     class`` (K classes; predictions averaged over checkpoints, weighted by
     :func:`tracin_core.audit.rankers.checkpoint_trust`), or None (no such evidence).
@@ -113,7 +115,9 @@ class ReviewModelConfig:
     ``prior_sd_evidence``: prior standard deviations of ``b`` (around 1), of the other
     signals' and of the review-evidence weights (around 0); ``prior_sd_intercept``: of ``a``
     (around 0); ``pair_pseudo_count``: how many decisions at the overall rate a confusion's
-    own rate is shrunk towards (the review-evidence feature of :data:`ReviewSignals.pairs`).
+    own rate is shrunk towards (the review-evidence feature of :data:`ReviewSignals.pairs`);
+    ``neighbour_pseudo_count``: the same for an item's look-alikes (:func:`neighbour_evidence`:
+    at most 2k of them, where a confusion holds hundreds, so fewer).
     """
 
     min_each: int = 10
@@ -122,6 +126,7 @@ class ReviewModelConfig:
     prior_sd_evidence: float = 1.0
     prior_sd_intercept: float = 5.0
     pair_pseudo_count: float = 5.0
+    neighbour_pseudo_count: float = 2.0
     max_iter: int = 50
 
 
@@ -177,11 +182,13 @@ def _rank_logit(x: np.ndarray) -> np.ndarray:
 def build_signals(static: np.ndarray, inp: rk.RankerInputs, k: int = 10,
                   neighbours: Optional[np.ndarray] = None) -> ReviewSignals:
     """Precompute the signals for ``static`` scores (N,) from ``inp`` (the store's ranker
-    inputs). ``neighbours``: (N, k) nearest neighbours to use; default the early
-    checkpoints' (:func:`tracin_core.audit.rankers.early_neighbours`), above
+    inputs). ``neighbours``: (N, k) nearest neighbours to use (then nothing else); default
+    the early checkpoints' (:func:`tracin_core.audit.rankers.early_neighbours`), above
     :data:`tracin_core.audit.rankers.EXACT_SEARCH_MAX` rows the first checkpoint's only (the
     search the default ranking already made: another neighbour search per early checkpoint
-    would cost minutes at 1,000,000 rows)."""
+    would cost minutes at 1,000,000 rows), followed by the input sketch's neighbours
+    (:func:`tracin_core.audit.rankers.input_neighbours`, also the default ranking's search)
+    when ``inp.inputs`` holds a sketch."""
     static = np.asarray(static, dtype=np.float64).reshape(-1)
     labels = np.asarray(inp.labels, dtype=np.int64).reshape(-1)
     if len(static) != len(labels):
@@ -198,12 +205,19 @@ def build_signals(static: np.ndarray, inp: rk.RankerInputs, k: int = 10,
     for name in SIGNALS:
         cols.append(_rank_logit(rk.compute(name, inp)))
         names.append(name)
+    rows = np.arange(len(labels))
     shares = rk.neighbour_label_shares(inp, k, neighbours=nbrs)
-    cols.append(_rank_logit(-shares[np.arange(len(labels)), labels]))
+    cols.append(_rank_logit(-shares[rows, labels]))
     names.append("neighbour_disagreement")
+    nn = np.asarray(nbrs[0], dtype=np.int64)
+    own = rk.input_neighbours(inp, k) if neighbours is None else None  # the ranking's search, memoised
+    if own is not None:
+        own_shares = rk.neighbour_label_shares(inp, k, neighbours=[own])
+        cols.append(_rank_logit(-own_shares[rows, labels]))
+        names.append("input_disagreement")
+        nn = np.hstack([nn, np.asarray(own, dtype=np.int64)])  # look-alikes in the inputs too
     feats = np.stack(cols, axis=1)
     feats = (feats - feats.mean(0)) / np.maximum(feats.std(0), 1e-12)
-    nn = np.asarray(nbrs[0], dtype=np.int64)
     return ReviewSignals(static=static, static_logit=_rank_logit(static), features=feats,
                          neighbours=nn, same_label=labels[nn] == labels[:, None], names=tuple(names),
                          pairs=confusion_pairs(inp))
@@ -255,18 +269,39 @@ def pair_evidence(sig: ReviewSignals, o: np.ndarray, pseudo: float) -> np.ndarra
     is_bad, seen = (o == 1).astype(np.float64), (o != 0).astype(np.float64)
     bad = np.bincount(pairs, weights=is_bad)[pairs] - is_bad
     n = np.bincount(pairs, weights=seen)[pairs] - seen
-    r = is_bad.sum() / seen.sum()
+    r = _overall_rate(o)
     share = np.clip((bad + pseudo * r) / (n + pseudo), 1e-3, 1 - 1e-3)
-    return _logit(share) - _logit(np.clip(r, 1e-3, 1 - 1e-3))
+    return _logit(share) - _logit(r)
+
+
+def _overall_rate(o: np.ndarray) -> float:
+    """The share of the decisions that confirmed a mislabel, kept inside [0.001, 0.999]."""
+    return float(np.clip((o == 1).sum() / max(1, int((o != 0).sum())), 1e-3, 1 - 1e-3))
+
+
+def neighbour_evidence(sig: ReviewSignals, o: np.ndarray, pseudo: float) -> tuple[np.ndarray, np.ndarray]:
+    """Two (N,) review-evidence features from each item's look-alikes that carry its given
+    label (:data:`ReviewSignals.neighbours` with ``same_label``): how much more often than
+    overall the reviewers confirmed a mislabel among the reviewed ones, in log odds,
+    ``logit((bad + pseudo·r) / (bad + clean + pseudo)) − logit(r)`` (``r`` the overall
+    confirmed share: 0 when none of them is reviewed), and the share of them reviewed,
+    ``(bad + clean) / k`` (how much that rate rests on). An item is not its own neighbour."""
+    nb = o[sig.neighbours]
+    k = max(1, sig.neighbours.shape[1])
+    bad = ((nb == 1) & sig.same_label).sum(1).astype(np.float64)
+    clean = ((nb == -1) & sig.same_label).sum(1).astype(np.float64)
+    if not (o != 0).any():
+        return np.zeros(sig.n), np.zeros(sig.n)
+    r = _overall_rate(o)
+    share = np.clip((bad + pseudo * r) / (bad + clean + pseudo), 1e-3, 1 - 1e-3)
+    return _logit(share) - _logit(r), (bad + clean) / k
 
 
 def _design(sig: ReviewSignals, o: np.ndarray, cfg: Optional[ReviewModelConfig] = None) -> np.ndarray:
-    nb = o[sig.neighbours]
-    k = max(1, sig.neighbours.shape[1])
-    bad = ((nb == 1) & sig.same_label).sum(1) / k
-    clean = ((nb == -1) & sig.same_label).sum(1) / k
-    pair = pair_evidence(sig, o, (cfg or ReviewModelConfig()).pair_pseudo_count)
-    return np.column_stack([np.ones(sig.n), sig.static_logit, sig.features, bad, clean, pair])
+    cfg = cfg or ReviewModelConfig()
+    rate, reviewed = neighbour_evidence(sig, o, cfg.neighbour_pseudo_count)
+    pair = pair_evidence(sig, o, cfg.pair_pseudo_count)
+    return np.column_stack([np.ones(sig.n), sig.static_logit, sig.features, rate, reviewed, pair])
 
 
 def _prior(sig: ReviewSignals, cfg: ReviewModelConfig) -> tuple[np.ndarray, np.ndarray]:
