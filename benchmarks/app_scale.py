@@ -40,6 +40,7 @@ import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -68,14 +69,49 @@ print(json.dumps({{"seconds": time.perf_counter() - t}}))
 """
 
 
-def _wait_peak(proc: subprocess.Popen) -> float:
-    """Wait for ``proc`` to end; its exact peak RSS in bytes (the kernel's high-water mark,
-    ``ru_maxrss`` from ``os.wait4``). Sampling RSS every 50 ms, as this script did, missed
-    short peaks: the 60k precompute's measured peak ranged 763-942 MB across runs, and with
-    it the million-row run's memory ratio (0.99x to 1.15x)."""
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return usage.ru_maxrss * 1024.0
+#: runs the measured command as its child and writes that child's ``ru_maxrss`` (KiB) to
+#: ``argv[1]``; SIGTERM to it becomes SIGKILL to the child (see :func:`_spawn`)
+_LAUNCHER = """import os, signal, subprocess, sys
+child = subprocess.Popen(sys.argv[2:])
+signal.signal(signal.SIGTERM, lambda *_: child.kill())
+while True:
+    try:
+        _, status, usage = os.wait4(child.pid, 0)
+        break
+    except InterruptedError:
+        continue
+with open(sys.argv[1], "w") as f:
+    f.write(str(usage.ru_maxrss))
+code = os.waitstatus_to_exitcode(status)
+sys.exit(code if code >= 0 else 128 - code)
+"""
+
+
+def _spawn(cmd: list[str], **popen: Any) -> tuple[subprocess.Popen, Path]:
+    """Start ``cmd`` through a small launcher process; returns (the launcher, the file its
+    child's peak RSS will be written to). Why not ``ru_maxrss`` of our own child: Linux
+    carries the exec-ing process's high-water RSS into the new program's ``ru_maxrss``
+    (``signal->maxrss`` survives exec; a vfork'd child reports its parent's mm), so every
+    command started from this process reported at least this process's own peak (1572 MB
+    for both million-row precompute runs in one run, whose true peaks were about 900 MB).
+    The launcher is a fresh interpreter (a few MB), so its child's figure is the command's own."""
+    fd, peak_file = tempfile.mkstemp(prefix="peak_", suffix=".txt")
+    os.close(fd)
+    proc = subprocess.Popen([sys.executable, "-c", _LAUNCHER, peak_file, *cmd], **popen)
+    return proc, Path(peak_file)
+
+
+def _wait_peak(proc: subprocess.Popen, peak_file: Path) -> float:
+    """Wait for the launcher ``proc`` (:func:`_spawn`) to end; its command's exact peak RSS
+    in bytes (the kernel's high-water mark, ``ru_maxrss`` from ``os.wait4``). Sampling RSS
+    every 50 ms, as this script did, missed short peaks: the 60k precompute's measured peak
+    ranged 763-942 MB across runs, and with it the million-row run's memory ratio (0.99x to
+    1.15x)."""
+    proc.wait()
+    try:
+        return float(peak_file.read_text()) * 1024.0
+    finally:
+        peak_file.unlink(missing_ok=True)
 
 
 def run_step(cmd: list[str], env: dict[str, str], stderr: list[str] | None = None) -> tuple[float, float, str]:
@@ -84,8 +120,8 @@ def run_step(cmd: list[str], env: dict[str, str], stderr: list[str] | None = Non
     a full pipe (a million-row progress bar) would stall the process being timed."""
     with tempfile.TemporaryFile("w+") as out_f, tempfile.TemporaryFile("w+") as err_f:
         t = time.perf_counter()
-        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out_f, stderr=err_f, text=True)
-        peak = _wait_peak(proc)
+        proc, peak_file = _spawn(cmd, cwd=REPO, env=env, stdout=out_f, stderr=err_f, text=True)
+        peak = _wait_peak(proc, peak_file)
         seconds = time.perf_counter() - t
         out_f.seek(0)
         err_f.seek(0)
@@ -223,12 +259,12 @@ def killed_and_resumed(cmd: list[str], env: dict[str, str], stores: Path, at: fl
     import signal
 
     t = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc, peak_file = _spawn(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     while proc.poll() is None:
         done, total = _manifest_done(stores)
         if done >= at * total:
-            proc.send_signal(signal.SIGKILL)
-            peak = _wait_peak(proc)
+            proc.send_signal(signal.SIGTERM)  # the launcher kills the precompute with SIGKILL
+            peak = _wait_peak(proc, peak_file)
             break
         time.sleep(0.05)
     else:

@@ -45,12 +45,13 @@ see at all (a floor of the curve far down) is not counted.
 
 Measured (``benchmarks/review_simulation.py``, a reviewer who answers with the truth, 50
 decisions per batch; ``benchmarks/results/review_simulation.md``), against the default
-static ranking: on the 12 Fashion-MNIST settings the live queue finds 3.19 points more of the
-mislabels after 10% reviewed than the static one (+0.2 to +10.4; the confusion feature does
+static ranking: on the 12 Fashion-MNIST settings the live queue finds 3.20 points more of the
+mislabels after 10% reviewed than the static one (+0.1 to +10.5; the confusion feature does
 most of it: without it, in a trial on the same runs, about +0.6, and class-pair noise lost
-2-3 points), never worse on any
-setting of any data set, and the 90% interval covers the true count left in 96.2% of the
-runs and checkpoints (after 10% reviewed: 88.5%; digits alone: 70-77%).
+2-3 points; the look-alikes as two raw shares of the early checkpoint's neighbours, before
+the input sketch joined them and they became a shrunk rate, gave +2.84 against the default
+with the input sketch), never worse on any setting of any data set, and the 90% interval
+covers the true count left in 95.3% of the runs and checkpoints (after 10% reviewed: 87.0%).
 
 Determinism: the outcome of :func:`rerank` and :func:`estimate_remaining` depends only on
 the signals and on the *set* of decisions (the order they were given in is irrelevant);
