@@ -151,8 +151,14 @@ def test_html_in_a_reviewer_name_is_shown_as_text(browser, app_server):
         cap = pg.locator(".st-key-rv_item_panel [data-testid='stImageCaption']").first
         cap.wait_for(timeout=180_000)
         _settle(pg)
-        item = int(cap.inner_text().strip().split("#")[1])
+        first = cap.inner_text().strip()
+        item = int(first.split("#")[1])
         pg.locator(".st-key-rv_accept button").first.click()
+        # the next item on show: the accept is recorded (settling alone can return before the
+        # click's rerun has started, and the event was then not yet in the store)
+        pg.wait_for_function(
+            "(b) => { const c = document.querySelector('.st-key-rv_item_panel [data-testid=\"stImageCaption\"]');"
+            " return c && c.innerText.trim() !== b; }", arg=first, timeout=WAIT)
         _settle(pg)
         from tracin_core.audit.review import ReviewStore
 
