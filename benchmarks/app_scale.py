@@ -3,11 +3,12 @@
     python benchmarks/app_scale.py [--keys 20] [--picks 5] [--million 1000000]
 
 Needs Debian's ``dataset-fashion-mnist``. In a fresh cache folder, each step in its own
-process (wall time, and peak RSS sampled every 50 ms):
+process (wall time, and its exact peak RSS through a launcher process: :func:`_spawn`):
 
 * floor: decode the 60,000 images and run the six checkpoints' no-grad forwards, batch by
   batch (what any one-pass method must do at least);
-* ``precompute fashion --skip-ranking``: the training pass;
+* ``precompute fashion --skip-ranking``: the training pass (twice more into stores of their
+  own, for its peak: the highest of the three);
 * ``mislabels fashion``: the default ranking (the process opens the workspace too);
 * ``precompute fashion --all-rankings``: every other ranking the Evaluation page shows,
   kept beside the store (the pass is already done);
@@ -33,6 +34,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -312,8 +314,10 @@ def rows_60k(r: dict) -> list[tuple[str, str, str, str]]:
         ("floor: decode 60,000 + six no-grad forwards (in-process time)", f"{r['floor_s']:.2f} s", "", ""),
         ("floor process (imports, data, model included)", f"{r['floor_process_s']:.2f} s",
          f"{r['floor_peak_mb']:.0f} MB", ""),
-        ("`precompute fashion --skip-ranking` (whole process)", f"{r['precompute_s']:.2f} s",
-         f"{r['precompute_peak_mb']:.0f} MB", ""),
+        ("`precompute fashion --skip-ranking` (whole process; peak: the highest of "
+         + (" / ".join(f"{p:.0f}" for p in r["precompute_peaks_mb"]) + " MB in three runs)"
+            if r.get("precompute_peaks_mb") else "one run)"),
+         f"{r['precompute_s']:.2f} s", f"{r['precompute_peak_mb']:.0f} MB", ""),
         ("precompute / floor process", f"{r['precompute_s'] / r['floor_process_s']:.2f}x", "", "≤ 1.1x"),
         ("`mislabels fashion`: default ranking (whole process)", f"{r['ranking_s']:.2f} s",
          f"{r['ranking_peak_mb']:.0f} MB", "≤ 10 s, ≤ 1.5 GB"),
@@ -392,8 +396,18 @@ def main(argv: list[str] | None = None) -> int:
     floor_s, floor_mb, text = run_step([sys.executable, "-c", FLOOR.format(cache=str(cache / "floor"))], env)
     r["floor_s"] = json.loads(text.strip().splitlines()[-1])["seconds"]
     r["floor_process_s"], r["floor_peak_mb"] = floor_s, floor_mb
-    r["precompute_s"], r["precompute_peak_mb"], _ = run_step(
-        [sys.executable, "-m", "tracin_core", "precompute", "fashion", "--skip-ranking"], env)
+    precompute = [sys.executable, "-m", "tracin_core", "precompute", "fashion", "--skip-ranking"]
+    r["precompute_s"], first_peak, _ = run_step(precompute, env)
+    # the pass's peak varies run to run by about one batch's activations (837-951 MB measured
+    # minutes apart): two more passes into stores of their own, and the peak is the highest,
+    # as the million-row figure is the higher of its two runs (killed, resumed)
+    peaks = [first_peak]
+    for i in range(2):
+        again = dict(env, TRACIN_CACHE=str(cache / f"again{i}"))
+        peaks.append(run_step(precompute, again)[1])
+        shutil.rmtree(cache / f"again{i}", ignore_errors=True)
+    r["precompute_peaks_mb"] = peaks
+    r["precompute_peak_mb"] = max(peaks)
     err: list[str] = []
     r["ranking_s"], r["ranking_peak_mb"], _ = run_step(
         [sys.executable, "-m", "tracin_core", "mislabels", "fashion", "--out", str(cache / "queue.csv")], env, err)
