@@ -270,14 +270,16 @@ def pair_evidence(sig: ReviewSignals, o: np.ndarray, pseudo: float) -> np.ndarra
     is_bad, seen = (o == 1).astype(np.float64), (o != 0).astype(np.float64)
     bad = np.bincount(pairs, weights=is_bad)[pairs] - is_bad
     n = np.bincount(pairs, weights=seen)[pairs] - seen
-    r = _overall_rate(o)
+    return _shrunk_log_odds(bad, n, o, pseudo)
+
+
+def _shrunk_log_odds(bad: np.ndarray, n: np.ndarray, o: np.ndarray, pseudo: float) -> np.ndarray:
+    """``logit((bad + pseudo·r) / (n + pseudo)) − logit(r)``: how much more often than overall
+    (``r``, the decisions' confirmed share, kept inside [0.001, 0.999]) ``bad`` of ``n``
+    decisions confirmed a mislabel, shrunk towards ``r`` by ``pseudo`` decisions; 0 at n = 0."""
+    r = float(np.clip((o == 1).sum() / max(1, int((o != 0).sum())), 1e-3, 1 - 1e-3))
     share = np.clip((bad + pseudo * r) / (n + pseudo), 1e-3, 1 - 1e-3)
     return _logit(share) - _logit(r)
-
-
-def _overall_rate(o: np.ndarray) -> float:
-    """The share of the decisions that confirmed a mislabel, kept inside [0.001, 0.999]."""
-    return float(np.clip((o == 1).sum() / max(1, int((o != 0).sum())), 1e-3, 1 - 1e-3))
 
 
 def neighbour_evidence(sig: ReviewSignals, o: np.ndarray, pseudo: float) -> tuple[np.ndarray, np.ndarray]:
@@ -293,9 +295,7 @@ def neighbour_evidence(sig: ReviewSignals, o: np.ndarray, pseudo: float) -> tupl
     clean = ((nb == -1) & sig.same_label).sum(1).astype(np.float64)
     if not (o != 0).any():
         return np.zeros(sig.n), np.zeros(sig.n)
-    r = _overall_rate(o)
-    share = np.clip((bad + pseudo * r) / (bad + clean + pseudo), 1e-3, 1 - 1e-3)
-    return _logit(share) - _logit(r), (bad + clean) / k
+    return _shrunk_log_odds(bad, bad + clean, o, pseudo), (bad + clean) / k
 
 
 def _design(sig: ReviewSignals, o: np.ndarray, cfg: Optional[ReviewModelConfig] = None) -> np.ndarray:

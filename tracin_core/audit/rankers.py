@@ -855,9 +855,28 @@ def neighbour_margin_adaptive(inp: RankerInputs, k: int = 10) -> np.ndarray:
     given label's support alone, like the loss) when wrong labels look random. Higher =
     more likely mislabelled; in [−1, 1]. No constant is fitted: ``w`` is read from the run.
     """
+    return _neighbour_margin(inp, k, with_inputs=False)
+
+
+def _neighbour_margin(inp: RankerInputs, k: int, with_inputs: bool) -> np.ndarray:
+    """:func:`neighbour_margin_adaptive`, and with ``with_inputs`` (and a sketch in ``inp``)
+    :func:`neighbour_margin_inputs`: the input sketch's neighbours in the neighbour view."""
     y = _labels(inp)
+    x = _centred_sketch(inp) if with_inputs and inp.inputs is not None else None
+    own_nn = None
+    if x is not None:  # the four searches side by side (graph builds on every core); memoised,
+        # so spread_neighbours below finds the model's three
+        *_, own_nn = nearest_neighbours_many(
+            [checkpoint_embeddings(inp, c) for c in spread_checkpoints(len(inp.logits))] + [x], k)
+        del x
     t = checkpoint_trust(inp, k)
-    q = (_trusted_neighbour_shares(inp, t, k) + weighted_probabilities(inp, t)) / 2.0
+    shares = _trusted_neighbour_shares(inp, t, k)
+    if own_nn is not None:
+        own = neighbour_label_shares(inp, k, neighbours=[own_nn])
+        beta = input_view_weight(own, shares, y)
+        shares = (1.0 - beta) * shares + beta * own
+        del own
+    q = (shares + weighted_probabilities(inp, t)) / 2.0
     return _adaptive_margin(q, y)
 
 
@@ -931,20 +950,7 @@ def neighbour_margin_inputs(inp: RankerInputs, k: int = 10) -> np.ndarray:
     :func:`neighbour_margin_adaptive`'s. Without an input sketch (``inp.inputs`` None) it
     is :func:`neighbour_margin_adaptive`. Higher = more likely mislabelled; in [−1, 1].
     """
-    y = _labels(inp)
-    if inp.inputs is not None:  # the four searches side by side (graph builds on every core), memoised
-        nearest_neighbours_many([checkpoint_embeddings(inp, c) for c in spread_checkpoints(len(inp.logits))]
-                                + [_centred_sketch(inp)], k)
-    t = checkpoint_trust(inp, k)
-    shares = _trusted_neighbour_shares(inp, t, k)
-    nn = input_neighbours(inp, k)
-    if nn is not None:
-        own = neighbour_label_shares(inp, k, neighbours=[nn])
-        beta = input_view_weight(own, shares, y)
-        shares = (1.0 - beta) * shares + beta * own
-        del own
-    q = (shares + weighted_probabilities(inp, t)) / 2.0
-    return _adaptive_margin(q, y)
+    return _neighbour_margin(inp, k, with_inputs=True)
 
 
 def _rank01(x: np.ndarray) -> np.ndarray:

@@ -623,7 +623,7 @@ class Workspace:
         The scores are kept beside the feature store (``<store>/rankings/<name>-<code>.npy``,
         ``<code>`` a hash of the rankers' source) and read back by later calls and later
         processes: a ranking is computed once per workspace content, not once per visit
-        (the default ranking takes 6-7 s at 60,000 examples on two cores, `benchmarks/results/app_scale.md`).
+        (the default ranking takes about 9 s at 60,000 examples on two cores, `benchmarks/results/app_scale.md`).
         """
         name = method or rk.DEFAULT_RANKER
         return rk.score_table(self.mislabel_score_arrays([name])[name])
